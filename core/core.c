@@ -1,0 +1,282 @@
+/* The core object: loop, signals, the playback clock, configuration
+ * generations and their reload, and shutdown with drain. */
+#include "core.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "metrics.h"
+
+/* The playback clock is a timerfd, not an ev_timer: epoll's millisecond
+ * timeouts would put up to 1 ms of jitter on every frame, while a timerfd
+ * wakes the loop on the kernel's high-resolution timer. One clock serves
+ * every paced channel, so 1000 calls cost one wakeup per 20 ms. */
+static void on_clock(struct ev_loop *loop, ev_io *w, int revents) {
+    core *c = CONTAINER_OF(w, core, clock_w);
+    uint64_t expirations = 0;
+    if (read(c->clock_fd, &expirations, sizeof expirations) != (ssize_t)sizeof expirations) return;
+    /* If the loop fell behind, catch up frame by frame rather than skip
+     * audio: a late frame is better than a lost one. */
+    if (expirations > 5) expirations = 5;
+    for (uint64_t i = 0; i < expirations; i++) channel_clock_tick(c);
+}
+
+static void on_uptime(struct ev_loop *loop, ev_timer *w, int revents) {
+    core *c = CONTAINER_OF(w, core, uptime_timer);
+    metrics_set(c->m.uptime_s, mono_now() - c->started);
+}
+
+core *core_new(const char *confdir, const char *plugin_path) {
+    core *c = xcalloc(1, sizeof *c);
+    c->loop = EV_DEFAULT;
+    if (ev_version_major() != EV_VERSION_MAJOR || ev_version_minor() < EV_VERSION_MINOR)
+        log_msg(TOLK_LOG_WARN, "core", "libev %d.%d at run time, built with %d.%d",
+                ev_version_major(), ev_version_minor(), EV_VERSION_MAJOR, EV_VERSION_MINOR);
+    c->confdir = xstrdup(confdir);
+    c->plugin_path = xstrdup(plugin_path);
+    c->started = mono_now();
+    c->clock_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (c->clock_fd >= 0) {
+        struct itimerspec its = {.it_interval = {0, 20000000}, .it_value = {0, 20000000}};
+        timerfd_settime(c->clock_fd, 0, &its, NULL);
+        ev_io_init(&c->clock_w, on_clock, c->clock_fd, EV_READ);
+    } else {
+        log_msg(TOLK_LOG_FATAL, "core", "timerfd_create: %s", strerror(errno));
+    }
+    host_init(c, &c->host);
+    core_metrics_init(c);
+    ev_timer_init(&c->uptime_timer, on_uptime, 0., 1.);
+    ev_timer_start(c->loop, &c->uptime_timer);
+    ev_unref(c->loop);
+    return c;
+}
+
+static void log_errors(const conf_errors *errs) {
+    for (size_t i = 0; i < errs->msgs.n; i++) log_msg(TOLK_LOG_ERR, "config", "%s", (char *)errs->msgs.v[i]);
+}
+
+int core_apply(core *c, conf_set *cs, conf_errors *errs) {
+    if (!c->workers) c->workers = workers_start(c->loop, (unsigned)cs->core.workers);
+    generation *g = generation_build(c, cs, c->gen, errs);
+    if (!g) return -1;
+    generation *old = c->gen;
+    c->gen = g;
+    if (old) generation_unref(old);
+    return 0;
+}
+
+int core_load(core *c) {
+    conf_errors errs = {0};
+    conf_set *cs = conf_load_dir(c->confdir, c->plugin_path, &errs);
+    int rc = -1;
+    if (cs) {
+        log_set_level((tolk_log_level)cs->core.log_level);
+        rc = core_apply(c, cs, &errs);
+    }
+    if (rc) log_errors(&errs);
+    conf_errors_free(&errs);
+    if (rc == 0)
+        log_msg(TOLK_LOG_INFO, "config", "loaded %s: %zu instances, %zu chains (generation %u)",
+                c->confdir, c->gen->instances.n, c->gen->nchains, c->gen->id);
+    return rc;
+}
+
+tolk_status instance_start_transport(tolk_instance *inst) {
+    if (inst->desc->kind != TOLK_KIND_TRANSPORT || inst->started) return TOLK_OK;
+    tolk_status st = ((const tolk_transport *)inst->desc)->start(inst->self);
+    if (st == TOLK_OK) {
+        inst->started = 1;
+        log_msg(TOLK_LOG_INFO, inst->who, "accepting calls");
+    } else {
+        log_msg(TOLK_LOG_ERR, inst->who, "failed to start (%d)", (int)st);
+    }
+    return st;
+}
+
+int core_start_transports(core *c) {
+    int rc = 0;
+    c->daemon_transports = 1;
+    for (size_t i = 0; c->gen && i < c->gen->instances.n; i++)
+        if (instance_start_transport(c->gen->instances.v[i]) != TOLK_OK) rc = -1;
+    return rc;
+}
+
+static int gen_holds(const generation *g, const tolk_instance *inst) {
+    for (size_t i = 0; g && i < g->instances.n; i++)
+        if (g->instances.v[i] == inst) return 1;
+    return 0;
+}
+
+int core_reload(core *c) {
+    if (!c->confdir) return -1;
+    log_msg(TOLK_LOG_INFO, "config", "reloading %s", c->confdir);
+    conf_errors errs = {0};
+    conf_set *cs = conf_load_dir(c->confdir, c->plugin_path, &errs);
+    generation *g = cs ? generation_build(c, cs, c->gen, &errs) : NULL;
+    if (!g) {
+        log_errors(&errs);
+        log_msg(TOLK_LOG_ERR, "config",
+                "reload rejected (%zu error%s): still running on generation %u", errs.msgs.n,
+                errs.msgs.n == 1 ? "" : "s", c->gen ? c->gen->id : 0);
+        conf_errors_free(&errs);
+        metrics_add(metrics_series_v(c->m.reloads, "rejected", NULL), 1);
+        return -1;
+    }
+    conf_errors_free(&errs);
+    generation *old = c->gen;
+    size_t kept = 0, created = 0;
+    for (size_t i = 0; i < g->instances.n; i++) {
+        if (gen_holds(old, g->instances.v[i]))
+            kept++;
+        else
+            created++;
+    }
+    /* Transports the new configuration dropped stop taking calls now; their
+     * running calls keep the old generation, and with it the transport. */
+    for (size_t i = 0; old && i < old->instances.n; i++) {
+        tolk_instance *inst = old->instances.v[i];
+        if (inst->desc->kind == TOLK_KIND_TRANSPORT && inst->started && !gen_holds(g, inst)) {
+            ((const tolk_transport *)inst->desc)->stop(inst->self);
+            inst->started = 0;
+            log_msg(TOLK_LOG_INFO, inst->who, "removed from the configuration: no new calls");
+        }
+    }
+    c->gen = g;
+    log_set_level((tolk_log_level)g->conf->core.log_level);
+    if (c->daemon_transports) core_start_transports(c);
+    log_msg(TOLK_LOG_INFO, "config",
+            "reload applied: generation %u (%zu instances kept, %zu new); running calls stay on "
+            "their generation",
+            g->id, kept, created);
+    metrics_add(metrics_series_v(c->m.reloads, "applied", NULL), 1);
+    if (old) generation_unref(old);
+    return 0;
+}
+
+static void on_hup(struct ev_loop *loop, ev_signal *w, int revents) {
+    core_reload(CONTAINER_OF(w, core, sig_hup));
+}
+
+static void finish_shutdown(core *c) {
+    ev_timer_stop(c->loop, &c->drain_timer);
+    ev_signal_stop(c->loop, &c->sig_hup);
+    ev_signal_stop(c->loop, &c->sig_term);
+    ev_signal_stop(c->loop, &c->sig_int);
+    ev_break(c->loop, EVBREAK_ALL);
+}
+
+/* Drain: poll for the last call every 50 ms until the deadline, then end
+ * what is left and leave the loop. */
+static void on_drain_tick(struct ev_loop *loop, ev_timer *w, int revents);
+
+void core_shutdown(core *c) {
+    if (c->stopping) return;
+    c->stopping = 1;
+    double timeout = c->gen ? c->gen->conf->core.drain_timeout : 0;
+    log_msg(TOLK_LOG_INFO, "core", "shutting down: no new calls; draining %zu call%s for up to %.0f s",
+            c->active, c->active == 1 ? "" : "s", timeout);
+    for (size_t i = 0; c->gen && i < c->gen->instances.n; i++) {
+        tolk_instance *inst = c->gen->instances.v[i];
+        if (inst->desc->kind == TOLK_KIND_TRANSPORT && inst->started) {
+            ((const tolk_transport *)inst->desc)->stop(inst->self);
+            inst->started = 0;
+        }
+    }
+    c->drain_deadline_at = mono_now() + timeout;
+    ev_timer_init(&c->drain_timer, on_drain_tick, 0., 0.05);
+    ev_timer_start(c->loop, &c->drain_timer);
+}
+
+static void on_drain_tick(struct ev_loop *loop, ev_timer *w, int revents) {
+    core *c = CONTAINER_OF(w, core, drain_timer);
+    if (c->active == 0) {
+        log_msg(TOLK_LOG_INFO, "core", "all calls ended");
+        finish_shutdown(c);
+        return;
+    }
+    if (mono_now() >= c->drain_deadline_at && !c->drain_forced) {
+        c->drain_forced = 1;
+        log_msg(TOLK_LOG_WARN, "core", "drain timeout: ending %zu call%s", c->active,
+                c->active == 1 ? "" : "s");
+        for (tolk_channel *ch = c->channels; ch; ch = ch->next) channel_end(ch, "shutdown");
+    }
+}
+
+static void on_term(struct ev_loop *loop, ev_signal *w, int revents) {
+    core *c = w->signum == SIGTERM ? CONTAINER_OF(w, core, sig_term) : CONTAINER_OF(w, core, sig_int);
+    log_msg(TOLK_LOG_INFO, "core", "%s received", w->signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    core_shutdown(c);
+}
+
+void core_watch_signals(core *c) {
+    ev_signal_init(&c->sig_hup, on_hup, SIGHUP);
+    ev_signal_init(&c->sig_term, on_term, SIGTERM);
+    ev_signal_init(&c->sig_int, on_term, SIGINT);
+    ev_signal_start(c->loop, &c->sig_hup);
+    ev_signal_start(c->loop, &c->sig_term);
+    ev_signal_start(c->loop, &c->sig_int);
+    /* signal watchers alone do not keep the loop running */
+    ev_unref(c->loop);
+    ev_unref(c->loop);
+    ev_unref(c->loop);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+tolk_instance *core_find_instance(core *c, const char *name) {
+    for (size_t i = 0; c->gen && i < c->gen->instances.n; i++) {
+        tolk_instance *inst = c->gen->instances.v[i];
+        if (!strcmp(inst->name, name)) return inst;
+    }
+    return NULL;
+}
+
+tolk_instance *core_add_instance(core *c, const char *name, const char *plugin,
+                                 const json_t *settings, conf_errors *errs) {
+    if (!c->gen) return NULL;
+    conf_instance *ci = conf_instance_from_json(name, plugin, settings,
+                                                conf_plugin_path(c->gen->conf, c->plugin_path), errs);
+    if (!ci) return NULL;
+    tolk_instance *inst = instance_new(c, ci, errs);
+    if (inst) {
+        ptr_vec_push(&c->gen->instances, inst);
+        ptr_vec_push(&c->gen->conf->instances, ci);
+    } else {
+        conf_instance_free(ci);
+    }
+    return inst;
+}
+
+void core_free(core *c) {
+    if (!c) return;
+    for (tolk_channel *ch = c->channels, *next; ch; ch = next) {
+        next = ch->next;
+        channel_end(ch, "core freed");
+    }
+    /* let deferred channel ends run */
+    while (c->channels) ev_run(c->loop, EVRUN_NOWAIT);
+    if (ev_is_active(&c->clock_w)) ev_io_stop(c->loop, &c->clock_w);
+    ev_ref(c->loop);
+    ev_timer_stop(c->loop, &c->uptime_timer);
+    generation *g = c->gen;
+    c->gen = NULL;
+    for (size_t i = 0; g && i < g->instances.n; i++) {
+        tolk_instance *inst = g->instances.v[i];
+        if (inst->desc->kind == TOLK_KIND_TRANSPORT && inst->started) {
+            ((const tolk_transport *)inst->desc)->stop(inst->self);
+            inst->started = 0;
+        }
+    }
+    /* queued jobs run their done callbacks while the instances still live */
+    workers_stop(c->workers);
+    c->workers = NULL;
+    if (g) generation_unref(g);
+    if (c->clock_fd >= 0) close(c->clock_fd);
+    free(c->confdir);
+    free(c->plugin_path);
+    free(c);
+}

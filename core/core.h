@@ -1,0 +1,274 @@
+/* The core's private model: instances, generations of configuration,
+ * channels with their per-direction pipelines, and the core object that
+ * owns the loop. Plugins never see this file. */
+#ifndef TOLK_CORE_CORE_H
+#define TOLK_CORE_CORE_H
+
+#include <ev.h>
+#include <jansson.h>
+#include <stdint.h>
+#include <tolk/plugin.h>
+
+#include "config.h"
+#include "loader.h"
+#include "loop.h"
+#include "util.h"
+
+typedef struct core core;
+typedef struct generation generation;
+typedef struct direction direction;
+typedef struct phrase phrase;
+
+/* ---- plugin instances ---- */
+
+struct tolk_instance {
+    core *core;
+    char *name;
+    char who[128]; /* "plugin/instance", the log prefix */
+    const tolk_plugin *desc;
+    json_t *settings;
+    void *self;
+    int refs;    /* generations holding it */
+    int started; /* transports: start() succeeded */
+    tolk_health health;
+};
+
+typedef struct chain {
+    char *name;
+    tolk_kind kind;
+    tolk_instance **prov; /* primary first */
+    size_t nprov;
+    const conf_chain *conf;
+} chain;
+
+/* One complete configuration. Channels hold the generation they started
+ * with; a reload makes a new one and the old one lives until its last
+ * channel ends. Instances with unchanged settings are shared. */
+struct generation {
+    unsigned id;
+    int refs;
+    conf_set *conf;
+    ptr_vec instances; /* tolk_instance *, each holding one ref */
+    chain *chains;
+    size_t nchains;
+};
+
+/* ---- channels ---- */
+
+typedef enum chan_state {
+    CH_IDLE = 0,
+    CH_RINGING,
+    CH_CONNECTED,
+    CH_TRANSLATING,
+    CH_DISCONNECTING,
+    CH_DISCONNECTED,
+    CH_ERROR
+} chan_state;
+const char *chan_state_name(chan_state s);
+
+/* Stages whose queues are measured: input -> stt -> mt -> tts -> playback. */
+enum { Q_INPUT, Q_STT, Q_MT, Q_TTS, Q_PLAYBACK, Q_COUNT };
+extern const char *const queue_names[Q_COUNT];
+
+struct tolk_stream {
+    direction *dir;
+    tolk_instance *inst;
+    void *state;
+    int open;
+    int flushing; /* flush() returned PENDING, waiting for stt_flushed */
+    int flushed;
+};
+
+struct tolk_request {
+    phrase *ph;
+    tolk_instance *inst;
+    int active;
+};
+
+struct phrase {
+    phrase *next;      /* in a stage queue */
+    phrase *mark_next; /* waiting for its first frame to be played */
+    direction *dir;
+    unsigned seq;
+    char *text, *translation;
+    uint64_t start_sample, end_sample;
+    uint64_t out_pos; /* where its audio starts in the output leg */
+    int has_audio;
+    /* times, monotonic seconds; 0 = not yet */
+    double t_speech_end, t_stt_final, t_mt_start, t_mt_done, t_tts_start, t_tts_first,
+        t_tts_done, t_first_out, t_enq;
+    tolk_instance *stt_inst, *mt_inst, *tts_inst;
+    tolk_request req;
+};
+
+typedef struct phrase_fifo {
+    phrase *head, *tail;
+    size_t n;
+} phrase_fifo;
+
+#define ARRIVAL_RING 512 /* frames: 10.24 s of arrival times per direction */
+
+struct direction {
+    tolk_channel *ch;
+    tolk_leg src, dst;
+    char *from, *to, *voice;
+    int translate; /* 0: src is heard untranslated by dst */
+    chain *stt, *mt, *tts;
+    tolk_stream stream;
+    int16_t inbuf[TOLK_FRAME_SAMPLES];
+    size_t nin;
+    uint64_t samples_in;
+    double arrival[ARRIVAL_RING];
+    phrase_fifo mt_q, tts_q;
+    phrase *mt_busy, *tts_busy;
+    phrase *marks_head, *marks_tail;
+    unsigned next_seq;
+    int input_ended;
+    int spoke; /* src sent audio */
+};
+
+/* Audio waiting to be played to one leg, in whole frames once complete. */
+typedef struct outbuf {
+    int16_t *buf;
+    size_t cap, head, len; /* ring of samples */
+    uint64_t written, played;
+    double oldest_enq; /* when the oldest unplayed audio was queued */
+} outbuf;
+
+struct tolk_channel {
+    core *core;
+    generation *gen;
+    tolk_instance *transport;
+    void *tstate;
+    char *id;
+    tolk_mode mode;
+    int paced;
+    chan_state state;
+    chan_state history[8];
+    size_t nhistory;
+    direction dir[2]; /* dir[TOLK_LEG_A]: A -> B; dir[TOLK_LEG_B]: B -> A */
+    outbuf out[2];    /* out[leg]: what leg hears */
+    uint64_t frames_in[2], frames_out[2];
+    double t_open, t_end_req;
+    int closed;      /* transport said it is gone: no more play()/hangup() */
+    int ending;      /* end scheduled */
+    ev_timer finish; /* deferred end, outside plugin callbacks */
+    ev_timer drain_deadline;
+    tolk_channel *prev, *next;
+};
+
+/* What tolk-translate prints and the bench measures, per phrase. */
+typedef struct phrase_report {
+    const char *channel_id;
+    unsigned seq;
+    tolk_leg from_leg;
+    const char *from, *to;
+    const char *text, *translation;
+    const char *stt, *mt, *tts; /* instance names */
+    double start_s, end_s;      /* position in the caller's audio */
+    /* milliseconds; < 0 when the stage did not happen */
+    double stt_ms;         /* end of speech -> final transcript */
+    double mt_ms;          /* MT request -> translation */
+    double tts_first_ms;   /* TTS request -> first audio */
+    double latency_ms;     /* end of speech (as it arrived) -> first frame out */
+    double mt_wait_ms, tts_wait_ms;
+    double playback_wait_ms; /* first audio -> its first frame out */
+    int ok; /* 0: the phrase was lost (error) */
+} phrase_report;
+
+typedef struct core_observer {
+    void (*phrase)(void *ud, const phrase_report *r);
+    void (*channel_state)(void *ud, tolk_channel *ch, chan_state st);
+    void (*channel_end)(void *ud, tolk_channel *ch);
+    void *ud;
+} core_observer;
+
+typedef struct core_metrics {
+    tolk_metric *latency, *component, *frames, *translations, *audio_bytes, *words, *errors,
+        *recoveries, *queue_depth, *queue_wait, *active, *duration, *uptime, *health, *success,
+        *refused, *channels_total, *reloads, *pipe_util, *voice_cache, *mt_cache_rate;
+    tolk_series *frames_s, *audio_bytes_s, *translations_s, *words_s, *active_s, *duration_s,
+        *refused_s, *channels_total_s, *uptime_s;
+    tolk_series *qdepth[Q_COUNT], *qwait[Q_COUNT];
+} core_metrics;
+
+struct core {
+    struct ev_loop *loop;
+    worker_pool *workers;
+    tolk_host host;
+    generation *gen;
+    unsigned next_gen_id;
+    char *confdir;
+    char *plugin_path;   /* command-line override or NULL */
+    int daemon_transports; /* start transports of the configuration */
+    tolk_channel *channels;
+    size_t active;
+    uint64_t total_channels, refused_channels, lost_phrases;
+    int stopping;
+    double started;
+    int clock_fd;
+    ev_io clock_w;
+    unsigned clock_users; /* channels with paced playback */
+    ev_signal sig_hup, sig_term, sig_int;
+    ev_timer drain_timer;
+    double drain_deadline_at;
+    int drain_forced;
+    ev_timer uptime_timer;
+    core_observer obs;
+    core_metrics m;
+    int exit_code;
+};
+
+/* ---- core.c ---- */
+/* Creates the core on the default loop. confdir may be NULL (tests). */
+core *core_new(const char *confdir, const char *plugin_path);
+/* Load conf.d as the first generation; 0 or -1 (errors logged). */
+int core_load(core *c);
+/* Use this configuration (already loaded) as the first generation. */
+int core_apply(core *c, conf_set *cs, conf_errors *errs);
+/* Start the transports of the current generation. */
+int core_start_transports(core *c);
+/* SIGHUP: re-read conf.d; keep the old generation on any error. */
+int core_reload(core *c);
+/* SIGTERM: stop accepting, drain for drain_timeout, then end what is left. */
+void core_shutdown(core *c);
+/* Installs SIGHUP/SIGTERM/SIGINT watchers. */
+void core_watch_signals(core *c);
+void core_free(core *c);
+/* Add an instance of a plugin from JSON settings to the current generation
+ * (tolk-translate's file transport). */
+tolk_instance *core_add_instance(core *c, const char *name, const char *plugin,
+                                 const json_t *settings, conf_errors *errs);
+tolk_instance *core_find_instance(core *c, const char *name);
+tolk_status instance_start_transport(tolk_instance *inst);
+
+/* ---- generation.c ---- */
+generation *generation_build(core *c, conf_set *cs, const generation *prev, conf_errors *errs);
+void generation_ref(generation *g);
+void generation_unref(generation *g);
+chain *generation_route(generation *g, tolk_kind kind, const char *from, const char *to);
+tolk_instance *instance_new(core *c, const conf_instance *ci, conf_errors *errs);
+void instance_unref(tolk_instance *inst);
+
+/* ---- channel.c ---- */
+tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel_info *info,
+                           void *tstate, tolk_status *why);
+tolk_status channel_audio(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n);
+void channel_input_end(tolk_channel *ch, tolk_leg leg);
+void channel_close(tolk_channel *ch);
+/* End a channel from the core side (shutdown): hangs up the transport. */
+void channel_end(tolk_channel *ch, const char *why);
+void channel_clock_tick(core *c);
+void stream_result(tolk_stream *s, const tolk_transcript *t);
+void stream_failed(tolk_stream *s, tolk_status st, tolk_severity sev, const char *why);
+void stream_flushed(tolk_stream *s);
+void request_mt_done(tolk_request *r, tolk_status st, const char *text);
+void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n);
+void request_tts_done(tolk_request *r, tolk_status st);
+
+/* ---- host.c ---- */
+void host_init(core *c, tolk_host *h);
+void core_metrics_init(core *c);
+void count_error(core *c, const char *component, const char *type, tolk_severity sev);
+
+#endif

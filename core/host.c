@@ -1,0 +1,229 @@
+/* The host-services table lent to plugins, and the core's own metrics. */
+#include <jansson.h>
+#include <speex/speex_resampler.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "core.h"
+#include "log.h"
+#include "metrics.h"
+
+/* One core per process: signals and the default loop are process-wide. */
+static core *g_core;
+
+static void h_log(tolk_instance *inst, tolk_log_level level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_vmsg(level, inst ? inst->who : "plugin", fmt, ap);
+    va_end(ap);
+}
+
+static int h_log_enabled(tolk_instance *inst, tolk_log_level level) { return log_enabled(level); }
+static const char *h_instance_name(tolk_instance *inst) { return inst ? inst->name : ""; }
+static double h_now(void) { return mono_now(); }
+
+static tolk_timer *h_timer_start(tolk_instance *inst, double after, double repeat, tolk_cb cb,
+                                 void *ud) {
+    return loop_timer_start(g_core->loop, after, repeat, cb, ud);
+}
+
+static tolk_workq *h_workq_new(tolk_instance *inst) { return workq_new(g_core->workers); }
+static tolk_status h_submit(tolk_workq *q, tolk_cb work, tolk_cb done, void *ud) {
+    return workq_submit(g_core->workers, q, work, done, ud);
+}
+static tolk_async *h_async_new(tolk_instance *inst, tolk_cb cb, void *ud) {
+    return loop_async_new(g_core->loop, cb, ud);
+}
+
+static tolk_resampler *h_resampler_new(unsigned in_rate, unsigned out_rate, int quality) {
+    int err = 0;
+    if (quality < 0) quality = 0;
+    if (quality > 10) quality = 10;
+    SpeexResamplerState *st = speex_resampler_init(1, in_rate, out_rate, quality, &err);
+    if (st) speex_resampler_skip_zeros(st);
+    return (tolk_resampler *)st;
+}
+
+static size_t h_resample(tolk_resampler *r, const int16_t *in, size_t n, int16_t *out,
+                         size_t out_cap) {
+    if (!r) return 0;
+    spx_uint32_t in_len = (spx_uint32_t)n, out_len = (spx_uint32_t)out_cap;
+    speex_resampler_process_int((SpeexResamplerState *)r, 0, in, &in_len, out, &out_len);
+    return out_len;
+}
+
+static void h_resampler_free(tolk_resampler *r) {
+    if (r) speex_resampler_destroy((SpeexResamplerState *)r);
+}
+
+static json_t *cfg_get(const json_t *cfg, const char *key) {
+    return cfg && key ? json_object_get(cfg, key) : NULL;
+}
+static int64_t h_cfg_int(const json_t *cfg, const char *key) {
+    json_t *v = cfg_get(cfg, key);
+    return json_is_integer(v) ? (int64_t)json_integer_value(v) : (int64_t)json_number_value(v);
+}
+static double h_cfg_double(const json_t *cfg, const char *key) {
+    return json_number_value(cfg_get(cfg, key));
+}
+static int h_cfg_bool(const json_t *cfg, const char *key) { return json_is_true(cfg_get(cfg, key)); }
+static const char *h_cfg_string(const json_t *cfg, const char *key) {
+    return json_string_value(cfg_get(cfg, key));
+}
+static size_t h_cfg_list_size(const json_t *cfg, const char *key) {
+    return json_array_size(cfg_get(cfg, key));
+}
+static const char *h_cfg_list_string(const json_t *cfg, const char *key, size_t i) {
+    return json_string_value(json_array_get(cfg_get(cfg, key), i));
+}
+static const char *h_cfg_map_string(const json_t *cfg, const char *key, const char *name) {
+    return json_string_value(json_object_get(cfg_get(cfg, key), name));
+}
+
+static void h_report(tolk_instance *inst, tolk_status st, tolk_severity sev, const char *why) {
+    if (!inst) return;
+    log_msg(sev >= TOLK_SEV_HIGH ? TOLK_LOG_ERR : TOLK_LOG_WARN, inst->who, "reported trouble (%d): %s",
+            (int)st, why ? why : "");
+    count_error(inst->core, inst->name, "reported", sev);
+}
+
+static void h_reset_done(tolk_instance *inst, tolk_status st) {
+    if (inst) log_msg(TOLK_LOG_INFO, inst->who, "reset finished (%d)", (int)st);
+}
+
+static tolk_channel *h_channel_open(tolk_instance *transport, const tolk_channel_info *info,
+                                    void *tstate, tolk_status *why) {
+    if (!transport || transport->desc->kind != TOLK_KIND_TRANSPORT) {
+        if (why) *why = TOLK_E_INVAL;
+        return NULL;
+    }
+    return channel_open(transport->core, transport, info, tstate, why);
+}
+
+static void h_channel_event(tolk_channel *ch, const char *name, const json_t *data) {
+    if (!ch || !name) return;
+    char *d = data ? json_dumps(data, JSON_COMPACT) : NULL;
+    log_msg(TOLK_LOG_VERB, "channel", "%s: event %s %s", ch->id, name, d ? d : "");
+    free(d);
+}
+
+static const char *h_channel_id(tolk_channel *ch) { return ch ? ch->id : ""; }
+
+void host_init(core *c, tolk_host *h) {
+    g_core = c;
+    *h = (tolk_host){
+        .size = sizeof(tolk_host),
+        .abi_major = TOLK_ABI_MAJOR,
+        .abi_minor = TOLK_ABI_MINOR,
+        .loop = c->loop,
+        .log = h_log,
+        .log_enabled = h_log_enabled,
+        .instance_name = h_instance_name,
+        .now = h_now,
+        .timer_start = h_timer_start,
+        .timer_stop = loop_timer_stop,
+        .workq_new = h_workq_new,
+        .workq_free = workq_free,
+        .submit = h_submit,
+        .async_new = h_async_new,
+        .async_send = loop_async_send,
+        .async_free = loop_async_free,
+        .resampler_new = h_resampler_new,
+        .resample = h_resample,
+        .resampler_free = h_resampler_free,
+        .cfg_int = h_cfg_int,
+        .cfg_double = h_cfg_double,
+        .cfg_bool = h_cfg_bool,
+        .cfg_string = h_cfg_string,
+        .cfg_list_size = h_cfg_list_size,
+        .cfg_list_string = h_cfg_list_string,
+        .cfg_map_string = h_cfg_map_string,
+        .metric_family = metrics_family,
+        .metric_series = metrics_series,
+        .series_add = metrics_add,
+        .series_set = metrics_set,
+        .series_observe = metrics_observe,
+        .metrics_visit = metrics_visit,
+        .report = h_report,
+        .reset_done = h_reset_done,
+        .channel_open = h_channel_open,
+        .channel_audio = channel_audio,
+        .channel_input_end = channel_input_end,
+        .channel_event = h_channel_event,
+        .channel_close = channel_close,
+        .channel_id = h_channel_id,
+        .stt_result = stream_result,
+        .stt_failed = stream_failed,
+        .stt_flushed = stream_flushed,
+        .mt_done = request_mt_done,
+        .tts_audio = request_tts_audio,
+        .tts_done = request_tts_done,
+    };
+}
+
+static const char *const severity_names[] = {"low", "medium", "high", "critical"};
+
+void count_error(core *c, const char *component, const char *type, tolk_severity sev) {
+    if ((int)sev < 0 || sev > TOLK_SEV_CRITICAL) sev = TOLK_SEV_MEDIUM;
+    metrics_add(metrics_series_v(c->m.errors, component, type, severity_names[sev], NULL), 1);
+}
+
+void core_metrics_init(core *c) {
+    static const double latency_b[] = {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0, 2.5, 3.0};
+    static const double component_b[] = {10, 25, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000};
+    static const double wait_b[] = {1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000};
+    static const double duration_b[] = {1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600};
+    core_metrics *m = &c->m;
+    m->latency = metrics_family("translation_latency_seconds",
+                                "Time per pipeline stage; stage=total is end of phrase to first translated frame",
+                                TOLK_METRIC_HISTOGRAM, "source_lang,target_lang,stage", latency_b,
+                                ARRAY_LEN(latency_b));
+    m->component = metrics_family("component_latency_milliseconds", "Provider operation time",
+                                  TOLK_METRIC_HISTOGRAM, "component,operation", component_b,
+                                  ARRAY_LEN(component_b));
+    m->frames = metrics_family("frames_processed_total", "20 ms audio frames received from calls",
+                               TOLK_METRIC_COUNTER, NULL, NULL, 0);
+    m->translations = metrics_family("translations_completed_total",
+                                     "Phrases whose translation started playing", TOLK_METRIC_COUNTER,
+                                     NULL, NULL, 0);
+    m->audio_bytes = metrics_family("audio_bytes_processed_total", "Bytes of call audio received",
+                                    TOLK_METRIC_COUNTER, NULL, NULL, 0);
+    m->words = metrics_family("words_translated_total", "Words recognised and sent to translation",
+                              TOLK_METRIC_COUNTER, NULL, NULL, 0);
+    m->errors = metrics_family("errors_total", "Errors by component, type and severity",
+                               TOLK_METRIC_COUNTER, "component,error_type,severity", NULL, 0);
+    m->recoveries = metrics_family("recoveries_total", "Recovery attempts by tier and outcome",
+                                   TOLK_METRIC_COUNTER, "component,tier,success", NULL, 0);
+    m->queue_depth = metrics_family("queue_depth", "Items waiting in a pipeline queue, all calls",
+                                    TOLK_METRIC_GAUGE, "queue", NULL, 0);
+    m->queue_wait = metrics_family("queue_wait_time_milliseconds", "Time spent waiting in a queue",
+                                   TOLK_METRIC_HISTOGRAM, "queue", wait_b, ARRAY_LEN(wait_b));
+    m->active = metrics_family("active_channels", "Calls in progress", TOLK_METRIC_GAUGE, NULL, NULL, 0);
+    m->duration = metrics_family("channel_duration_seconds", "Length of ended calls",
+                                 TOLK_METRIC_HISTOGRAM, NULL, duration_b, ARRAY_LEN(duration_b));
+    m->uptime = metrics_family("service_uptime_seconds", "Seconds since tolkd started",
+                               TOLK_METRIC_GAUGE, NULL, NULL, 0);
+    m->health = metrics_family("service_health", "Provider health: 0 healthy .. 3 failed",
+                               TOLK_METRIC_GAUGE, "component", NULL, 0);
+    m->success = metrics_family("success_rate", "Share of successful provider operations",
+                                TOLK_METRIC_GAUGE, "component", NULL, 0);
+    m->refused = metrics_family("channels_refused_total", "Calls refused (limit or shutdown)",
+                                TOLK_METRIC_COUNTER, NULL, NULL, 0);
+    m->channels_total = metrics_family("channels_total", "Calls accepted", TOLK_METRIC_COUNTER, NULL,
+                                       NULL, 0);
+    m->reloads = metrics_family("config_reloads_total", "Configuration reloads by result",
+                                TOLK_METRIC_COUNTER, "result", NULL, 0);
+    m->frames_s = metrics_series(m->frames, NULL);
+    m->translations_s = metrics_series(m->translations, NULL);
+    m->audio_bytes_s = metrics_series(m->audio_bytes, NULL);
+    m->words_s = metrics_series(m->words, NULL);
+    m->active_s = metrics_series(m->active, NULL);
+    m->duration_s = metrics_series(m->duration, NULL);
+    m->uptime_s = metrics_series(m->uptime, NULL);
+    m->refused_s = metrics_series(m->refused, NULL);
+    m->channels_total_s = metrics_series(m->channels_total, NULL);
+    for (int q = 0; q < Q_COUNT; q++) {
+        m->qdepth[q] = metrics_series_v(m->queue_depth, queue_names[q], NULL);
+        m->qwait[q] = metrics_series_v(m->queue_wait, queue_names[q], NULL);
+    }
+}

@@ -1,0 +1,208 @@
+#include "loader.h"
+
+#include <ctype.h>
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "log.h"
+#include "util.h"
+
+static loaded_plugin *g_loaded;
+
+static const char *const kind_names[] = {NULL, "transport", "stt", "mt", "tts", "metrics"};
+
+const char *loader_kind_name(tolk_kind kind) {
+    return kind >= TOLK_KIND_TRANSPORT && kind <= TOLK_KIND_METRICS ? kind_names[kind] : "?";
+}
+
+int loader_kind_parse(const char *name) {
+    for (int k = TOLK_KIND_TRANSPORT; k <= TOLK_KIND_METRICS; k++)
+        if (name && !strcmp(name, kind_names[k])) return k;
+    return -1;
+}
+
+static const char *base_name(const char *path) {
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+/* Which members each kind cannot do without, checked at load rather than at
+ * first use so a broken plugin fails at start-up, not in the middle of a call. */
+static const char *missing_member(const tolk_plugin *d) {
+    if (!d->create) return "create";
+    if (!d->destroy) return "destroy";
+    switch (d->kind) {
+    case TOLK_KIND_TRANSPORT:
+        if (!DESC_FN(d, tolk_transport, start)) return "start";
+        if (!DESC_FN(d, tolk_transport, stop)) return "stop";
+        if (!DESC_FN(d, tolk_transport, play)) return "play";
+        if (!DESC_FN(d, tolk_transport, hangup)) return "hangup";
+        break;
+    case TOLK_KIND_STT:
+        if (!DESC_FN(d, tolk_stt, open)) return "open";
+        if (!DESC_FN(d, tolk_stt, feed)) return "feed";
+        if (!DESC_FN(d, tolk_stt, close)) return "close";
+        break;
+    case TOLK_KIND_MT:
+        if (!DESC_FN(d, tolk_mt, translate)) return "translate";
+        if (!DESC_FN(d, tolk_mt, cancel)) return "cancel";
+        break;
+    case TOLK_KIND_TTS:
+        if (!DESC_FN(d, tolk_tts, speak)) return "speak";
+        if (!DESC_FN(d, tolk_tts, cancel)) return "cancel";
+        break;
+    case TOLK_KIND_METRICS:
+        break;
+    }
+    return NULL;
+}
+
+static int check_options(const tolk_plugin *d, char *err, size_t errlen, const char *path) {
+    for (const tolk_option *o = d->options; o && o->key; o++) {
+        if (o->type < TOLK_OPT_BOOL || o->type > TOLK_OPT_MAP) {
+            snprintf(err, errlen, "%s: option '%s' has an unknown type %d", path, o->key,
+                     (int)o->type);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+const loaded_plugin *loader_open(const char *path, char *err, size_t errlen) {
+    for (loaded_plugin *lp = g_loaded; lp; lp = lp->next)
+        if (!strcmp(lp->path, path)) return lp;
+
+    dlerror();
+    void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+        snprintf(err, errlen, "%s: cannot load: %s", path, dlerror());
+        return NULL;
+    }
+    tolk_plugin_entry_fn entry;
+    *(void **)&entry = dlsym(dl, TOLK_PLUGIN_ENTRY_SYMBOL);
+    if (!entry) {
+        snprintf(err, errlen, "%s: not a tolk plugin: no symbol %s", path,
+                 TOLK_PLUGIN_ENTRY_SYMBOL);
+        dlclose(dl);
+        return NULL;
+    }
+    const tolk_plugin *d = entry(TOLK_ABI_MAJOR, TOLK_ABI_MINOR);
+    const char *why = NULL;
+    char buf[256];
+    if (!d) {
+        why = "its entry returned no descriptor";
+    } else if (d->abi_major != TOLK_ABI_MAJOR) {
+        snprintf(buf, sizeof buf,
+                 "built for plugin ABI %u.%u, this tolkd speaks %u.%u: rebuild the plugin "
+                 "against this version's tolk/plugin.h",
+                 d->abi_major, d->abi_minor, TOLK_ABI_MAJOR, TOLK_ABI_MINOR);
+        why = buf;
+    } else if (d->abi_minor > TOLK_ABI_MINOR) {
+        snprintf(buf, sizeof buf,
+                 "built for plugin ABI %u.%u, newer than this tolkd's %u.%u: upgrade tolkd",
+                 d->abi_major, d->abi_minor, TOLK_ABI_MAJOR, TOLK_ABI_MINOR);
+        why = buf;
+    } else if (d->size < sizeof(tolk_plugin)) {
+        snprintf(buf, sizeof buf, "descriptor too short (%u bytes)", d->size);
+        why = buf;
+    } else if (!d->build_abi || strcmp(d->build_abi, TOLK_BUILD_ABI)) {
+        snprintf(buf, sizeof buf, "build fingerprint '%s' does not match tolkd's '%s'",
+                 d->build_abi ? d->build_abi : "(none)", TOLK_BUILD_ABI);
+        why = buf;
+    } else if (d->kind < TOLK_KIND_TRANSPORT || d->kind > TOLK_KIND_METRICS) {
+        snprintf(buf, sizeof buf, "unknown plugin kind %d", (int)d->kind);
+        why = buf;
+    } else if (!d->name || !*d->name) {
+        why = "descriptor has no name";
+    } else {
+        const char *m = missing_member(d);
+        if (m) {
+            snprintf(buf, sizeof buf, "%s plugin '%s' lacks the mandatory member '%s'",
+                     loader_kind_name(d->kind), d->name, m);
+            why = buf;
+        }
+    }
+    if (why) {
+        snprintf(err, errlen, "%s: refused: %s", path, why);
+        dlclose(dl);
+        return NULL;
+    }
+    if (check_options(d, err, errlen, path)) {
+        dlclose(dl);
+        return NULL;
+    }
+    loaded_plugin *lp = xcalloc(1, sizeof *lp);
+    lp->name = xstrdup(d->name);
+    lp->path = xstrdup(path);
+    lp->dl = dl;
+    lp->desc = d;
+    lp->next = g_loaded;
+    g_loaded = lp;
+    log_msg(TOLK_LOG_VERB, "loader", "loaded %s plugin %s %s from %s", loader_kind_name(d->kind),
+            d->name, d->version ? d->version : "", path);
+    return lp;
+}
+
+static int valid_plugin_name(const char *name) {
+    if (!name || !*name || strlen(name) > 64) return 0;
+    for (const char *p = name; *p; p++)
+        if (!(islower((unsigned char)*p) || isdigit((unsigned char)*p) || *p == '_')) return 0;
+    return 1;
+}
+
+const loaded_plugin *loader_find(const char *name, const char *search_path, char *err,
+                                 size_t errlen) {
+    if (!valid_plugin_name(name)) {
+        snprintf(err, errlen, "invalid plugin name '%s' (lower-case letters, digits, _)",
+                 name ? name : "");
+        return NULL;
+    }
+    for (loaded_plugin *lp = g_loaded; lp; lp = lp->next) {
+        const char *b = base_name(lp->path);
+        size_t n = strlen(name);
+        if (!strncmp(b, name, n) && !strcmp(b + n, ".so")) return lp;
+    }
+    char *dirs = xstrdup(search_path ? search_path : TOLK_PLUGINDIR);
+    char *save = NULL;
+    const loaded_plugin *found = NULL;
+    int seen = 0;
+    for (char *dir = strtok_r(dirs, ":", &save); dir && !found && !seen;
+         dir = strtok_r(NULL, ":", &save)) {
+        static const char *const layouts[] = {"%s/%s.so", "%s/%s/.libs/%s.so", "%s/.libs/%s.so"};
+        for (size_t i = 0; i < ARRAY_LEN(layouts); i++) {
+            char *path = i == 1 ? xasprintf(layouts[i], dir, name, name)
+                                : xasprintf(layouts[i], dir, name);
+            struct stat st;
+            if (stat(path, &st) == 0) {
+                seen = 1;
+                found = loader_open(path, err, errlen);
+                free(path);
+                break;
+            }
+            free(path);
+        }
+    }
+    free(dirs);
+    if (!found && !seen)
+        snprintf(err, errlen, "unknown plugin '%s' (searched %s)", name,
+                 search_path ? search_path : TOLK_PLUGINDIR);
+    if (found && strcmp(found->desc->name, name)) {
+        snprintf(err, errlen, "%s: its descriptor calls it '%s', not '%s'", found->path,
+                 found->desc->name, name);
+        return NULL;
+    }
+    return found;
+}
+
+void loader_unload_all(void) {
+    while (g_loaded) {
+        loaded_plugin *lp = g_loaded;
+        g_loaded = lp->next;
+        dlclose(lp->dl);
+        free(lp->name);
+        free(lp->path);
+        free(lp);
+    }
+}

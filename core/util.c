@@ -1,0 +1,142 @@
+#include "util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <time.h>
+
+static void oom(void) {
+    fputs("tolk: out of memory\n", stderr);
+    abort();
+}
+
+void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) oom();
+    return p;
+}
+
+void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) oom();
+    return p;
+}
+
+void *xrealloc(void *p, size_t n) {
+    p = realloc(p, n ? n : 1);
+    if (!p) oom();
+    return p;
+}
+
+char *xstrdup(const char *s) {
+    if (!s) return NULL;
+    size_t n = strlen(s) + 1;
+    return memcpy(xmalloc(n), s, n);
+}
+
+char *xasprintf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0) oom();
+    va_end(ap);
+    return s;
+}
+
+double mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double wall_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void ptr_vec_push(ptr_vec *pv, void *p) {
+    if (pv->n == pv->cap) {
+        pv->cap = pv->cap ? pv->cap * 2 : 8;
+        pv->v = xrealloc(pv->v, pv->cap * sizeof(void *));
+    }
+    pv->v[pv->n++] = p;
+}
+
+int ptr_vec_remove(ptr_vec *pv, void *p) {
+    for (size_t i = 0; i < pv->n; i++) {
+        if (pv->v[i] == p) {
+            memmove(&pv->v[i], &pv->v[i + 1], (pv->n - i - 1) * sizeof(void *));
+            pv->n--;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void ptr_vec_free(ptr_vec *pv) {
+    free(pv->v);
+    pv->v = NULL;
+    pv->n = pv->cap = 0;
+}
+
+static size_t utf8_seq(const unsigned char *p, size_t avail) {
+    unsigned c = p[0];
+    size_t n;
+    unsigned min;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) n = 2, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF) n = 3, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4) n = 4, min = 0x10000;
+    else return 0;
+    if (avail < n) return 0;
+    unsigned cp = c & (0x7F >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return n;
+}
+
+char *utf8_clean(const char *s, size_t max_bytes) {
+    if (!s) return xstrdup("");
+    size_t len = strnlen(s, max_bytes);
+    char *out = xmalloc(len * 3 + 1);
+    size_t o = 0;
+    int space = 1; /* drop leading spaces */
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_seq(p + i, len - i);
+        if (n == 0) {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+            space = 0;
+            continue;
+        }
+        if (n == 1 && (p[i] < 0x20 || p[i] == 0x7F || p[i] == ' ')) {
+            if (!space) out[o++] = ' ';
+            space = 1;
+            i++;
+            continue;
+        }
+        memcpy(out + o, p + i, n);
+        o += n;
+        i += n;
+        space = 0;
+    }
+    while (o > 0 && out[o - 1] == ' ') o--;
+    out[o] = 0;
+    return out;
+}
+
+size_t count_words(const char *s) {
+    size_t n = 0;
+    int in = 0;
+    for (; s && *s; s++) {
+        int sp = *s == ' ' || *s == '\t' || *s == '\n' || *s == '\r';
+        if (!sp && !in) n++;
+        in = !sp;
+    }
+    return n;
+}

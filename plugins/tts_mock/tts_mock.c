@@ -1,0 +1,535 @@
+/*
+ * tts_mock -- a deterministic stand-in for a streaming speech synthesiser.
+ *
+ * It "speaks" a text as a chain of tones, one per word, so that the audio is
+ * cheap to make, identical on every run, and still looks like speech to a
+ * level meter or to stt_mock's energy detector (the gaps between words are
+ * shorter than its default silence_ms, so one text is one phrase there).
+ *
+ * Audio (16 kHz):
+ *   - length: `ms_per_char` times the number of UTF-8 characters of the text
+ *     (spaces and punctuation included), at least 200 ms, rounded up to whole
+ *     20 ms frames;
+ *   - that time is shared among the words (runs of non-blanks) in proportion
+ *     to their characters, with 40 ms of near-silence (+-4) between words;
+ *   - a word is a sine at `frequency` shifted by up to +-10% according to a
+ *     hash of the word (the same word always sounds the same), of peak
+ *     `amplitude`, with a 5 ms linear fade in and out;
+ *   - a text without words is near-silence of the same length.
+ * The audio goes to host->tts_audio in chunks of `chunk_ms`: the first one
+ * `latency_ms` after speak(), then one every `chunk_interval_ms` (0 = all the
+ * rest right after the first, in the same callback), then tts_done(TOLK_OK).
+ * language and voice are ignored.
+ *
+ * Settings (all optional):
+ *   latency_ms         int    80       delay of the first chunk
+ *   ms_per_char        int    60       audio per character of text
+ *   frequency          double 440      base tone, Hz
+ *   amplitude          int    8000     tone peak
+ *   chunk_ms           int    100      audio per tts_audio() call
+ *   chunk_interval_ms  int    0        time between chunks, 0 = no wait
+ *   drop_after_chunks  int    0        fail after this many chunks (0 = off)
+ *   fail_every         int    0        every Nth request fails (0 = off)
+ *   fail_after         int    0        after N good requests all fail (0 = off)
+ *   fail_status        str    "backend" backend | again | fatal | timeout
+ *   hang               bool   false    accept requests, never answer
+ *   garbage            bool   false    full-scale noise in odd-sized chunks
+ *
+ * Faults. A failing request gets no audio and tts_done(fail_status) after
+ * latency_ms. drop_after_chunks sends that many chunks, then
+ * tts_done(TOLK_E_BACKEND) when the next one was due (a request short
+ * enough to fit is not affected). garbage keeps the timing but sends
+ * full-scale white noise, in chunks of an odd number of samples, for a total
+ * that is no whole number of frames. A hung request stays pending until the
+ * core cancels it. health() is TOLK_FAILED while fail_after is in force;
+ * reset() clears the counters and restarts fail_every/fail_after counting.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <tolk/plugin.h>
+
+#define MS_SAMPLES(ms) ((uint64_t)(ms) * (TOLK_SAMPLE_RATE / 1000))
+#define MIN_MS 200
+#define GAP_MS 40
+#define FADE_MS 5
+#define FREQ_SPREAD 0.10
+#define HUSH 4 /* peak of the near-silence between words */
+#define TWO_PI 6.283185307179586 /* M_PI is not ISO C */
+
+static const tolk_option tts_mock_options[] = {
+    {.key = "latency_ms", .type = TOLK_OPT_INT, .default_value = "80", .min = 0, .max = 600000,
+     .help = "delay between speak() and the first chunk of audio"},
+    {.key = "ms_per_char", .type = TOLK_OPT_INT, .default_value = "60", .min = 1, .max = 10000,
+     .help = "milliseconds of audio per UTF-8 character of text (at least 200 ms in all)"},
+    {.key = "frequency", .type = TOLK_OPT_DOUBLE, .default_value = "440", .min = 20, .max = 7000,
+     .help = "base tone in Hz; each word is shifted by up to +-10%"},
+    {.key = "amplitude", .type = TOLK_OPT_INT, .default_value = "8000", .min = 0, .max = 32767,
+     .help = "peak sample value of the tone"},
+    {.key = "chunk_ms", .type = TOLK_OPT_INT, .default_value = "100", .min = 1, .max = 60000,
+     .help = "milliseconds of audio per host->tts_audio() call"},
+    {.key = "chunk_interval_ms", .type = TOLK_OPT_INT, .default_value = "0", .min = 0,
+     .max = 600000, .help = "time between chunks; 0 = all chunks right after the first"},
+    {.key = "drop_after_chunks", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1e9,
+     .help = "after this many chunks the request fails with TOLK_E_BACKEND; 0 = off"},
+    {.key = "fail_every", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1e9,
+     .help = "every Nth request fails; 0 = off"},
+    {.key = "fail_after", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1e9,
+     .help = "after N successful requests every request fails, until reset; 0 = off"},
+    {.key = "fail_status", .type = TOLK_OPT_STRING, .default_value = "backend",
+     .help = "status of injected failures: backend, again, fatal or timeout"},
+    {.key = "hang", .type = TOLK_OPT_BOOL, .default_value = "false",
+     .help = "accept requests but never answer them"},
+    {.key = "garbage", .type = TOLK_OPT_BOOL, .default_value = "false",
+     .help = "send full-scale noise in chunks of an odd number of samples"},
+    {.key = NULL},
+};
+
+/* ------------------------------------------------------------------ */
+/* Fault injection (the same rules in all three mocks)                 */
+
+typedef struct fault_cfg {
+    int64_t fail_every, fail_after;
+    tolk_status fail_status;
+    int hang, garbage;
+} fault_cfg;
+
+typedef struct fault_count {
+    uint64_t requests, failures, successes;
+} fault_count;
+
+typedef enum fault_fate { FATE_OK, FATE_FAIL, FATE_HANG } fault_fate;
+
+static int fail_status_parse(const char *s, tolk_status *st)
+{
+    static const struct {
+        const char *name;
+        tolk_status st;
+    } names[] = {{"backend", TOLK_E_BACKEND},
+                 {"again", TOLK_E_AGAIN},
+                 {"fatal", TOLK_E_FATAL},
+                 {"timeout", TOLK_E_TIMEOUT}};
+    for (size_t i = 0; s && i < sizeof names / sizeof names[0]; i++) {
+        if (!strcmp(s, names[i].name)) {
+            *st = names[i].st;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int fault_failing(const fault_cfg *f, const fault_count *c)
+{
+    return f->fail_after > 0 && c->successes >= (uint64_t)f->fail_after;
+}
+
+/* Decided when a request arrives, so the outcome depends only on the order
+ * of requests, not on timing. */
+static fault_fate fault_decide(const fault_cfg *f, fault_count *c)
+{
+    c->requests++;
+    if (f->hang) return FATE_HANG;
+    if (fault_failing(f, c) || (f->fail_every > 0 && c->requests % (uint64_t)f->fail_every == 0)) {
+        c->failures++;
+        return FATE_FAIL;
+    }
+    c->successes++;
+    return FATE_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* State                                                               */
+
+typedef struct tts_word {
+    uint64_t start, len; /* samples */
+    double freq;
+} tts_word;
+
+typedef struct tts_mock tts_mock;
+
+typedef struct tts_job {
+    struct tts_job *prev, *next; /* tts_mock.jobs */
+    tts_mock *m;
+    tolk_request *r;
+    tolk_timer *timer; /* NULL while hung, or while its callback runs */
+    fault_fate fate;
+    int garbage;
+    uint32_t seed; /* of the noise, so garbage is reproducible too */
+
+    tts_word *words;
+    size_t nwords, wcur; /* wcur: rendering position in words */
+    uint64_t total, sent; /* samples */
+    size_t chunk;         /* samples per tts_audio() */
+    uint64_t chunks_sent;
+    int16_t *buf;
+
+    int busy;      /* inside host->tts_audio() */
+    int cancelled; /* cancel() came during it: free on return */
+} tts_job;
+
+struct tts_mock {
+    const tolk_host *host;
+    tolk_instance *inst;
+    int64_t latency_ms, ms_per_char, amplitude, chunk_ms, chunk_interval_ms, drop_after_chunks;
+    double frequency;
+    fault_cfg fault;
+    fault_count count;
+    uint64_t drops;
+    tts_job *jobs;
+    size_t npending;
+};
+
+/* ------------------------------------------------------------------ */
+/* Audio                                                               */
+
+static uint32_t mix32(uint32_t x)
+{
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+
+static uint32_t fnv1a(const char *p, size_t n)
+{
+    uint32_t h = 2166136261U;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 16777619U;
+    return h;
+}
+
+static int is_blank(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+static size_t utf8_chars(const char *p, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        if (((unsigned char)p[i] & 0xc0) != 0x80) c++;
+    return c;
+}
+
+/* Lays the text out on the time line; see the comment at the top. */
+static int layout(tts_job *j, const tts_mock *m, const char *text)
+{
+    size_t len = strlen(text);
+    uint64_t ms = (uint64_t)m->ms_per_char * utf8_chars(text, len);
+    if (ms < MIN_MS) ms = MIN_MS;
+    j->total = (MS_SAMPLES(ms) + TOLK_FRAME_SAMPLES - 1) / TOLK_FRAME_SAMPLES * TOLK_FRAME_SAMPLES;
+
+    size_t nw = 0, sumc = 0;
+    for (size_t i = 0; i < len; i++)
+        if (!is_blank((unsigned char)text[i]) && (i == 0 || is_blank((unsigned char)text[i - 1])))
+            nw++;
+    if (!nw) return 0;
+    j->words = calloc(nw, sizeof *j->words);
+    if (!j->words) return -1;
+
+    /* Many short words at a low ms_per_char would leave no room for tones:
+     * never let the gaps take more than half. */
+    uint64_t gap = MS_SAMPLES(GAP_MS);
+    if (nw > 1 && gap * (nw - 1) > j->total / 2) gap = j->total / 2 / (nw - 1);
+    uint64_t avail = j->total - gap * (nw - 1);
+
+    size_t *chars = calloc(nw, sizeof *chars);
+    if (!chars) return -1;
+    for (size_t i = 0, w = 0; i < len; w++) {
+        while (i < len && is_blank((unsigned char)text[i])) i++;
+        if (i >= len) break;
+        size_t s = i;
+        while (i < len && !is_blank((unsigned char)text[i])) i++;
+        chars[w] = utf8_chars(text + s, i - s);
+        sumc += chars[w];
+        uint32_t h = fnv1a(text + s, i - s);
+        double shift = ((double)(h % 2001) - 1000.0) / 1000.0; /* -1..1 */
+        j->words[w].freq = m->frequency * (1.0 + FREQ_SPREAD * shift);
+    }
+    uint64_t pos = 0, used = 0;
+    for (size_t w = 0; w < nw; w++) {
+        uint64_t wl = w + 1 == nw ? avail - used : avail * chars[w] / sumc;
+        j->words[w].start = pos;
+        j->words[w].len = wl;
+        used += wl;
+        pos += wl + gap;
+    }
+    free(chars);
+    j->nwords = nw;
+    return 0;
+}
+
+static int16_t tone_sample(const tts_word *w, uint64_t t, double amplitude)
+{
+    uint64_t fade = MS_SAMPLES(FADE_MS);
+    if (2 * fade > w->len) fade = w->len / 2 ? w->len / 2 : 1;
+    double env = 1.0;
+    if (t < fade) env = (double)t / (double)fade;
+    if (w->len - t < fade && (double)(w->len - t) / (double)fade < env)
+        env = (double)(w->len - t) / (double)fade;
+    double v = amplitude * env * sin(TWO_PI * w->freq * (double)t / TOLK_SAMPLE_RATE);
+    return (int16_t)lrint(v);
+}
+
+/* Sample by sample from the layout, so a long text costs no memory. */
+static void render(tts_job *j, uint64_t off, size_t n, int16_t *out)
+{
+    double amp = (double)j->m->amplitude;
+    for (size_t k = 0; k < n; k++) {
+        uint64_t i = off + k;
+        if (j->garbage) {
+            out[k] = (int16_t)(mix32(j->seed * 0x9e3779b9U + (uint32_t)i) & 0xffff);
+            continue;
+        }
+        while (j->wcur < j->nwords && j->words[j->wcur].start + j->words[j->wcur].len <= i)
+            j->wcur++;
+        const tts_word *w = j->wcur < j->nwords ? &j->words[j->wcur] : NULL;
+        if (w && i >= w->start)
+            out[k] = tone_sample(w, i - w->start, amp);
+        else
+            out[k] = (int16_t)((int)(mix32((uint32_t)i) % (2 * HUSH + 1)) - HUSH);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Requests                                                            */
+
+static void job_unlink(tts_job *j)
+{
+    tts_mock *m = j->m;
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        m->jobs = j->next;
+    if (j->next) j->next->prev = j->prev;
+    j->prev = j->next = NULL;
+    m->npending--;
+}
+
+static void job_free(tts_job *j)
+{
+    free(j->words);
+    free(j->buf);
+    free(j);
+}
+
+static void job_finish(tts_job *j, tolk_status st)
+{
+    /* Unlinked first: once tts_done() is called the core will not cancel()
+     * r, so the job must not be findable any more. */
+    job_unlink(j);
+    j->m->host->tts_done(j->r, st);
+    job_free(j);
+}
+
+static void job_tick(void *ud)
+{
+    tts_job *j = ud;
+    tts_mock *m = j->m;
+    const tolk_host *h = m->host;
+
+    /* A one-shot timer frees itself after this returns. */
+    j->timer = NULL;
+    if (j->fate == FATE_FAIL) {
+        job_finish(j, m->fault.fail_status);
+        return;
+    }
+    for (;;) {
+        if (m->drop_after_chunks && j->chunks_sent >= (uint64_t)m->drop_after_chunks) {
+            job_finish(j, TOLK_E_BACKEND);
+            return;
+        }
+        uint64_t left = j->total - j->sent;
+        size_t n = left < j->chunk ? (size_t)left : j->chunk;
+        render(j, j->sent, n, j->buf);
+        j->busy = 1;
+        h->tts_audio(j->r, j->buf, n);
+        j->busy = 0;
+        /* The core may cancel from inside tts_audio (hangup, barge-in). */
+        if (j->cancelled) {
+            job_free(j);
+            return;
+        }
+        j->sent += n;
+        j->chunks_sent++;
+        if (j->sent >= j->total) {
+            job_finish(j, TOLK_OK);
+            return;
+        }
+        if (m->chunk_interval_ms > 0) {
+            j->timer = h->timer_start(m->inst, (double)m->chunk_interval_ms / 1000.0, 0, job_tick,
+                                      j);
+            if (!j->timer) job_finish(j, TOLK_E_NOMEM);
+            return;
+        }
+    }
+}
+
+static tolk_status tts_mock_speak(void *self, tolk_request *r, const char *text,
+                                  const char *language, const char *voice)
+{
+    tts_mock *m = self;
+    if (!text) return TOLK_E_INVAL;
+    tts_job *j = calloc(1, sizeof *j);
+    if (!j) return TOLK_E_NOMEM;
+    j->m = m;
+    j->r = r;
+    j->garbage = m->fault.garbage;
+    j->chunk = (size_t)MS_SAMPLES(m->chunk_ms);
+    if (j->garbage) j->chunk |= 1; /* odd-sized chunks, as a broken codec would send */
+    if (layout(j, m, text) || !(j->buf = malloc(j->chunk * sizeof *j->buf))) {
+        job_free(j);
+        return TOLK_E_NOMEM;
+    }
+    if (j->garbage) j->total += 1; /* and a total that is no whole number of frames */
+
+    j->fate = fault_decide(&m->fault, &m->count);
+    j->seed = (uint32_t)m->count.requests;
+    uint64_t nchunks = (j->total + j->chunk - 1) / j->chunk;
+    if (j->fate == FATE_OK && m->drop_after_chunks && nchunks > (uint64_t)m->drop_after_chunks) {
+        /* Known now, counted now: this one will not succeed. */
+        m->count.successes--;
+        m->count.failures++;
+        m->drops++;
+    }
+
+    if (j->fate != FATE_HANG) {
+        j->timer = m->host->timer_start(m->inst, (double)m->latency_ms / 1000.0, 0, job_tick, j);
+        if (!j->timer) {
+            job_free(j);
+            return TOLK_E_NOMEM;
+        }
+    }
+    j->next = m->jobs;
+    if (m->jobs) m->jobs->prev = j;
+    m->jobs = j;
+    m->npending++;
+    TOLK_LOG(m->host, m->inst, TOLK_LOG_DBG, "request %llu (%s, %s): %llu samples, %s",
+             (unsigned long long)m->count.requests, language ? language : "-",
+             voice ? voice : "-", (unsigned long long)j->total,
+             j->fate == FATE_HANG ? "hung" : j->fate == FATE_FAIL ? "will fail" : "pending");
+    return TOLK_PENDING;
+}
+
+static void tts_mock_cancel(void *self, tolk_request *r)
+{
+    tts_mock *m = self;
+    for (tts_job *j = m->jobs; j; j = j->next) {
+        if (j->r == r) {
+            job_unlink(j);
+            if (j->timer) m->host->timer_stop(j->timer);
+            if (j->busy)
+                j->cancelled = 1;
+            else
+                job_free(j);
+            return;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Instance                                                            */
+
+static tolk_status tts_mock_check_config(const json_t *cfg, tolk_config_error *err)
+{
+    /* No host here: read the jansson object directly. */
+    const json_t *v = json_object_get(cfg, "fail_status");
+    tolk_status st;
+    if (v && fail_status_parse(json_string_value(v), &st)) {
+        err->key = "fail_status";
+        snprintf(err->message, sizeof err->message,
+                 "must be \"backend\", \"again\", \"fatal\" or \"timeout\"");
+        return TOLK_E_INVAL;
+    }
+    return TOLK_OK;
+}
+
+static tolk_status tts_mock_create(const tolk_host *host, tolk_instance *inst, const json_t *cfg,
+                                   void **self)
+{
+    tts_mock *m = calloc(1, sizeof *m);
+    if (!m) return TOLK_E_NOMEM;
+    m->host = host;
+    m->inst = inst;
+    m->latency_ms = host->cfg_int(cfg, "latency_ms");
+    m->ms_per_char = host->cfg_int(cfg, "ms_per_char");
+    m->frequency = host->cfg_double(cfg, "frequency");
+    m->amplitude = host->cfg_int(cfg, "amplitude");
+    m->chunk_ms = host->cfg_int(cfg, "chunk_ms");
+    m->chunk_interval_ms = host->cfg_int(cfg, "chunk_interval_ms");
+    m->drop_after_chunks = host->cfg_int(cfg, "drop_after_chunks");
+    m->fault.fail_every = host->cfg_int(cfg, "fail_every");
+    m->fault.fail_after = host->cfg_int(cfg, "fail_after");
+    m->fault.hang = host->cfg_bool(cfg, "hang");
+    m->fault.garbage = host->cfg_bool(cfg, "garbage");
+    if (fail_status_parse(host->cfg_string(cfg, "fail_status"), &m->fault.fail_status)) {
+        host->log(inst, TOLK_LOG_ERR, "fail_status: unknown value");
+        free(m);
+        return TOLK_E_INVAL;
+    }
+    if (m->chunk_ms < 1) m->chunk_ms = 1; /* a zero chunk would never finish */
+    TOLK_LOG(host, inst, TOLK_LOG_VERB, "latency %lld ms, %lld ms/char, %g Hz, chunks of %lld ms",
+             (long long)m->latency_ms, (long long)m->ms_per_char, m->frequency,
+             (long long)m->chunk_ms);
+    *self = m;
+    return TOLK_OK;
+}
+
+static void tts_mock_destroy(void *self)
+{
+    tts_mock *m = self;
+    /* Normally the core has cancelled everything by now (hung requests
+     * included); stop what is left so that no timer fires into freed memory. */
+    while (m->jobs) {
+        tts_job *j = m->jobs;
+        job_unlink(j);
+        if (j->timer) m->host->timer_stop(j->timer);
+        job_free(j);
+    }
+    free(m);
+}
+
+static tolk_status tts_mock_reset(void *self)
+{
+    tts_mock *m = self;
+    memset(&m->count, 0, sizeof m->count);
+    m->drops = 0;
+    return TOLK_OK;
+}
+
+static tolk_health tts_mock_health(void *self, json_t **detail_new)
+{
+    tts_mock *m = self;
+    int failing = fault_failing(&m->fault, &m->count);
+    if (detail_new)
+        *detail_new = json_pack("{s:I, s:I, s:I, s:I, s:b}", "requests",
+                                (json_int_t)m->count.requests, "failures",
+                                (json_int_t)m->count.failures, "drops", (json_int_t)m->drops,
+                                "pending", (json_int_t)m->npending, "failing", failing);
+    return failing ? TOLK_FAILED : TOLK_HEALTHY;
+}
+
+static const tolk_tts tts_mock_desc = {
+    .base =
+        {
+            TOLK_PLUGIN_INIT(tolk_tts, TOLK_KIND_TTS),
+            .name = "tts_mock",
+            .version = "1.0.0",
+            .description = "deterministic mock synthesiser: one tone per word, chunked, "
+                           "fault injection",
+            .options = tts_mock_options,
+            .check_config = tts_mock_check_config,
+            .create = tts_mock_create,
+            .destroy = tts_mock_destroy,
+            .reset = tts_mock_reset,
+            .health = tts_mock_health,
+        },
+    .speak = tts_mock_speak,
+    .cancel = tts_mock_cancel,
+};
+
+TOLK_PLUGIN_DEFINE(tts_mock_desc)

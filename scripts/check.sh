@@ -1,0 +1,38 @@
+#!/bin/sh
+# The whole test suite, as CI runs it:
+#   1. build with -Werror and run `make check`;
+#   2. build again with ASan+UBSan and run `make check` (any report fails);
+#   3. `make distcheck`.
+# Run from the top of a checkout, after scripts/setup-debian.sh.
+set -eu
+top=$(pwd)
+jobs=$(nproc 2>/dev/null || echo 2)
+autoreconf -fi >/dev/null 2>&1 || autoreconf -fi
+
+echo "== build and test (-Werror) =="
+rm -rf _build/plain && mkdir -p _build/plain && cd _build/plain
+"$top/configure" --enable-werror >/dev/null
+make -j"$jobs" >/dev/null
+make -j"$jobs" check || { cat tests/*.log test-suite.log 2>/dev/null | tail -200; exit 1; }
+plain_pass=$(sed -n 's/^# PASS: *//p' test-suite.log)
+cd "$top"
+
+echo "== build and test under AddressSanitizer + UndefinedBehaviorSanitizer =="
+rm -rf _build/asan && mkdir -p _build/asan && cd _build/asan
+san="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+"$top/configure" --enable-werror CFLAGS="-O1 -g $san" LDFLAGS="$san" >/dev/null
+make -j"$jobs" >/dev/null
+# Plugins are dlopen()ed by sanitized programs, so the runtime is already
+# loaded; the SDK test builds its own plugin without sanitizers.
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1 \
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    make -j"$jobs" check || { cat tests/*.log test-suite.log 2>/dev/null | tail -200; exit 1; }
+cd "$top"
+
+echo "== make distcheck =="
+cd _build/plain
+make -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >/dev/null 2>distcheck.err || {
+    tail -100 distcheck.err; exit 1; }
+echo "distcheck: OK"
+asan_pass=$(sed -n 's/^# PASS: *//p' "$top/_build/asan/test-suite.log")
+echo "tests: $((plain_pass + asan_pass)) passed, 0 failed"

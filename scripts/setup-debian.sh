@@ -1,0 +1,11 @@
+#!/bin/sh
+# Installs what tolk needs to build, test and run on Debian 12. Run as root.
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends \
+    build-essential autoconf automake libtool pkg-config make binutils file \
+    libev-dev libconfig-dev libjansson-dev libcurl4-openssl-dev libwebsockets-dev \
+    libcmocka-dev libspeexdsp-dev \
+    valgrind \
+    pocketsphinx-testdata

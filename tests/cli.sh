@@ -1,0 +1,126 @@
+#!/bin/sh
+# The command-line programs as a user runs them: tolk-translate on WAV
+# files of every accepted kind and some refused ones, tolkd's checks, and a
+# tolkd that reloads on SIGHUP and exits cleanly on SIGTERM.
+set -u
+B=${top_builddir:?}
+S=${top_srcdir:?}
+T=$(mktemp -d /tmp/tolk-cli-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+pass=0
+fail=0
+check() {
+    desc=$1
+    shift
+    if "$@"; then
+        pass=$((pass + 1))
+        echo "ok - $desc"
+    else
+        fail=$((fail + 1))
+        echo "not ok - $desc"
+    fi
+}
+wav_u16() { od -An -tu2 -j"$2" -N2 "$1" | tr -d ' '; }
+wav_u32() { od -An -tu4 -j"$2" -N4 "$1" | tr -d ' '; }
+TR="$B/tolk-translate -c $S/conf.d"
+
+# --- tolk-translate on the shipped (mock) pipeline ---
+"$B/tests/mkwav" "$T/in.wav" 16000 1 16 3 800 700
+$TR --json "$T/in.wav" "$T/out.wav" >"$T/out.json" 2>"$T/err"
+rc=$?
+check "tolk-translate exits 0" [ $rc -eq 0 ]
+check "three phrases reported" [ "$(grep -c '"phrase":' "$T/out.json")" -eq 3 ]
+check "first phrase translated by the dictionary" \
+    grep -q '"text":"hello, how are you today","translation":"hola, cómo estás tú hoy"' "$T/out.json"
+check "providers named" grep -q '"providers":{"stt":"stt-mock","mt":"mt-mock","tts":"tts-mock"}' "$T/out.json"
+check "summary line" grep -q '"summary":true,"phrases":3,"lost":0' "$T/out.json"
+check "no latency claimed without --realtime" sh -c "! grep -q latency_ms '$T/out.json'"
+check "OUT.wav is mono" [ "$(wav_u16 "$T/out.wav" 22)" = 1 ]
+check "OUT.wav is 16 kHz" [ "$(wav_u32 "$T/out.wav" 24)" = 16000 ]
+check "OUT.wav is 16-bit" [ "$(wav_u16 "$T/out.wav" 34)" = 16 ]
+check "OUT.wav holds audio" [ "$(wav_u32 "$T/out.wav" 40)" -gt 32000 ]
+
+$TR "$T/in.wav" "$T/out2.wav" >"$T/out.txt" 2>&1
+check "text report shows the translation" grep -q -- '-> "hola, cómo estás tú hoy"' "$T/out.txt"
+
+for rate in 8000 22050 44100 48000; do
+    "$B/tests/mkwav" "$T/in$rate.wav" $rate 2 16 2 800 700
+    $TR --json "$T/in$rate.wav" "$T/out$rate.wav" >"$T/o$rate.json" 2>&1
+    check "stereo $rate Hz accepted" [ $? -eq 0 ]
+    check "stereo $rate Hz: both phrases found" [ "$(grep -c '"phrase":' "$T/o$rate.json")" -eq 2 ]
+done
+
+"$B/tests/mkwav" "$T/in24.wav" 16000 1 24 1
+$TR "$T/in24.wav" "$T/o.wav" >/dev/null 2>"$T/e24"
+check "24-bit refused with exit 1" [ $? -eq 1 ]
+check "24-bit refusal says why" grep -q "24-bit" "$T/e24"
+"$B/tests/mkwav" "$T/in11.wav" 11025 1 16 1
+$TR "$T/in11.wav" "$T/o.wav" >/dev/null 2>"$T/e11"
+check "11025 Hz refused with exit 1" [ $? -eq 1 ]
+check "11025 Hz refusal names the rate" grep -q "11025" "$T/e11"
+"$B/tests/mkwav" "$T/float.wav" 16000 1 32 1 800 700 3
+$TR "$T/float.wav" "$T/o.wav" >/dev/null 2>"$T/ef"
+check "float WAV refused" [ $? -eq 1 ]
+echo "just some text" >"$T/text.wav"
+$TR "$T/text.wav" "$T/o.wav" >/dev/null 2>"$T/et"
+check "non-WAV refused with exit 1" [ $? -eq 1 ]
+: >"$T/zero.wav"
+$TR "$T/zero.wav" "$T/o.wav" >/dev/null 2>&1
+check "empty file refused" [ $? -eq 1 ]
+$TR "$T/nonexistent.wav" "$T/o.wav" >/dev/null 2>&1
+check "missing file refused" [ $? -eq 1 ]
+"$B/tests/mkwav" "$T/silent.wav" 16000 1 16 0 0 3000
+$TR --json "$T/silent.wav" "$T/os.wav" >"$T/os.json" 2>&1
+check "silence: exit 0" [ $? -eq 0 ]
+check "silence: no phrases" grep -q '"phrases":0' "$T/os.json"
+$TR >/dev/null 2>&1
+check "usage error exits 2" [ $? -eq 2 ]
+
+# --- tolkd checks ---
+"$B/tolkd" --check-config -c "$S/conf.d" >"$T/check.out" 2>&1
+check "shipped conf.d passes --check-config" [ $? -eq 0 ]
+mkdir "$T/bad"
+cp "$S"/conf.d/*.conf "$T/bad/"
+printf 'core: {\n  max_channels = 10;\n  workres = 2;\n};\n' >"$T/bad/tolk.conf"
+"$B/tolkd" --check-config -c "$T/bad" >"$T/bad.out" 2>&1
+check "bad conf.d fails --check-config with 1" [ $? -eq 1 ]
+check "error names FILE:LINE and the key" grep -q "$T/bad/tolk.conf:3: unknown key 'workres' in core" "$T/bad.out"
+"$B/tolkd" --help >/dev/null
+check "tolkd --help" [ $? -eq 0 ]
+"$B/tolkd" --version | grep -q "plugin ABI"
+check "tolkd --version" [ $? -eq 0 ]
+"$B/tolkd" --describe stt_mock >"$T/describe" 2>&1
+check "tolkd --describe lists settings" grep -q "silence_ms" "$T/describe"
+"$B/tolkd" --bogus >/dev/null 2>&1
+check "tolkd: unknown option exits 2" [ $? -eq 2 ]
+
+# --- tolkd running: SIGHUP, then SIGTERM ---
+mkdir "$T/live"
+cp "$S"/conf.d/*.conf "$T/live/"
+cat >"$T/live/60-calls.conf" <<'CONF'
+instance: { name = "calls"; plugin = "transport_mock";
+  settings: { calls = 2; phrases = 2; speech_ms = 500; gap_ms = 500; repeat = true; }; };
+CONF
+"$B/tolkd" -f -c "$T/live" -p "$T/tolkd.pid" 2>"$T/tolkd.log" &
+pid=$!
+i=0
+while [ ! -s "$T/tolkd.pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+check "pid file written" [ "$(cat "$T/tolkd.pid" 2>/dev/null)" = "$pid" ]
+sleep 1
+sed -i 's/latency_ms = 20;/latency_ms = 25;/' "$T/live/30-mt.conf"
+kill -HUP $pid
+sleep 0.5
+printf 'instance: { name = "mt-mock"; plugin = "mt_mock"; settings: { nonsense = 1; }; };\n' >"$T/live/30-mt.conf"
+kill -HUP $pid
+sleep 0.5
+kill -TERM $pid
+wait $pid
+rc=$?
+check "tolkd exits 0 on SIGTERM" [ $rc -eq 0 ]
+check "tolkd applied the good reload" grep -q "reload applied" "$T/tolkd.log"
+check "tolkd rejected the bad reload with FILE:LINE" grep -q "30-mt.conf:1: unknown key 'nonsense'" "$T/tolkd.log"
+check "tolkd took calls" grep -q "open via calls" "$T/tolkd.log"
+check "pid file removed" [ ! -e "$T/tolkd.pid" ]
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]

@@ -1,0 +1,123 @@
+/* SIGHUP while a call runs: a bad file is rejected and changes nothing; a
+ * good one applies to new calls, keeps unchanged instances, and the running
+ * call finishes on its own configuration without losing a frame. */
+#include <signal.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "testutil.h"
+
+typedef struct rec {
+    core *c;
+    char *dir;
+    char first_call[64];
+    int first_ok, first_bad, later_mt_b, later_other;
+} rec;
+
+static void on_phrase(void *ud, const phrase_report *r) {
+    rec *R = ud;
+    if (!R->first_call[0]) snprintf(R->first_call, sizeof R->first_call, "%s", r->channel_id);
+    if (!strcmp(r->channel_id, R->first_call)) {
+        if (r->ok && !strcmp(r->mt, "mt-a"))
+            R->first_ok++;
+        else
+            R->first_bad++;
+    } else if (r->ok && !strcmp(r->mt, "mt-b")) {
+        R->later_mt_b++;
+    } else {
+        R->later_other++;
+    }
+}
+
+static int got_later(void *ud) { return ((rec *)ud)->later_mt_b > 0; }
+static int stopped(void *ud) { return ((rec *)ud)->c->active == 0; }
+
+static const char *mt_conf_b =
+    "instances = (\n"
+    "  { name = \"mt-a\"; plugin = \"mt_mock\"; settings: { latency_ms = 5;\n"
+    "      dictionary: { hello = \"hola\"; world = \"mundo\"; }; }; },\n"
+    "  { name = \"mt-b\"; plugin = \"mt_mock\"; settings: { latency_ms = 7; }; }\n"
+    ");\n";
+
+static void test_reload_during_a_call(void **state) {
+    rec R = {0};
+    R.dir = tu_tmpdir();
+    tu_log_capture();
+    tu_write(R.dir, "tolk.conf", "core: { workers = 1; log_level = \"info\"; };\n");
+    tu_write_mock_pipeline(R.dir);
+    tu_write(R.dir, "30-mt.conf",
+             "instance: { name = \"mt-a\"; plugin = \"mt_mock\"; settings: { latency_ms = 5;\n"
+             "      dictionary: { hello = \"hola\"; world = \"mundo\"; }; }; };\n");
+    tu_write(R.dir, "60-transport.conf",
+             "instance: { name = \"calls\"; plugin = \"transport_mock\"; settings: {\n"
+             "  calls = 1; phrases = 3; speech_ms = 500; gap_ms = 500; repeat = true;\n"
+             "  mode = \"unidirectional\"; realtime = true; paced = true; }; };\n");
+    R.c = core_new(R.dir, NULL);
+    R.c->obs = (core_observer){.phrase = on_phrase, .ud = &R};
+    assert_int_equal(core_load(R.c), 0);
+    core_watch_signals(R.c);
+    assert_int_equal(core_start_transports(R.c), 0);
+    double frames0 = metrics_value(R.c->m.frames_s);
+    tu_run_until(R.c, NULL, NULL, 0.7);
+    unsigned gen1 = R.c->gen->id;
+    tolk_instance *stt1 = core_find_instance(R.c, "stt-a");
+    tolk_instance *calls1 = core_find_instance(R.c, "calls");
+    assert_int_equal(R.c->active, 1);
+
+    /* a bad file: rejected with its line, nothing changes */
+    tu_write(R.dir, "30-mt.conf",
+             "instance: { name = \"mt-a\"; plugin = \"mt_mock\";\n"
+             "  settings: {\n"
+             "    latency_ms = \"fast\";\n"
+             "  }; };\n");
+    raise(SIGHUP);
+    tu_run_until(R.c, NULL, NULL, 0.3);
+    assert_int_equal(R.c->gen->id, gen1);
+    assert_true(tu_log_has("30-mt.conf:3: 'latency_ms'"));
+    assert_true(tu_log_has("reload rejected"));
+
+    /* a good file: a new MT instance for new calls */
+    tu_write(R.dir, "30-mt.conf", "%s", mt_conf_b);
+    tu_write(R.dir, "50-chains.conf",
+             "chains = ( { name = \"stt\"; kind = \"stt\"; providers = [ \"stt-a\" ]; },\n"
+             "           { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-b\", \"mt-a\" ]; },\n"
+             "           { name = \"tts\"; kind = \"tts\"; providers = [ \"tts-a\" ]; } );\n");
+    raise(SIGHUP);
+    tu_run_until(R.c, NULL, NULL, 0.3);
+    assert_int_not_equal(R.c->gen->id, gen1);
+    assert_true(tu_log_has("reload applied"));
+    /* unchanged settings: the very same instances */
+    assert_ptr_equal(core_find_instance(R.c, "stt-a"), stt1);
+    assert_ptr_equal(core_find_instance(R.c, "calls"), calls1);
+    assert_non_null(core_find_instance(R.c, "mt-b"));
+
+    /* the running call ends on mt-a; the next call uses mt-b */
+    assert_true(tu_run_until(R.c, got_later, &R, 20));
+    assert_int_equal(R.first_ok, 3);
+    assert_int_equal(R.first_bad, 0);
+    assert_int_equal(R.later_other, 0);
+
+    core_shutdown(R.c);
+    assert_true(tu_run_until(R.c, stopped, &R, 20));
+    /* no frame lost: every frame the transport sent reached the pipeline */
+    long long sent = tu_health_int(R.c, "calls", "frames_sent.total");
+    assert_true(sent > 0);
+    assert_true(metrics_value(R.c->m.frames_s) - frames0 == (double)sent);
+    assert_int_equal(tu_health_int(R.c, "calls", "audio_rejected"), 0);
+    core_free(R.c);
+    tu_log_clear();
+    log_set_hook(NULL, NULL);
+    tu_rm_rf(R.dir);
+    free(R.dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reload_during_a_call),
+    };
+    int rc = cmocka_run_group_tests_name("reload", tests, NULL, NULL);
+    loader_unload_all();
+    metrics_shutdown();
+    return rc;
+}

@@ -1,0 +1,111 @@
+#include "testutil.h"
+
+#include <ftw.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+char *tu_tmpdir(void) {
+    char tmpl[] = "/tmp/tolk-test-XXXXXX";
+    char *d = mkdtemp(tmpl);
+    assert_non_null(d);
+    return xstrdup(d);
+}
+
+void tu_write(const char *dir, const char *name, const char *fmt, ...) {
+    char *path = xasprintf("%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(f, fmt, ap);
+    va_end(ap);
+    fclose(f);
+    free(path);
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    return remove(path);
+}
+
+void tu_rm_rf(const char *dir) { nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
+
+void tu_write_mock_pipeline(const char *dir) {
+    tu_write(dir, "20-stt.conf",
+             "instance: { name = \"stt-a\"; plugin = \"stt_mock\";\n"
+             "  settings: { phrases = [ \"hello world\", \"thank you\", \"good morning\" ];\n"
+             "              silence_ms = 200; latency_ms = 10; partial_ms = 0; }; };\n");
+    tu_write(dir, "30-mt.conf",
+             "instance: { name = \"mt-a\"; plugin = \"mt_mock\";\n"
+             "  settings: { latency_ms = 5;\n"
+             "    dictionary: { hello = \"hola\"; world = \"mundo\"; thank = \"gracias\"; you = \"amigo\";\n"
+             "                  good = \"buenos\"; morning = \"días\"; }; }; };\n");
+    tu_write(dir, "40-tts.conf",
+             "instance: { name = \"tts-a\"; plugin = \"tts_mock\";\n"
+             "  settings: { latency_ms = 10; ms_per_char = 30; }; };\n");
+    tu_write(dir, "50-chains.conf",
+             "chains = ( { name = \"stt\"; kind = \"stt\"; providers = [ \"stt-a\" ]; },\n"
+             "           { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-a\" ]; },\n"
+             "           { name = \"tts\"; kind = \"tts\"; providers = [ \"tts-a\" ]; } );\n");
+}
+
+static int never(void *ud) { return 0; }
+
+int tu_run_until(core *c, int (*pred)(void *ud), void *ud, double seconds) {
+    double deadline = mono_now() + seconds;
+    if (!pred) pred = never;
+    while (!pred(ud) && mono_now() < deadline) ev_run(c->loop, EVRUN_ONCE | EVRUN_NOWAIT), usleep(200);
+    return pred(ud);
+}
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static ptr_vec g_lines;
+
+static void hook(tolk_log_level level, const char *line, void *ud) {
+    pthread_mutex_lock(&g_lock);
+    ptr_vec_push(&g_lines, xstrdup(line));
+    pthread_mutex_unlock(&g_lock);
+}
+
+void tu_log_capture(void) { log_set_hook(hook, NULL); }
+
+int tu_log_has(const char *needle) {
+    int found = 0;
+    pthread_mutex_lock(&g_lock);
+    for (size_t i = 0; i < g_lines.n && !found; i++) found = strstr(g_lines.v[i], needle) != NULL;
+    pthread_mutex_unlock(&g_lock);
+    return found;
+}
+
+void tu_log_clear(void) {
+    pthread_mutex_lock(&g_lock);
+    for (size_t i = 0; i < g_lines.n; i++) free(g_lines.v[i]);
+    ptr_vec_free(&g_lines);
+    pthread_mutex_unlock(&g_lock);
+}
+
+json_t *tu_health(core *c, const char *instance) {
+    tolk_instance *inst = core_find_instance(c, instance);
+    assert_non_null(inst);
+    assert_non_null(inst->desc->health);
+    json_t *detail = NULL;
+    inst->desc->health(inst->self, &detail);
+    assert_non_null(detail);
+    return detail;
+}
+
+long long tu_health_int(core *c, const char *instance, const char *key) {
+    json_t *d = tu_health(c, instance);
+    char *path = xstrdup(key), *save = NULL;
+    json_t *v = d;
+    for (char *k = strtok_r(path, ".", &save); k && v; k = strtok_r(NULL, ".", &save))
+        v = json_object_get(v, k);
+    free(path);
+    long long r = v ? (long long)json_number_value(v) : -1;
+    json_decref(d);
+    return r;
+}

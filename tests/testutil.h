@@ -1,0 +1,31 @@
+/* Helpers shared by the cmocka tests: temporary conf.d directories, a
+ * core driven until a condition holds, log capture. */
+#ifndef TOLK_TESTUTIL_H
+#define TOLK_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+/* cmocka.h needs the three above */
+#include <cmocka.h>
+
+#include "core.h"
+
+char *tu_tmpdir(void);
+void tu_write(const char *dir, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void tu_rm_rf(const char *dir);
+/* The mock pipeline (stt_mock, mt_mock, tts_mock, chains) into dir. */
+void tu_write_mock_pipeline(const char *dir);
+/* Runs the loop until pred(ud) is true or `seconds` pass; returns pred. */
+int tu_run_until(core *c, int (*pred)(void *ud), void *ud, double seconds);
+/* Captures log lines; tu_log_has() looks for a substring. */
+void tu_log_capture(void);
+int tu_log_has(const char *needle);
+void tu_log_clear(void);
+/* An instance's health detail (new reference), through the plugin's health(). */
+json_t *tu_health(core *c, const char *instance);
+/* key may be a dotted path: "frames_sent.a". -1 if absent. */
+long long tu_health_int(core *c, const char *instance, const char *key);
+
+#endif
