@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <tolk/plugin.h>
 
-#include "config.h"
+#include "conf.h"
 #include "loader.h"
 #include "loop.h"
 #include "util.h"

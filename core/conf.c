@@ -1,4 +1,4 @@
-#include "config.h"
+#include "conf.h"
 
 #include <ctype.h>
 #include <dirent.h>
