@@ -167,27 +167,26 @@ int main(int argc, char **argv) {
     log_open(0, "tolk-translate");
     log_set_level((tolk_log_level)lvl);
 
+    int code = EXIT_INPUT;
+    core *c = NULL;
+    char *from_s = NULL, *to_s = NULL;
     conf_errors errs = {0};
     conf_set *cs = conf_load_dir(confdir, plugin_path, &errs);
     if (!cs) {
         for (size_t i = 0; i < errs.msgs.n; i++) fprintf(stderr, "%s\n", (char *)errs.msgs.v[i]);
-        conf_errors_free(&errs);
-        return EXIT_INPUT;
+        goto out;
     }
     log_set_level((tolk_log_level)lvl);
-    if (!from) from = cs->defaults.caller_language;
-    if (!to) to = cs->defaults.callee_language;
+    from_s = xstrdup(from ? from : cs->defaults.caller_language);
+    to_s = xstrdup(to ? to : cs->defaults.callee_language);
     /* The daemon's transports are not started: this run's only call comes
      * from the file. */
-    core *c = core_new(confdir, plugin_path);
+    c = core_new(confdir, plugin_path);
     R.c = c;
     c->obs = (core_observer){.phrase = on_phrase, .channel_end = on_end, .ud = &R};
-    char *from_s = xstrdup(from), *to_s = xstrdup(to);
     if (core_apply(c, cs, &errs) != 0) {
         for (size_t i = 0; i < errs.msgs.n; i++) fprintf(stderr, "%s\n", (char *)errs.msgs.v[i]);
-        conf_errors_free(&errs);
-        core_free(c);
-        return EXIT_INPUT;
+        goto out;
     }
     json_t *settings = json_pack("{s:s, s:s, s:s, s:s, s:b}", "input", argv[optind], "output",
                                  argv[optind + 1], "from", from_s, "to", to_s, "realtime", R.realtime);
@@ -201,11 +200,8 @@ int main(int argc, char **argv) {
             const char *p = strstr(m, "input: ");
             fprintf(stderr, "tolk-translate: %s\n", p ? p + 7 : m);
         }
-        conf_errors_free(&errs);
-        core_free(c);
-        return EXIT_INPUT;
+        goto out;
     }
-    conf_errors_free(&errs);
     core_watch_signals(c);
     if (!R.json && !R.realtime)
         printf("# %s (%s) -> %s (%s); as fast as the engines allow (use --realtime for latency)\n",
@@ -216,13 +212,13 @@ int main(int argc, char **argv) {
     double t0 = mono_now();
     if (instance_start_transport(file) != TOLK_OK) {
         fprintf(stderr, "tolk-translate: cannot start the call (see the log above)\n");
-        core_free(c);
-        return EXIT_PIPELINE;
+        code = EXIT_PIPELINE;
+        goto out;
     }
     ev_ref(c->loop);
     if (!R.ended) ev_run(c->loop, 0);
     double wall = mono_now() - t0;
-    int code = R.ended ? 0 : EXIT_PIPELINE;
+    code = R.ended ? 0 : EXIT_PIPELINE;
     if (R.json) {
         json_t *o = json_pack("{s:b, s:I, s:I, s:f}", "summary", 1, "phrases", (json_int_t)R.phrases,
                               "lost", (json_int_t)R.lost, "wall_s", round(wall * 100) / 100);
@@ -241,10 +237,15 @@ int main(int argc, char **argv) {
             printf("# end of phrase -> first translated frame: p50 %.0f ms, p99 %.0f ms over %zu phrases\n",
                    percentile(R.lat, R.nlat, 50), percentile(R.lat, R.nlat, 99), R.nlat);
     }
+out:
+    conf_errors_free(&errs);
     free(R.lat);
     free(from_s);
     free(to_s);
-    core_free(c);
+    if (c)
+        core_free(c);
+    else
+        conf_free(cs);
     metrics_shutdown();
     loader_unload_all();
     return code;

@@ -364,12 +364,12 @@ static tolk_status ft_check_config(const json_t *cfg, tolk_config_error *err) {
     const char *input = json_str(cfg, "input"), *output = json_str(cfg, "output");
     if (!input || !*input) {
         err->key = "input";
-        snprintf(err->message, sizeof err->message, "input: a WAV file path is required");
+        snprintf(err->message, sizeof err->message, "a WAV file path is required");
         return TOLK_E_INVAL;
     }
     if (!output || !*output) {
         err->key = "output";
-        snprintf(err->message, sizeof err->message, "output: a WAV file path is required");
+        snprintf(err->message, sizeof err->message, "a WAV file path is required");
         return TOLK_E_INVAL;
     }
     FILE *f = fopen(input, "rb");
@@ -420,6 +420,15 @@ static void note_write_error(file_transport *s, const char *what) {
     snprintf(s->error, sizeof s->error, "%s: %s: %s", s->output, what, strerror(errno));
     TOLK_LOG(s->host, s->inst, TOLK_LOG_ERR, "%s", s->error);
     s->host->report(s->inst, TOLK_E_BACKEND, TOLK_SEV_HIGH, s->error);
+}
+
+/* Rewrites the header for the data written so far and carries on. */
+static void out_sync(file_transport *s) {
+    if (!s->out || !s->out_seekable || s->error[0]) return;
+    off_t end;
+    if (fflush(s->out) != 0 || (end = ftello(s->out)) < 0 || fseeko(s->out, 0, SEEK_SET) != 0 ||
+        out_write_header(s) != 0 || fseeko(s->out, end, SEEK_SET) != 0)
+        note_write_error(s, "cannot update the WAV header");
 }
 
 static void out_finish(file_transport *s) {
@@ -747,18 +756,19 @@ static tolk_status ft_start(void *self) {
     return TOLK_OK;
 }
 
-/* Stopping the file transport ends its one call: the output is completed now,
- * so an interrupted tolk-translate still leaves a valid WAV. */
+/* The core calls stop() before it drains running calls (shutdown, reload),
+ * so the call is not cut off here: the caller just stops talking. What was
+ * fed is still translated and written, and the core's hangup() (at the
+ * latest when the drain times out) completes the file. */
 static void ft_stop(void *self) {
     file_transport *s = self;
-    if (s->ch) {
-        tolk_channel *ch = s->ch;
-        s->ch = NULL; /* a hangup() from inside channel_close() is then a no-op */
-        TOLK_LOG(s->host, s->inst, TOLK_LOG_INFO, "%s: stopped after %llu frames in", s->input,
-                 (unsigned long long)s->frames_in);
-        s->host->channel_close(ch);
+    /* Make the file valid as it stands, in case the process dies first. */
+    out_sync(s);
+    if (s->ch && s->state == CALL_FEEDING) {
+        TOLK_LOG(s->host, s->inst, TOLK_LOG_INFO, "%s: stopped; input ends after %llu frames",
+                 s->input, (unsigned long long)s->frames_in);
+        end_input(s);
     }
-    call_finish(s);
 }
 
 static tolk_status ft_play(void *self, void *chan_state, tolk_leg leg, const int16_t *pcm,
