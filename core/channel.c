@@ -54,48 +54,6 @@ static void observe_component(core *c, tolk_instance *inst, const char *op, doub
     metrics_observe(metrics_series_v(c->m.component, inst->name, op, NULL), seconds * 1000.0);
 }
 
-/* ---- playback buffers ---- */
-
-static void outbuf_push(core *c, outbuf *ob, const int16_t *pcm, size_t n) {
-    if (n == 0) return;
-    if (ob->len + n > ob->cap) {
-        size_t cap = ob->cap ? ob->cap : 4 * TOLK_FRAME_SAMPLES;
-        while (cap < ob->len + n) cap *= 2;
-        int16_t *nb = xmalloc(cap * sizeof(int16_t));
-        for (size_t i = 0; i < ob->len; i++) nb[i] = ob->buf[(ob->head + i) % ob->cap];
-        free(ob->buf);
-        ob->buf = nb;
-        ob->cap = cap;
-        ob->head = 0;
-    }
-    if (ob->len == 0) ob->oldest_enq = mono_now();
-    size_t before = ob->len / TOLK_FRAME_SAMPLES;
-    for (size_t i = 0; i < n; i++) ob->buf[(ob->head + ob->len + i) % ob->cap] = pcm[i];
-    ob->len += n;
-    ob->written += n;
-    queue_depth(c, Q_PLAYBACK, (double)(ob->len / TOLK_FRAME_SAMPLES - before));
-}
-
-/* Pads the buffer to a whole frame, so the last words of a phrase play. */
-static void outbuf_pad(core *c, outbuf *ob) {
-    static const int16_t zeros[TOLK_FRAME_SAMPLES];
-    size_t rem = ob->len % TOLK_FRAME_SAMPLES;
-    if (rem) outbuf_push(c, ob, zeros, TOLK_FRAME_SAMPLES - rem);
-}
-
-static void outbuf_pop(outbuf *ob, int16_t *frame) {
-    for (size_t i = 0; i < TOLK_FRAME_SAMPLES; i++) frame[i] = ob->buf[(ob->head + i) % ob->cap];
-    ob->head = (ob->head + TOLK_FRAME_SAMPLES) % ob->cap;
-    ob->len -= TOLK_FRAME_SAMPLES;
-    ob->played += TOLK_FRAME_SAMPLES;
-    /* A long call must not keep the largest burst it ever buffered. */
-    if (ob->len == 0 && ob->cap > 16 * TOLK_FRAME_SAMPLES) {
-        free(ob->buf);
-        ob->buf = NULL;
-        ob->cap = ob->head = 0;
-    }
-}
-
 /* ---- phrases ---- */
 
 static void fifo_push(phrase_fifo *f, phrase *p) {
@@ -253,12 +211,12 @@ static void pump_tts(direction *d) {
 
 static direction *dir_to(tolk_channel *ch, tolk_leg leg) { return &ch->dir[leg == TOLK_LEG_A]; }
 
-static void play_frame(tolk_channel *ch, tolk_leg leg) {
+void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
     core *c = ch->core;
     outbuf *ob = &ch->out[leg];
     int16_t frame[TOLK_FRAME_SAMPLES];
     outbuf_pop(ob, frame);
-    queue_depth(c, Q_PLAYBACK, -1);
+    metrics_add(c->m.qdepth[Q_PLAYBACK], -1);
     ch->frames_out[leg]++;
     if (!ch->closed)
         transport_of(ch->transport)->play(ch->transport->self, ch->tstate, leg, frame,
@@ -281,24 +239,15 @@ static void play_frame(tolk_channel *ch, tolk_leg leg) {
 }
 
 static void deliver_now(tolk_channel *ch, tolk_leg leg) {
-    if (ch->paced) return;
-    while (ch->out[leg].len >= TOLK_FRAME_SAMPLES) play_frame(ch, leg);
+    if (ch->paced) {
+        playback_schedule(ch->core, &ch->out[leg]);
+        return;
+    }
+    while (ch->out[leg].len >= TOLK_FRAME_SAMPLES) channel_play_frame(ch, leg);
 }
 
-void channel_clock_tick(core *c) {
-    for (tolk_channel *ch = c->channels; ch; ch = ch->next) {
-        if (!ch->paced || ch->ending) continue;
-        int played = 0;
-        for (int leg = 0; leg < 2; leg++) {
-            if (ch->out[leg].len >= TOLK_FRAME_SAMPLES) {
-                play_frame(ch, (tolk_leg)leg);
-                played = 1;
-            }
-        }
-        if (played && ch->out[0].len < TOLK_FRAME_SAMPLES && ch->out[1].len < TOLK_FRAME_SAMPLES)
-            schedule_finish(ch);
-    }
-}
+/* A paced leg ran out of audio: the end of the call may be near. */
+void channel_leg_idle(tolk_channel *ch) { schedule_finish(ch); }
 
 /* ---- input ---- */
 
@@ -590,6 +539,9 @@ tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel
         voice[leg] = info && info->voice[leg] ? info->voice[leg] : ep ? ep->voice : NULL;
     }
     for (int leg = 0; leg < 2; leg++) {
+        ch->out[leg].ch = ch;
+        ch->out[leg].leg = (tolk_leg)leg;
+        ch->out[leg].slot = -1;
         direction *d = &ch->dir[leg];
         d->ch = ch;
         d->src = (tolk_leg)leg;
@@ -612,7 +564,6 @@ tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel
     setup_direction(ch, &ch->dir[TOLK_LEG_A], tr_a);
     setup_direction(ch, &ch->dir[TOLK_LEG_B], tr_b);
     if (ch->dir[0].translate || ch->dir[1].translate) set_state(ch, CH_TRANSLATING);
-    if (ch->paced && c->clock_users++ == 0) ev_io_start(c->loop, &c->clock_w);
     log_msg(TOLK_LOG_INFO, "channel", "%s: open via %s, %s, %s<->%s%s (generation %u, %zu active)",
             ch->id, transport->name, conf_mode_name(ch->mode), lang[0], lang[1],
             ch->paced ? ", paced" : "", g->id, c->active);
@@ -679,7 +630,6 @@ static void channel_destroy(tolk_channel *ch) {
     c->active--;
     metrics_set(c->m.active_s, (double)c->active);
     metrics_observe(c->m.duration_s, mono_now() - ch->t_open);
-    if (ch->paced && --c->clock_users == 0) ev_io_stop(c->loop, &c->clock_w);
     set_state(ch, CH_DISCONNECTED);
     log_msg(TOLK_LOG_INFO, "channel", "%s: ended after %.1f s: frames in A=%llu B=%llu, out A=%llu B=%llu",
             ch->id, mono_now() - ch->t_open, (unsigned long long)ch->frames_in[0],
@@ -687,8 +637,7 @@ static void channel_destroy(tolk_channel *ch) {
             (unsigned long long)ch->frames_out[1]);
     if (c->obs.channel_end) c->obs.channel_end(c->obs.ud, ch);
     for (int i = 0; i < 2; i++) {
-        queue_depth(c, Q_PLAYBACK, -(double)(ch->out[i].len / TOLK_FRAME_SAMPLES));
-        free(ch->out[i].buf);
+        outbuf_free(c, &ch->out[i]);
         free(ch->dir[i].from);
         free(ch->dir[i].to);
         free(ch->dir[i].voice);

@@ -6,25 +6,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "log.h"
 #include "metrics.h"
-
-/* The playback clock is a timerfd, not an ev_timer: epoll's millisecond
- * timeouts would put up to 1 ms of jitter on every frame, while a timerfd
- * wakes the loop on the kernel's high-resolution timer. One clock serves
- * every paced channel, so 1000 calls cost one wakeup per 20 ms. */
-static void on_clock(struct ev_loop *loop, ev_io *w, int revents) {
-    core *c = CONTAINER_OF(w, core, clock_w);
-    uint64_t expirations = 0;
-    if (read(c->clock_fd, &expirations, sizeof expirations) != (ssize_t)sizeof expirations) return;
-    /* If the loop fell behind, catch up frame by frame rather than skip
-     * audio: a late frame is better than a lost one. */
-    if (expirations > 5) expirations = 5;
-    for (uint64_t i = 0; i < expirations; i++) channel_clock_tick(c);
-}
 
 static void on_uptime(struct ev_loop *loop, ev_timer *w, int revents) {
     core *c = CONTAINER_OF(w, core, uptime_timer);
@@ -40,14 +25,7 @@ core *core_new(const char *confdir, const char *plugin_path) {
     c->confdir = xstrdup(confdir);
     c->plugin_path = xstrdup(plugin_path);
     c->started = mono_now();
-    c->clock_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (c->clock_fd >= 0) {
-        struct itimerspec its = {.it_interval = {0, 20000000}, .it_value = {0, 20000000}};
-        timerfd_settime(c->clock_fd, 0, &its, NULL);
-        ev_io_init(&c->clock_w, on_clock, c->clock_fd, EV_READ);
-    } else {
-        log_msg(TOLK_LOG_FATAL, "core", "timerfd_create: %s", strerror(errno));
-    }
+    playback_init(c);
     host_init(c, &c->host);
     core_metrics_init(c);
     ev_timer_init(&c->uptime_timer, on_uptime, 0., 1.);
@@ -162,11 +140,21 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents) {
     core_reload(CONTAINER_OF(w, core, sig_hup));
 }
 
+/* The signal watchers were ev_unref()ed; each gets its reference back
+ * before it stops, or the loop's count of active watchers goes wrong. */
+static void unwatch_signals(core *c) {
+    if (!c->signals_watched) return;
+    c->signals_watched = 0;
+    ev_signal *sigs[] = {&c->sig_hup, &c->sig_term, &c->sig_int};
+    for (size_t i = 0; i < ARRAY_LEN(sigs); i++) {
+        ev_ref(c->loop);
+        ev_signal_stop(c->loop, sigs[i]);
+    }
+}
+
 static void finish_shutdown(core *c) {
     ev_timer_stop(c->loop, &c->drain_timer);
-    ev_signal_stop(c->loop, &c->sig_hup);
-    ev_signal_stop(c->loop, &c->sig_term);
-    ev_signal_stop(c->loop, &c->sig_int);
+    unwatch_signals(c);
     ev_break(c->loop, EVBREAK_ALL);
 }
 
@@ -224,6 +212,7 @@ void core_watch_signals(core *c) {
     ev_unref(c->loop);
     ev_unref(c->loop);
     ev_unref(c->loop);
+    c->signals_watched = 1;
     signal(SIGPIPE, SIG_IGN);
 }
 
@@ -259,9 +248,10 @@ void core_free(core *c) {
     }
     /* let deferred channel ends run */
     while (c->channels) ev_run(c->loop, EVRUN_NOWAIT);
-    if (ev_is_active(&c->clock_w)) ev_io_stop(c->loop, &c->clock_w);
     ev_ref(c->loop);
     ev_timer_stop(c->loop, &c->uptime_timer);
+    ev_timer_stop(c->loop, &c->drain_timer);
+    unwatch_signals(c);
     generation *g = c->gen;
     c->gen = NULL;
     for (size_t i = 0; g && i < g->instances.n; i++) {
@@ -275,7 +265,7 @@ void core_free(core *c) {
     workers_stop(c->workers);
     c->workers = NULL;
     if (g) generation_unref(g);
-    if (c->clock_fd >= 0) close(c->clock_fd);
+    playback_free(c);
     free(c->confdir);
     free(c->plugin_path);
     free(c);

@@ -133,6 +133,11 @@ typedef struct outbuf {
     size_t cap, head, len; /* ring of samples */
     uint64_t written, played;
     double oldest_enq; /* when the oldest unplayed audio was queued */
+    tolk_channel *ch;
+    tolk_leg leg;
+    /* paced playback: the wheel slot this leg plays in while it talks */
+    struct outbuf *wnext, *wprev;
+    int slot; /* -1: not in the wheel */
 } outbuf;
 
 struct tolk_channel {
@@ -206,10 +211,16 @@ struct core {
     uint64_t total_channels, refused_channels, lost_phrases;
     int stopping;
     double started;
+    /* The playback clock: a 1 ms timerfd that drives a wheel of 20 slots.
+     * A leg that starts talking joins the next slot and plays one frame
+     * each time the wheel comes round to it: every 20 ms on its own grid. */
     int clock_fd;
     ev_io clock_w;
-    unsigned clock_users; /* channels with paced playback */
+    uint64_t tick; /* last slot tick processed */
+    outbuf *wheel[20];
+    size_t wheel_legs;
     ev_signal sig_hup, sig_term, sig_int;
+    int signals_watched;
     ev_timer drain_timer;
     double drain_deadline_at;
     int drain_forced;
@@ -258,7 +269,19 @@ void channel_input_end(tolk_channel *ch, tolk_leg leg);
 void channel_close(tolk_channel *ch);
 /* End a channel from the core side (shutdown): hangs up the transport. */
 void channel_end(tolk_channel *ch, const char *why);
-void channel_clock_tick(core *c);
+/* Plays one frame of ch's buffer for leg (the wheel calls it). */
+void channel_play_frame(tolk_channel *ch, tolk_leg leg);
+void channel_leg_idle(tolk_channel *ch);
+
+/* ---- playback.c ---- */
+void playback_init(core *c);
+void playback_free(core *c);
+void outbuf_push(core *c, outbuf *ob, const int16_t *pcm, size_t n);
+void outbuf_pad(core *c, outbuf *ob);
+void outbuf_pop(outbuf *ob, int16_t *frame);
+void outbuf_free(core *c, outbuf *ob);
+/* Paced legs: join the wheel if a whole frame is waiting. */
+void playback_schedule(core *c, outbuf *ob);
 void stream_result(tolk_stream *s, const tolk_transcript *t);
 void stream_failed(tolk_stream *s, tolk_status st, tolk_severity sev, const char *why);
 void stream_flushed(tolk_stream *s);

@@ -16,6 +16,9 @@
  *     hash of the word (the same word always sounds the same), of peak
  *     `amplitude`, with a 5 ms linear fade in and out;
  *   - a text without words is near-silence of the same length.
+ * The sine is read from a per-instance table (4096 entries, linear
+ * interpolation, phase = sample index * step mod 2^32), within 1 LSB of
+ * amplitude * sin() and with no libm call per sample.
  * The audio goes to host->tts_audio in chunks of `chunk_ms`: the first one
  * `latency_ms` after speak(), then one every `chunk_interval_ms` (0 = all the
  * rest right after the first, in the same callback), then tts_done(TOLK_OK).
@@ -59,6 +62,13 @@
 #define FREQ_SPREAD 0.10
 #define HUSH 4 /* peak of the near-silence between words */
 #define TWO_PI 6.283185307179586 /* M_PI is not ISO C */
+/* The tone comes from a sine table (one per instance, scaled by the
+ * amplitude) read with a 32-bit phase and linear interpolation: no libm
+ * call per sample, and within 1 LSB of amplitude * sin(). */
+#define SINE_BITS 12
+#define SINE_SIZE (1u << SINE_BITS)
+#define SINE_FRAC_BITS (32 - SINE_BITS) /* phase bits below the table index */
+#define SINE_Q 15                       /* table entries are amplitude * 2^15 * sin */
 
 static const tolk_option tts_mock_options[] = {
     {.key = "latency_ms", .type = TOLK_OPT_INT, .default_value = "80", .min = 0, .max = 600000,
@@ -146,6 +156,7 @@ static fault_fate fault_decide(const fault_cfg *f, fault_count *c)
 typedef struct tts_word {
     uint64_t start, len; /* samples */
     double freq;
+    uint32_t inc; /* phase step per sample: freq / TOLK_SAMPLE_RATE * 2^32 */
 } tts_word;
 
 typedef struct tts_mock tts_mock;
@@ -180,6 +191,9 @@ struct tts_mock {
     uint64_t drops;
     tts_job *jobs;
     size_t npending;
+    /* amplitude * 2^SINE_Q * sin(2 pi i / SINE_SIZE), plus a guard entry
+     * (= entry 0) for the interpolation at the last index. */
+    int32_t sine[SINE_SIZE + 1];
 };
 
 /* ------------------------------------------------------------------ */
@@ -249,6 +263,9 @@ static int layout(tts_job *j, const tts_mock *m, const char *text)
         uint32_t h = fnv1a(text + s, i - s);
         double shift = ((double)(h % 2001) - 1000.0) / 1000.0; /* -1..1 */
         j->words[w].freq = m->frequency * (1.0 + FREQ_SPREAD * shift);
+        /* freq < TOLK_SAMPLE_RATE / 2, so the step fits in 31 bits */
+        j->words[w].inc =
+            (uint32_t)llround(j->words[w].freq / TOLK_SAMPLE_RATE * 4294967296.0);
     }
     uint64_t pos = 0, used = 0;
     for (size_t w = 0; w < nw; w++) {
@@ -263,35 +280,75 @@ static int layout(tts_job *j, const tts_mock *m, const char *text)
     return 0;
 }
 
-static int16_t tone_sample(const tts_word *w, uint64_t t, double amplitude)
+static void sine_init(tts_mock *m)
+{
+    int64_t amp = m->amplitude < 0 ? 0 : m->amplitude > 32767 ? 32767 : m->amplitude;
+    double scale = (double)amp * (double)(1 << SINE_Q);
+    for (unsigned i = 0; i < SINE_SIZE; i++)
+        m->sine[i] = (int32_t)lrint(scale * sin(TWO_PI * i / SINE_SIZE));
+    m->sine[SINE_SIZE] = m->sine[0];
+}
+
+/* amplitude * 2^SINE_Q * sin(2 pi phase / 2^32), interpolated. */
+static inline int32_t sine_at(const int32_t *sine, uint32_t phase)
+{
+    uint32_t i = phase >> SINE_FRAC_BITS;
+    int64_t frac = (phase >> (SINE_FRAC_BITS - 16)) & 0xffff;
+    return sine[i] + (int32_t)(((int64_t)(sine[i + 1] - sine[i]) * frac) / 65536);
+}
+
+/* Samples t .. t+n-1 of word w. The phase is t * inc (mod 2^32), so a chunk
+ * can start anywhere without carrying state. */
+static void render_tone(const tts_word *w, const int32_t *sine, uint64_t t, size_t n,
+                        int16_t *out)
 {
     uint64_t fade = MS_SAMPLES(FADE_MS);
     if (2 * fade > w->len) fade = w->len / 2 ? w->len / 2 : 1;
-    double env = 1.0;
-    if (t < fade) env = (double)t / (double)fade;
-    if (w->len - t < fade && (double)(w->len - t) / (double)fade < env)
-        env = (double)(w->len - t) / (double)fade;
-    double v = amplitude * env * sin(TWO_PI * w->freq * (double)t / TOLK_SAMPLE_RATE);
-    return (int16_t)lrint(v);
+    const int64_t den = (int64_t)fade << SINE_Q;
+    uint32_t phase = (uint32_t)t * w->inc;
+    for (size_t k = 0; k < n; k++, t++, phase += w->inc) {
+        int32_t v = sine_at(sine, phase);
+        uint64_t e = t < w->len - t ? t : w->len - t; /* distance to the nearer edge */
+        if (e >= fade) {
+            /* round to nearest; >> of a negative int is arithmetic in GCC/Clang */
+            out[k] = (int16_t)((v + (1 << (SINE_Q - 1))) >> SINE_Q);
+        } else {
+            /* linear fade: v * e / fade, rounded half away from zero */
+            int64_t num = (int64_t)v * (int64_t)e;
+            out[k] = (int16_t)((num >= 0 ? num + den / 2 : num - den / 2) / den);
+        }
+    }
 }
 
-/* Sample by sample from the layout, so a long text costs no memory. */
+static int16_t hush_sample(uint64_t i)
+{
+    return (int16_t)((int)(mix32((uint32_t)i) % (2 * HUSH + 1)) - HUSH);
+}
+
+/* Span by span from the layout, so a long text costs no memory. */
 static void render(tts_job *j, uint64_t off, size_t n, int16_t *out)
 {
-    double amp = (double)j->m->amplitude;
-    for (size_t k = 0; k < n; k++) {
+    if (j->garbage) {
+        for (size_t k = 0; k < n; k++)
+            out[k] = (int16_t)(mix32(j->seed * 0x9e3779b9U + (uint32_t)(off + k)) & 0xffff);
+        return;
+    }
+    size_t k = 0;
+    while (k < n) {
         uint64_t i = off + k;
-        if (j->garbage) {
-            out[k] = (int16_t)(mix32(j->seed * 0x9e3779b9U + (uint32_t)i) & 0xffff);
-            continue;
-        }
         while (j->wcur < j->nwords && j->words[j->wcur].start + j->words[j->wcur].len <= i)
             j->wcur++;
         const tts_word *w = j->wcur < j->nwords ? &j->words[j->wcur] : NULL;
-        if (w && i >= w->start)
-            out[k] = tone_sample(w, i - w->start, amp);
-        else
-            out[k] = (int16_t)((int)(mix32((uint32_t)i) % (2 * HUSH + 1)) - HUSH);
+        size_t m = n - k;
+        if (w && i >= w->start) {
+            uint64_t t = i - w->start;
+            if (w->len - t < m) m = (size_t)(w->len - t);
+            render_tone(w, j->m->sine, t, m, out + k);
+        } else {
+            if (w && w->start - i < m) m = (size_t)(w->start - i);
+            for (size_t q = 0; q < m; q++) out[k + q] = hush_sample(i + q);
+        }
+        k += m;
     }
 }
 
@@ -472,6 +529,7 @@ static tolk_status tts_mock_create(const tolk_host *host, tolk_instance *inst, c
         return TOLK_E_INVAL;
     }
     if (m->chunk_ms < 1) m->chunk_ms = 1; /* a zero chunk would never finish */
+    sine_init(m);
     TOLK_LOG(host, inst, TOLK_LOG_VERB, "latency %lld ms, %lld ms/char, %g Hz, chunks of %lld ms",
              (long long)m->latency_ms, (long long)m->ms_per_char, m->frequency,
              (long long)m->chunk_ms);

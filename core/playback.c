@@ -1,0 +1,170 @@
+/* Playback: per-leg audio buffers and the clock that paces them.
+ *
+ * The clock is a timerfd ticking every millisecond, not an ev_timer:
+ * epoll's millisecond timeouts would put up to 1 ms of jitter on every frame,
+ * while a timerfd wakes the loop on the kernel's high-resolution timer. It
+ * drives a wheel of 20 slots. A leg that has audio to play joins the slot of
+ * the next tick and plays one frame each time the wheel comes round: every
+ * 20 ms on a grid of its own, started within a millisecond of its first
+ * audio instead of up to 20 ms later on a shared grid. One clock serves every
+ * call and runs only while some leg is talking. */
+#include <errno.h>
+#include <string.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "core.h"
+#include "log.h"
+#include "metrics.h"
+
+#define SLOTS 20
+/* If the loop was held up, catch up at most one full turn; beyond that the
+ * frames would only come out in a burst. */
+#define MAX_CATCHUP SLOTS
+
+/* A buffer keeps up to this much capacity when it empties: enough for the
+ * usual phrase, so a call does not go back to malloc for every one, while a
+ * long burst's memory is returned once it has played. */
+#define OUTBUF_KEEP (50 * TOLK_FRAME_SAMPLES) /* 1 s */
+
+static void depth(core *c, double delta) { metrics_add(c->m.qdepth[Q_PLAYBACK], delta); }
+
+static void outbuf_grow(outbuf *ob, size_t need) {
+    size_t cap = ob->cap ? ob->cap : 8 * TOLK_FRAME_SAMPLES;
+    while (cap < need) cap *= 2;
+    int16_t *nb = xmalloc(cap * sizeof(int16_t));
+    if (ob->len) {
+        size_t first = ob->len < ob->cap - ob->head ? ob->len : ob->cap - ob->head;
+        memcpy(nb, ob->buf + ob->head, first * sizeof(int16_t));
+        memcpy(nb + first, ob->buf, (ob->len - first) * sizeof(int16_t));
+    }
+    free(ob->buf);
+    ob->buf = nb;
+    ob->cap = cap;
+    ob->head = 0;
+}
+
+void outbuf_push(core *c, outbuf *ob, const int16_t *pcm, size_t n) {
+    if (n == 0) return;
+    if (ob->len + n > ob->cap) outbuf_grow(ob, ob->len + n);
+    if (ob->len == 0) ob->oldest_enq = mono_now();
+    size_t before = ob->len / TOLK_FRAME_SAMPLES;
+    size_t tail = (ob->head + ob->len) % ob->cap;
+    size_t first = n < ob->cap - tail ? n : ob->cap - tail;
+    memcpy(ob->buf + tail, pcm, first * sizeof(int16_t));
+    memcpy(ob->buf, pcm + first, (n - first) * sizeof(int16_t));
+    ob->len += n;
+    ob->written += n;
+    size_t after = ob->len / TOLK_FRAME_SAMPLES;
+    if (after != before) depth(c, (double)(after - before));
+}
+
+void outbuf_pad(core *c, outbuf *ob) {
+    static const int16_t zeros[TOLK_FRAME_SAMPLES];
+    size_t rem = ob->len % TOLK_FRAME_SAMPLES;
+    if (rem) outbuf_push(c, ob, zeros, TOLK_FRAME_SAMPLES - rem);
+}
+
+void outbuf_pop(outbuf *ob, int16_t *frame) {
+    size_t first = TOLK_FRAME_SAMPLES < ob->cap - ob->head ? TOLK_FRAME_SAMPLES : ob->cap - ob->head;
+    memcpy(frame, ob->buf + ob->head, first * sizeof(int16_t));
+    memcpy(frame + first, ob->buf, (TOLK_FRAME_SAMPLES - first) * sizeof(int16_t));
+    ob->head = (ob->head + TOLK_FRAME_SAMPLES) % ob->cap;
+    ob->len -= TOLK_FRAME_SAMPLES;
+    ob->played += TOLK_FRAME_SAMPLES;
+    if (ob->len == 0) {
+        ob->head = 0;
+        if (ob->cap > OUTBUF_KEEP) {
+            free(ob->buf);
+            ob->buf = NULL;
+            ob->cap = 0;
+        }
+    }
+}
+
+static void wheel_remove(core *c, outbuf *ob) {
+    if (ob->slot < 0) return;
+    if (ob->wprev)
+        ob->wprev->wnext = ob->wnext;
+    else
+        c->wheel[ob->slot] = ob->wnext;
+    if (ob->wnext) ob->wnext->wprev = ob->wprev;
+    ob->wnext = ob->wprev = NULL;
+    ob->slot = -1;
+    if (--c->wheel_legs == 0 && ev_is_active(&c->clock_w)) {
+        struct itimerspec off = {{0, 0}, {0, 0}};
+        timerfd_settime(c->clock_fd, 0, &off, NULL);
+        ev_io_stop(c->loop, &c->clock_w);
+    }
+}
+
+void outbuf_free(core *c, outbuf *ob) {
+    wheel_remove(c, ob);
+    depth(c, -(double)(ob->len / TOLK_FRAME_SAMPLES));
+    free(ob->buf);
+    ob->buf = NULL;
+    ob->len = ob->cap = ob->head = 0;
+}
+
+void playback_schedule(core *c, outbuf *ob) {
+    if (ob->slot >= 0 || ob->len < TOLK_FRAME_SAMPLES || c->clock_fd < 0) return;
+    if (c->wheel_legs == 0) {
+        /* the clock restarts: tick 1 is one millisecond from now */
+        struct itimerspec its = {.it_interval = {0, 1000000}, .it_value = {0, 1000000}};
+        timerfd_settime(c->clock_fd, 0, &its, NULL);
+        c->tick = 0;
+        ev_io_start(c->loop, &c->clock_w);
+    }
+    int slot = (int)((c->tick + 1) % SLOTS);
+    ob->slot = slot;
+    ob->wprev = NULL;
+    ob->wnext = c->wheel[slot];
+    if (ob->wnext) ob->wnext->wprev = ob;
+    c->wheel[slot] = ob;
+    c->wheel_legs++;
+}
+
+static void run_slot(core *c, int slot) {
+    outbuf *ob = c->wheel[slot], *next;
+    for (; ob; ob = next) {
+        next = ob->wnext;
+        tolk_channel *ch = ob->ch;
+        if (ob->len >= TOLK_FRAME_SAMPLES && !ch->ending && !ch->closed)
+            channel_play_frame(ch, ob->leg);
+        /* nothing more to say for now: the talkspurt ends; new audio starts
+         * a new one on the next tick */
+        if (ob->len < TOLK_FRAME_SAMPLES || ch->ending || ch->closed) {
+            wheel_remove(c, ob);
+            channel_leg_idle(ch);
+        }
+    }
+}
+
+static void on_clock(struct ev_loop *loop, ev_io *w, int revents) {
+    core *c = CONTAINER_OF(w, core, clock_w);
+    uint64_t expirations = 0;
+    if (read(c->clock_fd, &expirations, sizeof expirations) != (ssize_t)sizeof expirations) return;
+    if (expirations > MAX_CATCHUP) {
+        c->tick += expirations - MAX_CATCHUP;
+        expirations = MAX_CATCHUP;
+    }
+    for (uint64_t i = 0; i < expirations && c->wheel_legs; i++) {
+        c->tick++;
+        run_slot(c, (int)(c->tick % SLOTS));
+    }
+}
+
+void playback_init(core *c) {
+    c->clock_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (c->clock_fd < 0) {
+        log_msg(TOLK_LOG_FATAL, "core", "timerfd_create: %s: paced playback is off", strerror(errno));
+        return;
+    }
+    ev_io_init(&c->clock_w, on_clock, c->clock_fd, EV_READ);
+}
+
+void playback_free(core *c) {
+    if (ev_is_active(&c->clock_w)) ev_io_stop(c->loop, &c->clock_w);
+    if (c->clock_fd >= 0) close(c->clock_fd);
+    c->clock_fd = -1;
+}
