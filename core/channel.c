@@ -637,6 +637,7 @@ static void channel_destroy(tolk_channel *ch) {
             (unsigned long long)ch->frames_out[1]);
     if (c->obs.channel_end) c->obs.channel_end(c->obs.ud, ch);
     for (int i = 0; i < 2; i++) {
+        c->out_frames_dropped += ch->out[i].len / TOLK_FRAME_SAMPLES;
         outbuf_free(c, &ch->out[i]);
         free(ch->dir[i].from);
         free(ch->dir[i].to);

@@ -25,6 +25,7 @@ core *core_new(const char *confdir, const char *plugin_path) {
     c->confdir = xstrdup(confdir);
     c->plugin_path = xstrdup(plugin_path);
     c->started = mono_now();
+    c->log_level_override = -1;
     playback_init(c);
     host_init(c, &c->host);
     core_metrics_init(c);
@@ -32,6 +33,12 @@ core *core_new(const char *confdir, const char *plugin_path) {
     ev_timer_start(c->loop, &c->uptime_timer);
     ev_unref(c->loop);
     return c;
+}
+
+/* The command line's -l wins over core.log_level, also across reloads. */
+static void apply_log_level(core *c, const conf_set *cs) {
+    log_set_level((tolk_log_level)(c->log_level_override >= 0 ? c->log_level_override
+                                                              : cs->core.log_level));
 }
 
 static void log_errors(const conf_errors *errs) {
@@ -53,7 +60,7 @@ int core_load(core *c) {
     conf_set *cs = conf_load_dir(c->confdir, c->plugin_path, &errs);
     int rc = -1;
     if (cs) {
-        log_set_level((tolk_log_level)cs->core.log_level);
+        apply_log_level(c, cs);
         rc = core_apply(c, cs, &errs);
     }
     if (rc) log_errors(&errs);
@@ -125,7 +132,7 @@ int core_reload(core *c) {
         }
     }
     c->gen = g;
-    log_set_level((tolk_log_level)g->conf->core.log_level);
+    apply_log_level(c, g->conf);
     if (c->daemon_transports) core_start_transports(c);
     log_msg(TOLK_LOG_INFO, "config",
             "reload applied: generation %u (%zu instances kept, %zu new); running calls stay on "

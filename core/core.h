@@ -209,6 +209,7 @@ struct core {
     tolk_channel *channels;
     size_t active;
     uint64_t total_channels, refused_channels, lost_phrases;
+    uint64_t out_frames_dropped; /* audio still unplayed when its call ended */
     int stopping;
     double started;
     /* The playback clock: a 1 ms timerfd that drives a wheel of 20 slots.
@@ -228,6 +229,7 @@ struct core {
     core_observer obs;
     core_metrics m;
     int exit_code;
+    int log_level_override; /* -l on the command line, -1 if none */
 };
 
 /* ---- core.c ---- */

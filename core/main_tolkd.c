@@ -161,6 +161,7 @@ int main(int argc, char **argv) {
         log_msg(TOLK_LOG_ERR, "core", "cannot write pid file %s: %s", pidfile, strerror(errno));
 
     core *c = core_new(confdir, plugin_path);
+    c->log_level_override = lvl;
     int rc = core_apply(c, cs, &errs);
     for (size_t i = 0; i < errs.msgs.n; i++) log_msg(TOLK_LOG_ERR, "config", "%s", (char *)errs.msgs.v[i]);
     conf_errors_free(&errs);
@@ -169,7 +170,6 @@ int main(int argc, char **argv) {
         if (pidfile) unlink(pidfile);
         return EXIT_CONFIG;
     }
-    if (lvl >= 0) log_set_level((tolk_log_level)lvl);
     core_watch_signals(c);
     log_msg(TOLK_LOG_INFO, "core", "tolkd %s started (pid %ld, config %s, generation %u)",
             PACKAGE_VERSION, (long)getpid(), confdir, c->gen->id);

@@ -161,6 +161,8 @@ void playback_init(core *c) {
         return;
     }
     ev_io_init(&c->clock_w, on_clock, c->clock_fd, EV_READ);
+    /* frames go out before any other work that became ready at the same time */
+    ev_set_priority(&c->clock_w, EV_MAXPRI);
 }
 
 void playback_free(core *c) {

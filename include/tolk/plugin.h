@@ -227,10 +227,13 @@ typedef struct tolk_stt_params {
 
 typedef struct tolk_channel_info {
     uint32_t size;
-    const char *id;           /* transport's call id; unique while the call lives */
+    const char *id;           /* transport's call id (the core copies it) */
     const char *endpoint[2];  /* configured endpoint name per leg, or NULL */
-    const char *language[2];  /* language per leg, or NULL to take it from config */
-    const char *voice[2];     /* voice profile per leg, or NULL */
+    const char *language[2];  /* language spoken by each leg, or NULL: from config */
+    const char *voice[2];     /* voice profile of each leg's own voice: the
+                                 translation of leg A's words is spoken in
+                                 voice[A]; NULL: the endpoint's, else the TTS
+                                 plugin's default for the language */
     tolk_mode mode;
     /* Non-zero: the core paces play() at one 20 ms frame per leg on its
      * playback clock (a live call). Zero: play() is called as soon as audio
@@ -359,7 +362,9 @@ typedef struct tolk_host {
      * Returns TOLK_OK, or TOLK_E_INVAL after the channel ended. */
     tolk_status (*channel_audio)(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n);
     /** That party will send no more audio (end of file, half-close). The
-     * channel ends by itself once everything pending has been played. */
+     * channel ends by itself (hangup() follows) once input has ended on every
+     * leg that sent audio, and everything pending has been translated and
+     * played. */
     void (*channel_input_end)(tolk_channel *ch, tolk_leg leg);
     /** An out-of-band event from the call (e.g. "dtmf" {"digit":"5"}). */
     void (*channel_event)(tolk_channel *ch, const char *name, const json_t *data);
@@ -416,7 +421,8 @@ typedef struct tolk_plugin {
     /** Optional. Drop connections and caches and start afresh. TOLK_OK when
      * done; TOLK_PENDING means host->reset_done() follows. */
     tolk_status (*reset)(void *self);
-    /** Optional. Current health, and optionally a new detail object. */
+    /** Optional. Current health, and a new detail object if detail_new is
+     * not NULL (the caller json_decref()s it). */
     tolk_health (*health)(void *self, json_t **detail_new);
 } tolk_plugin;
 
@@ -431,7 +437,7 @@ typedef struct tolk_transport {
      * it on its playback clock when the channel is paced (tolk_channel_info),
      * else as soon as audio is ready. */
     tolk_status (*play)(void *self, void *chan_state, tolk_leg leg, const int16_t *pcm,
-                        size_t n);
+                        size_t n); /* an error is logged by the transport; the core goes on */
     /** The core ends the call (drained, shutdown, error). The transport hangs
      * up and must not call host functions with this channel afterwards. */
     void (*hangup)(void *self, void *chan_state);

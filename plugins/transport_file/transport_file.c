@@ -9,6 +9,14 @@
  * header. The input is streamed in 20 ms blocks, never loaded whole, so memory
  * stays flat for any length of file.
  *
+ * With realtime = true the output keeps the call's timeline: it is written
+ * with silence wherever nothing was played to B, so IN.wav and OUT.wav line
+ * up and the delay of the translation can be heard. Before a played frame
+ * is written, zero frames are appended until the output reaches the number
+ * of 20 ms ticks since the channel opened (never backwards: frames that come
+ * faster than real time are just appended); at hangup the output is padded
+ * to at least the input's length. Fast mode writes the phrases back to back.
+ *
  * Settings (group `settings` of the instance):
  *   input         string, required  WAV to read: 16-bit PCM (WAVE_FORMAT_PCM or
  *                                    WAVE_FORMAT_EXTENSIBLE/PCM), mono or stereo
@@ -19,11 +27,12 @@
  *   to            string, "es"      language of the output (leg B)
  *   voice         string, unset     voice profile for the synthesized speech
  *   realtime      bool,   false     feed one frame per 20 ms and have the core
- *                                    pace playback, like a live call
+ *                                    pace playback, like a live call; the
+ *                                    output keeps the call's timeline
  *   batch_frames  int,    50        frames fed per loop turn when not realtime
  *
- * Health detail: {"frames_in","frames_out","input_rate","input_seconds","state",
- * "error"}; see README.md.
+ * Health detail: {"frames_in","frames_out","frames_silence","input_rate",
+ * "input_seconds","state","error"}; see README.md.
  */
 #include <errno.h>
 #include <math.h>
@@ -53,6 +62,14 @@
 #define WAV_HEADER_BYTES 44
 /* RIFF sizes are 32-bit; the RIFF size field is data + 36. */
 #define WAV_DATA_MAX (UINT32_MAX - 36u)
+/* realtime: a frame played to B less than this after the previous one
+ * continues the same run of playback (the core's clock plays one frame per
+ * tick, or several at once when it catches up) and is appended as is. Only
+ * the first frame after a pause is placed by the clock, so jitter of the
+ * playback clock against the 20 ms grid cannot cut 20 ms holes into speech. */
+#define RUN_GAP_SECONDS (1.5 * TOLK_FRAME_SECONDS)
+
+static const int16_t zero_frame[TOLK_FRAME_SAMPLES];
 
 static const unsigned supported_rates[] = {8000, 16000, 22050, 44100, 48000};
 
@@ -97,6 +114,11 @@ typedef struct file_transport {
     int out_seekable;
     uint64_t out_bytes;
     int out_full_logged;
+    /* realtime: the output's timeline. call_t0 is host->now() when the
+     * channel opened; last_play_b when the last frame was played to B
+     * (< 0: none yet). */
+    double call_t0, last_play_b;
+    uint64_t silence_samples; /* zeros written to keep the timeline */
 
     tolk_timer *timer;
     int timer_repeating;
@@ -649,6 +671,8 @@ static tolk_status ft_start(void *self) {
     /* A second start() after the call ended plays the file again. */
     s->state = CALL_IDLE;
     s->frames_in = s->frames_out = s->out_bytes = 0;
+    s->silence_samples = 0;
+    s->last_play_b = -1;
     s->npend = 0;
     s->in_eof = 0;
     s->feed_t0 = -1;
@@ -721,6 +745,8 @@ static tolk_status ft_start(void *self) {
 
     s->state = CALL_FEEDING;
     s->opening = 1;
+    /* Before channel_open(): it may already call play(). */
+    s->call_t0 = s->host->now();
     tolk_status why = TOLK_E_BACKEND;
     tolk_channel *ch = s->host->channel_open(s->inst, &info, s, &why);
     s->opening = 0;
@@ -771,19 +797,16 @@ static void ft_stop(void *self) {
     }
 }
 
-static tolk_status ft_play(void *self, void *chan_state, tolk_leg leg, const int16_t *pcm,
-                           size_t n) {
-    file_transport *s = self;
-    if (chan_state != s || !s->out) return TOLK_E_INVAL;
-    if (leg != TOLK_LEG_B) return TOLK_OK; /* party A hears nothing in a file */
-    s->frames_out++;
-    if (!pcm || n == 0 || s->error[0]) return TOLK_OK;
+/* Appends n samples to the output. Returns 0, or -1 when nothing more can
+ * be written (write error, 4 GiB limit); both are logged once. */
+static int out_write(file_transport *s, const int16_t *pcm, size_t n) {
+    if (s->error[0]) return -1;
     if (s->out_bytes + 2 * (uint64_t)n > WAV_DATA_MAX) {
         if (!s->out_full_logged)
             TOLK_LOG(s->host, s->inst, TOLK_LOG_ERR, "%s: 4 GiB WAV limit reached; dropping",
                      s->output);
         s->out_full_logged = 1;
-        return TOLK_OK;
+        return -1;
     }
     uint8_t buf[TOLK_FRAME_BYTES];
     size_t done = 0;
@@ -793,11 +816,46 @@ static tolk_status ft_play(void *self, void *chan_state, tolk_leg leg, const int
         for (size_t i = 0; i < k; i++) put16(buf + 2 * i, (uint16_t)pcm[done + i]);
         if (fwrite(buf, 2, k, s->out) != k) {
             note_write_error(s, "write");
-            return TOLK_OK;
+            return -1;
         }
         s->out_bytes += 2 * k;
         done += k;
     }
+    return 0;
+}
+
+/* Appends silence until the output holds `samples` samples; never shortens. */
+static void out_pad_to(file_transport *s, uint64_t samples) {
+    while (s->out_bytes / 2 < samples) {
+        uint64_t k = samples - s->out_bytes / 2;
+        if (k > TOLK_FRAME_SAMPLES) k = TOLK_FRAME_SAMPLES;
+        if (out_write(s, zero_frame, (size_t)k) != 0) return;
+        s->silence_samples += k;
+    }
+}
+
+static tolk_status ft_play(void *self, void *chan_state, tolk_leg leg, const int16_t *pcm,
+                           size_t n) {
+    file_transport *s = self;
+    if (chan_state != s || !s->out) return TOLK_E_INVAL;
+    if (leg != TOLK_LEG_B) return TOLK_OK; /* party A hears nothing in a file */
+    s->frames_out++;
+    if (!pcm || n == 0 || s->error[0]) return TOLK_OK;
+    if (s->realtime) {
+        /* Keep the call's timeline: the first frame after a pause goes where
+         * the clock says, i.e. after as many frames as 20 ms ticks have
+         * passed since the call opened. A frame is never put in the past:
+         * if the output is already further (frames came faster than real
+         * time), it is appended. */
+        double now = s->host->now();
+        int same_run = s->last_play_b >= 0 && now - s->last_play_b < RUN_GAP_SECONDS;
+        s->last_play_b = now;
+        if (!same_run && now > s->call_t0) {
+            uint64_t tick = (uint64_t)floor((now - s->call_t0) / TOLK_FRAME_SECONDS);
+            out_pad_to(s, tick * TOLK_FRAME_SAMPLES);
+        }
+    }
+    out_write(s, pcm, n);
     return TOLK_OK;
 }
 
@@ -809,8 +867,13 @@ static void ft_hangup(void *self, void *chan_state) {
         return;
     }
     if (!s->ch) return;
-    TOLK_LOG(s->host, s->inst, TOLK_LOG_VERB, "%s: call ended: %llu frames in, %llu out",
-             s->input, (unsigned long long)s->frames_in, (unsigned long long)s->frames_out);
+    /* realtime: the output lasts at least as long as the call's input, so
+     * IN.wav and OUT.wav can be played side by side to the end. */
+    if (s->realtime && s->out) out_pad_to(s, s->frames_in * TOLK_FRAME_SAMPLES);
+    TOLK_LOG(s->host, s->inst, TOLK_LOG_VERB,
+             "%s: call ended: %llu frames in, %llu out, %llu of silence", s->input,
+             (unsigned long long)s->frames_in, (unsigned long long)s->frames_out,
+             (unsigned long long)(s->silence_samples / TOLK_FRAME_SAMPLES));
     call_finish(s);
 }
 
@@ -820,9 +883,11 @@ static tolk_health ft_health(void *self, json_t **detail_new) {
         double secs = 0;
         if (s->wav.rate && s->wav.block_align)
             secs = (double)s->wav.data_bytes / ((double)s->wav.block_align * s->wav.rate);
-        *detail_new = json_pack("{s:I,s:I,s:i,s:f,s:s,s:s?}", "frames_in",
+        *detail_new = json_pack("{s:I,s:I,s:I,s:i,s:f,s:s,s:s?}", "frames_in",
                                 (json_int_t)s->frames_in, "frames_out",
-                                (json_int_t)s->frames_out, "input_rate", (int)s->wav.rate,
+                                (json_int_t)s->frames_out, "frames_silence",
+                                (json_int_t)(s->silence_samples / TOLK_FRAME_SAMPLES),
+                                "input_rate", (int)s->wav.rate,
                                 "input_seconds", secs, "state", state_names[s->state], "error",
                                 s->error[0] ? s->error : NULL);
     }
