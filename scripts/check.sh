@@ -15,6 +15,23 @@ rm -rf _build/plain && mkdir -p _build/plain && cd _build/plain
 make -j"$jobs" >/dev/null
 make -j"$jobs" check || { cat tests/*.log test-suite.log 2>/dev/null | tail -200; exit 1; }
 plain_pass=$(sed -n 's/^# PASS: *//p' test-suite.log)
+
+echo "== the core's unit tests under valgrind =="
+export TOLK_PLUGIN_PATH="$PWD/plugins" TOLK_TEST_FIXTURES="$PWD/tests/plugins/.libs" \
+    top_srcdir="$top" top_builddir="$PWD"
+vg_pass=0
+for t in test_loader test_config test_metrics test_pipeline test_reload test_daemon; do
+    if valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
+        "./tests/$t" >"tests/$t.valgrind.log" 2>&1; then
+        echo "PASS: $t (valgrind)"
+        vg_pass=$((vg_pass + 1))
+    else
+        echo "FAIL: $t (valgrind)"
+        tail -60 "tests/$t.valgrind.log"
+        exit 1
+    fi
+done
+unset TOLK_PLUGIN_PATH TOLK_TEST_FIXTURES top_srcdir top_builddir
 cd "$top"
 
 echo "== build and test under AddressSanitizer + UndefinedBehaviorSanitizer =="
@@ -35,4 +52,4 @@ make -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >/dev/null 2>
     tail -100 distcheck.err; exit 1; }
 echo "distcheck: OK"
 asan_pass=$(sed -n 's/^# PASS: *//p' "$top/_build/asan/test-suite.log")
-echo "tests: $((plain_pass + asan_pass)) passed, 0 failed"
+echo "tests: $((plain_pass + vg_pass + asan_pass)) passed, 0 failed"
