@@ -44,7 +44,7 @@ static void test_reload_during_a_call(void **state) {
     rec R = {0};
     R.dir = tu_tmpdir();
     tu_log_capture();
-    tu_write(R.dir, "tolk.conf", "core: { workers = 1; log_level = \"info\"; };\n");
+    tu_write(R.dir, "tolk.conf", "core: { workers = 1; log_level = \"verb\"; };\n");
     tu_write_mock_pipeline(R.dir);
     tu_write(R.dir, "30-mt.conf",
              "instance: { name = \"mt-a\"; plugin = \"mt_mock\"; settings: { latency_ms = 5;\n"
@@ -79,10 +79,12 @@ static void test_reload_during_a_call(void **state) {
 
     /* a good file: a new MT instance for new calls */
     tu_write(R.dir, "30-mt.conf", "%s", mt_conf_b);
+    tu_write(R.dir, "40-tts.conf",
+             "instance: { name = \"tts-b\"; plugin = \"tts_mock\"; settings: { latency_ms = 10; }; };\n");
     tu_write(R.dir, "50-chains.conf",
              "chains = ( { name = \"stt\"; kind = \"stt\"; providers = [ \"stt-a\" ]; },\n"
              "           { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-b\", \"mt-a\" ]; },\n"
-             "           { name = \"tts\"; kind = \"tts\"; providers = [ \"tts-a\" ]; } );\n");
+             "           { name = \"tts\"; kind = \"tts\"; providers = [ \"tts-b\" ]; } );\n");
     raise(SIGHUP);
     tu_run_until(R.c, NULL, NULL, 0.3);
     assert_int_not_equal(R.c->gen->id, gen1);
@@ -91,10 +93,15 @@ static void test_reload_during_a_call(void **state) {
     assert_ptr_equal(core_find_instance(R.c, "stt-a"), stt1);
     assert_ptr_equal(core_find_instance(R.c, "calls"), calls1);
     assert_non_null(core_find_instance(R.c, "mt-b"));
+    /* tts-a left the configuration, but the running call still uses it */
+    assert_null(core_find_instance(R.c, "tts-a"));
+    assert_false(tu_log_has("[tts_mock/tts-a] destroyed"));
 
     /* the running call ends on mt-a; the next call uses mt-b */
     assert_true(tu_run_until(R.c, got_later, &R, 20));
     assert_int_equal(R.first_ok, 3);
+    /* ...and goes once that call has ended */
+    assert_true(tu_log_has("[tts_mock/tts-a] destroyed"));
     assert_int_equal(R.first_bad, 0);
     assert_int_equal(R.later_other, 0);
 
