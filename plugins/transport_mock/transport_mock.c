@@ -10,6 +10,10 @@
  * fields are documented in README.md and are kept stable.
  *
  * One timer per instance feeds every call, so a thousand calls cost one timer.
+ * In realtime the calls are spread over feed_phases phases of the 20 ms frame
+ * period (slot i is in phase i % feed_phases) and the timer fires once per
+ * phase, feeding only that phase's calls: the work comes in small steady
+ * slices, as from real RTP streams, rather than one burst every 20 ms.
  * The per-call pointer handed to the core is a generation-tagged slot number,
  * not a pointer, so a late play()/hangup() from the core for a call that is
  * over is caught and counted instead of touching freed memory.
@@ -28,6 +32,9 @@
  *   paced            bool   true     ask the core to pace play() (a live call)
  *   realtime         bool   true     feed 1 frame per 20 ms per talking leg;
  *                                    false: as fast as the loop allows
+ *   feed_phases      int    20       realtime: phases of the 20 ms period the
+ *                                    calls are fed at (timer every 20/N ms);
+ *                                    1: every call on the same tick
  *   hangup           string "end"    "end": input_end on each talking leg after
  *                                    its last gap, the core ends the call;
  *                                    "close": channel_close after the last frame
@@ -45,6 +52,9 @@
 
 #define PLUGIN_NAME "transport_mock"
 #define MAX_CALLS 100000
+/* Realtime feeding: the 20 ms frame period is split into this many phases at
+ * most (the timer then fires every 1 ms). */
+#define FEED_PHASES_MAX 20
 /* Records of this many most recent calls are kept for health(). */
 #define REC_MAX 64
 #define REC_EVENTS 64
@@ -155,6 +165,8 @@ typedef struct mock {
     tolk_mode mode;
     char *from, *to;
     int paced, realtime;
+    unsigned phases;    /* feed_phases: slot i is fed in phase i % phases */
+    double feed_period; /* realtime timer period: TOLK_FRAME_SECONDS / phases */
     hangup_mode hangup;
     double amplitude;
     int repeat;
@@ -175,6 +187,10 @@ typedef struct mock {
     tolk_timer *timer;
     int timer_repeating;
     double timer_at;
+    /* Realtime phase slots: slot s starts at feed_t0 + s * feed_period and
+     * belongs to phase s % phases. feed_slot is the last slot fed. */
+    double feed_t0;
+    int64_t feed_slot;
     int in_tick;
     int depth; /* > 0 while inside a host call that may call us back */
     int started, stopped;
@@ -221,6 +237,8 @@ static const tolk_option options[] = {
     {"paced", TOLK_OPT_BOOL, 0, "true", 0, 0, "the core paces play() at 20 ms (a live call)"},
     {"realtime", TOLK_OPT_BOOL, 0, "true", 0, 0,
      "feed 20 ms per 20 ms; false: as fast as possible"},
+    {"feed_phases", TOLK_OPT_INT, 0, "20", 1, FEED_PHASES_MAX,
+     "realtime: calls fed at this many phases of the 20 ms period (1: all on one tick)"},
     {"hangup", TOLK_OPT_STRING, 0, "end", 0, 0,
      "\"end\": input_end and let the core end the call; \"close\": hang up after the last frame"},
     {"amplitude", TOLK_OPT_INT, 0, "6000", 0, 32767, "peak amplitude of the tone bursts"},
@@ -451,6 +469,19 @@ static void setup_legs(mock *m, mock_call *c) {
     }
 }
 
+static void feed_call(mock *m, mock_call *c, double now, uint64_t fast_n);
+
+/* Realtime: the grid origin of a call opened at `now`, the start of the slot
+ * of the call's phase nearest to now (within +-10 ms). The call's frames
+ * then fall due halfway between two ticks of its phase, so a tick early or
+ * late by less than 10 ms still finds exactly one frame due. */
+static double phase_origin(const mock *m, const mock_call *c, double now) {
+    double p = (double)((uint64_t)(c - m->calls) % m->phases);
+    double x = (now - m->feed_t0) / m->feed_period;
+    double s = p + (double)m->phases * floor((x - p) / (double)m->phases + 0.5);
+    return m->feed_t0 + s * m->feed_period;
+}
+
 /* Returns 0 if a call was opened or refused, -1 if no slot is free. */
 static int open_call(mock *m) {
     if (m->nfree == 0) return -1;
@@ -506,7 +537,10 @@ static int open_call(mock *m) {
         c->state = C_LIVE;
         c->ch = ch;
         r->state = "active";
-        c->t_start = m->host->now();
+        double now = m->host->now();
+        c->t_start = m->realtime ? phase_origin(m, c, now) : now;
+        /* The first frame goes out now; the rest at the call's phase. */
+        if (m->realtime) feed_call(m, c, now, 0);
     }
     return 0;
 }
@@ -630,22 +664,23 @@ static void tick(void *ud);
 static void schedule(mock *m) {
     if (m->in_tick || m->depth > 0) return; /* tick() schedules when it ends */
     double now = m->host->now();
-    double when = next_wake(m, now);
     if (m->realtime) {
-        /* One repeating 20 ms timer while anything is going on; the
-         * repeating timer keeps the 20 ms schedule steady. */
-        int busy = when >= 0;
-        for (uint64_t i = 0; i < m->ncalls && !busy; i++)
-            busy = m->calls[i].state != C_FREE;
+        /* One repeating timer, one tick per phase (20 ms / phases), while
+         * anything is going on; the repeating timer keeps the schedule
+         * steady. A slot in use is a call going on (or being swept). */
+        int busy = m->nfree < m->ncalls || next_wake(m, now) >= 0;
         if (busy && !m->timer) {
             m->timer_repeating = 1;
-            m->timer = m->host->timer_start(m->inst, 0, TOLK_FRAME_SECONDS, tick, m);
+            m->feed_t0 = now;
+            m->feed_slot = -1;
+            m->timer = m->host->timer_start(m->inst, 0, m->feed_period, tick, m);
         } else if (!busy && m->timer) {
             m->host->timer_stop(m->timer);
             m->timer = NULL;
         }
         return;
     }
+    double when = next_wake(m, now);
     if (when < 0) {
         if (m->timer) {
             m->host->timer_stop(m->timer);
@@ -682,8 +717,18 @@ static void tick(void *ud) {
 
     if (m->realtime) {
         now = m->host->now(); /* opening many calls takes time */
-        for (uint64_t i = 0; i < m->ncalls; i++)
-            if (m->calls[i].state == C_LIVE) feed_call(m, &m->calls[i], now, 0);
+        /* Feed the phase of the next slot, and of every slot the clock says
+         * has passed since (a late tick); every phase at most once. Each call
+         * gets the frames due by the clock, so nothing is lost or doubled
+         * whichever tick feeds it. */
+        int64_t last = (int64_t)floor((now - m->feed_t0) / m->feed_period + 0.5);
+        if (last <= m->feed_slot) last = m->feed_slot + 1;
+        int64_t first = m->feed_slot + 1;
+        if (last - first >= (int64_t)m->phases) first = last - (int64_t)m->phases + 1;
+        for (int64_t s = first; s <= last; s++)
+            for (uint64_t i = (uint64_t)s % m->phases; i < m->ncalls; i += m->phases)
+                if (m->calls[i].state == C_LIVE) feed_call(m, &m->calls[i], now, 0);
+        m->feed_slot = last;
     } else {
         /* Round-robin with a budget per turn so every call progresses and a
          * turn stays short. */
@@ -751,6 +796,9 @@ static tolk_status tm_create(const tolk_host *host, tolk_instance *inst, const j
     m->amplitude = v < 0 ? 0 : v > 32767 ? 32767 : (double)v;
     m->paced = host->cfg_bool(cfg, "paced") ? 1 : 0;
     m->realtime = host->cfg_bool(cfg, "realtime") ? 1 : 0;
+    v = host->cfg_int(cfg, "feed_phases");
+    m->phases = v < 1 ? 1 : v > FEED_PHASES_MAX ? FEED_PHASES_MAX : (unsigned)v;
+    m->feed_period = TOLK_FRAME_SECONDS / (double)m->phases;
     m->repeat = host->cfg_bool(cfg, "repeat") ? 1 : 0;
     if (parse_legs(host->cfg_string(cfg, "legs"), &m->legs) != 0 ||
         parse_mode(host->cfg_string(cfg, "mode"), &m->mode) != 0 ||
