@@ -1,10 +1,6 @@
-/* Channels and their pipelines. Per direction (A->B, B->A):
- *   input frames -> STT stream -> MT queue -> TTS queue -> playback buffer.
- * Each stage is a FIFO served one request at a time, so phrases come out in
- * the order they were spoken; different stages work on different phrases
- * at once. Plugin callbacks can re-enter the pipeline (a synchronous
- * mt_done from inside translate()), so pumps loop instead of recursing and
- * a channel ends from a deferred timer, never inside a plugin's call. */
+/* Channels: a call's lifecycle (open, states, drain, end), its input
+ * framing, its playback buffers and the per-phrase report. The provider
+ * stages of each direction and their recovery are in pipeline.c. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +8,7 @@
 #include "core.h"
 #include "log.h"
 #include "metrics.h"
+#include "pipeline.h"
 
 const char *const queue_names[Q_COUNT] = {"input", "stt", "mt", "tts", "playback"};
 
@@ -30,33 +27,29 @@ static void set_state(tolk_channel *ch, chan_state st) {
     if (ch->core->obs.channel_state) ch->core->obs.channel_state(ch->core->obs.ud, ch, st);
 }
 
-static const tolk_stt *stt_of(tolk_instance *i) { return (const tolk_stt *)i->desc; }
-static const tolk_mt *mt_of(tolk_instance *i) { return (const tolk_mt *)i->desc; }
-static const tolk_tts *tts_of(tolk_instance *i) { return (const tolk_tts *)i->desc; }
 static const tolk_transport *transport_of(tolk_instance *i) {
     return (const tolk_transport *)i->desc;
 }
 
-static void schedule_finish(tolk_channel *ch);
 
 /* ---- metrics helpers ---- */
 
-static void queue_depth(core *c, int q, double delta) { metrics_add(c->m.qdepth[q], delta); }
+void queue_depth(core *c, int q, double delta) { metrics_add(c->m.qdepth[q], delta); }
 
-static void observe_stage(direction *d, const char *stage, double seconds) {
+void observe_stage(direction *d, const char *stage_name, double seconds) {
     core *c = d->ch->core;
     if (seconds < 0) return;
-    metrics_observe(metrics_series_v(c->m.latency, d->from, d->to, stage, NULL), seconds);
+    metrics_observe(metrics_series_v(c->m.latency, d->from, d->to, stage_name, NULL), seconds);
 }
 
-static void observe_component(core *c, tolk_instance *inst, const char *op, double seconds) {
+void observe_component(core *c, tolk_instance *inst, const char *op, double seconds) {
     if (!inst || seconds < 0) return;
     metrics_observe(metrics_series_v(c->m.component, inst->name, op, NULL), seconds * 1000.0);
 }
 
 /* ---- phrases ---- */
 
-static void fifo_push(phrase_fifo *f, phrase *p) {
+void fifo_push(phrase_fifo_head *f, phrase *p) {
     p->next = NULL;
     if (f->tail)
         f->tail->next = p;
@@ -66,7 +59,7 @@ static void fifo_push(phrase_fifo *f, phrase *p) {
     f->n++;
 }
 
-static phrase *fifo_pop(phrase_fifo *f) {
+phrase *fifo_pop(phrase_fifo_head *f) {
     phrase *p = f->head;
     if (p) {
         f->head = p->next;
@@ -77,7 +70,7 @@ static phrase *fifo_pop(phrase_fifo *f) {
     return p;
 }
 
-static void phrase_free(phrase *ph) {
+void phrase_free(phrase *ph) {
     free(ph->text);
     free(ph->translation);
     free(ph);
@@ -85,7 +78,7 @@ static void phrase_free(phrase *ph) {
 
 static double ms_between(double a, double b) { return a > 0 && b > 0 ? (b - a) * 1000.0 : -1; }
 
-static void phrase_report_emit(phrase *ph, int ok) {
+void phrase_report_emit(phrase *ph, int ok) {
     direction *d = ph->dir;
     core *c = d->ch->core;
     if (!ok) c->lost_phrases++;
@@ -117,94 +110,21 @@ static void phrase_report_emit(phrase *ph, int ok) {
 
 /* A phrase that cannot be finished: counted, reported, and the pipeline
  * goes on with the next one. */
-static void phrase_lost(phrase *ph, const char *stage, tolk_instance *inst, tolk_status st) {
-    core *c = ph->dir->ch->core;
+void phrase_lost(phrase *ph, const char *stage_name, tolk_instance *inst, tolk_status st) {
     log_msg(TOLK_LOG_WARN, "channel", "%s: phrase %u lost at %s (%s, status %d): \"%s\"",
-            ph->dir->ch->id, ph->seq, stage, inst ? inst->who : "no provider", (int)st,
+            ph->dir->ch->id, ph->seq, stage_name, inst ? inst->who : "no provider", (int)st,
             ph->text ? ph->text : "");
-    count_error(c, inst ? inst->name : stage, st == TOLK_E_TIMEOUT ? "timeout" : "request_failed",
-                TOLK_SEV_MEDIUM);
     phrase_report_emit(ph, 0);
     phrase_free(ph);
 }
 
-static double arrival_time(direction *d, uint64_t end_sample) {
+double arrival_time(direction *d, uint64_t end_sample) {
     uint64_t frames = d->samples_in / TOLK_FRAME_SAMPLES;
     if (frames == 0) return mono_now();
     uint64_t k = end_sample ? (end_sample - 1) / TOLK_FRAME_SAMPLES : 0;
     if (k >= frames) k = frames - 1;
     if (frames - k > ARRIVAL_RING) k = frames - ARRIVAL_RING;
     return d->arrival[k % ARRIVAL_RING];
-}
-
-/* ---- pumps ---- */
-
-static void pump_tts(direction *d);
-
-static void pump_mt(direction *d) {
-    core *c = d->ch->core;
-    while (!d->mt_busy && d->mt_q.head && !d->ch->ending) {
-        phrase *ph = fifo_pop(&d->mt_q);
-        queue_depth(c, Q_MT, -1);
-        double now = mono_now();
-        metrics_observe(c->m.qwait[Q_MT], (now - ph->t_enq) * 1000.0);
-        tolk_instance *inst = d->mt->prov[0];
-        ph->mt_inst = inst;
-        ph->t_mt_start = now;
-        ph->req = (tolk_request){.ph = ph, .inst = inst, .active = 1};
-        d->mt_busy = ph;
-        tolk_status st = mt_of(inst)->translate(inst->self, &ph->req, ph->text, d->from, d->to);
-        if (st == TOLK_PENDING) return;
-        if (st == TOLK_OK) {
-            if (ph->req.active) {
-                /* OK without mt_done: a plugin bug; do not wait forever. */
-                ph->req.active = 0;
-                d->mt_busy = NULL;
-                phrase_lost(ph, "mt", inst, TOLK_E_INVAL);
-            }
-            continue;
-        }
-        ph->req.active = 0;
-        d->mt_busy = NULL;
-        phrase_lost(ph, "mt", inst, st);
-    }
-    schedule_finish(d->ch);
-}
-
-static void pump_tts(direction *d) {
-    core *c = d->ch->core;
-    while (!d->tts_busy && d->tts_q.head && !d->ch->ending) {
-        phrase *ph = fifo_pop(&d->tts_q);
-        queue_depth(c, Q_TTS, -1);
-        double now = mono_now();
-        metrics_observe(c->m.qwait[Q_TTS], (now - ph->t_enq) * 1000.0);
-        tolk_instance *inst = d->tts->prov[0];
-        ph->tts_inst = inst;
-        ph->t_tts_start = now;
-        ph->req = (tolk_request){.ph = ph, .inst = inst, .active = 1};
-        d->tts_busy = ph;
-        tolk_status st =
-            tts_of(inst)->speak(inst->self, &ph->req, ph->translation, d->to, d->voice);
-        if (st == TOLK_PENDING) return;
-        if (st == TOLK_OK) {
-            if (ph->req.active) {
-                ph->req.active = 0;
-                d->tts_busy = NULL;
-                if (!ph->has_audio) phrase_lost(ph, "tts", inst, TOLK_E_INVAL);
-            }
-            continue;
-        }
-        ph->req.active = 0;
-        d->tts_busy = NULL;
-        if (ph->has_audio) {
-            /* some audio was queued: it plays; the phrase is freed when its
-             * first frame goes out */
-            ph->t_tts_done = mono_now();
-            continue;
-        }
-        phrase_lost(ph, "tts", inst, st);
-    }
-    schedule_finish(d->ch);
 }
 
 /* ---- playback ---- */
@@ -234,11 +154,11 @@ void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
         metrics_add(c->m.translations_s, 1);
         phrase_report_emit(ph, 1);
         /* the TTS request may still be streaming the rest of the phrase */
-        if (d->tts_busy != ph) phrase_free(ph);
+        if (d->tts.busy != ph) phrase_free(ph);
     }
 }
 
-static void deliver_now(tolk_channel *ch, tolk_leg leg) {
+void deliver_now(tolk_channel *ch, tolk_leg leg) {
     if (ch->paced) {
         playback_schedule(ch->core, &ch->out[leg]);
         return;
@@ -251,14 +171,6 @@ void channel_leg_idle(tolk_channel *ch) { schedule_finish(ch); }
 
 /* ---- input ---- */
 
-static void stream_close(direction *d) {
-    tolk_stream *s = &d->stream;
-    if (!s->open) return;
-    s->open = 0;
-    stt_of(s->inst)->close(s->state);
-    s->state = NULL;
-}
-
 static void frame_in(direction *d, const int16_t *frame) {
     tolk_channel *ch = d->ch;
     core *c = ch->core;
@@ -268,15 +180,12 @@ static void frame_in(direction *d, const int16_t *frame) {
     ch->frames_in[d->src]++;
     metrics_add(c->m.frames_s, 1);
     metrics_add(c->m.audio_bytes_s, TOLK_FRAME_BYTES);
-    if (d->translate && d->stream.open) {
-        tolk_status st = stt_of(d->stream.inst)->feed(d->stream.state, frame, TOLK_FRAME_SAMPLES);
-        if (st < 0) stream_failed(&d->stream, st, TOLK_SEV_HIGH, "feed failed");
+    if (d->translate) {
+        pipeline_frame(d, frame);
         return;
     }
-    if (!d->translate) {
-        outbuf_push(c, &ch->out[d->dst], frame, TOLK_FRAME_SAMPLES);
-        deliver_now(ch, d->dst);
-    }
+    outbuf_push(c, &ch->out[d->dst], frame, TOLK_FRAME_SAMPLES);
+    deliver_now(ch, d->dst);
 }
 
 tolk_status channel_audio(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n) {
@@ -301,149 +210,10 @@ tolk_status channel_audio(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, si
     return TOLK_OK;
 }
 
-/* ---- results from plugins ---- */
-
-void stream_result(tolk_stream *s, const tolk_transcript *t) {
-    if (!s || !s->open || !t) {
-        log_msg(TOLK_LOG_DBG, "channel", "result for a closed stream ignored");
-        return;
-    }
-    direction *d = s->dir;
-    core *c = d->ch->core;
-    if (!t->is_final) {
-        if (log_enabled(TOLK_LOG_DBG)) {
-            char *txt = utf8_clean(t->text, 512);
-            log_msg(TOLK_LOG_DBG, "channel", "%s: partial: %s", d->ch->id, txt);
-            free(txt);
-        }
-        return;
-    }
-    char *text = utf8_clean(t->text, 4096);
-    if (!*text) {
-        free(text);
-        return;
-    }
-    phrase *ph = xcalloc(1, sizeof *ph);
-    ph->dir = d;
-    ph->seq = ++d->next_seq;
-    ph->text = text;
-    ph->start_sample = t->start_sample;
-    ph->end_sample = t->end_sample > t->start_sample ? t->end_sample : d->samples_in;
-    ph->t_speech_end = arrival_time(d, ph->end_sample);
-    ph->t_stt_final = mono_now();
-    ph->stt_inst = s->inst;
-    observe_stage(d, "stt", ph->t_stt_final - ph->t_speech_end);
-    observe_component(c, s->inst, "recognize", ph->t_stt_final - ph->t_speech_end);
-    metrics_observe(c->m.qwait[Q_STT], (ph->t_stt_final - ph->t_speech_end) * 1000.0);
-    metrics_add(c->m.words_s, (double)count_words(text));
-    ph->t_enq = ph->t_stt_final;
-    fifo_push(&d->mt_q, ph);
-    queue_depth(c, Q_MT, 1);
-    if (!d->mt_busy) pump_mt(d);
-}
-
-void stream_failed(tolk_stream *s, tolk_status st, tolk_severity sev, const char *why) {
-    if (!s || !s->open) return;
-    direction *d = s->dir;
-    core *c = d->ch->core;
-    log_msg(TOLK_LOG_ERR, s->inst->who, "%s: stream failed (%d): %s; direction %s->%s goes on "
-            "untranslated", d->ch->id, (int)st, why ? why : "", d->from, d->to);
-    count_error(c, s->inst->name, "stream_failed", sev);
-    stream_close(d);
-    /* Until recovery can move the stream to a backup, the caller is at least
-     * heard: the direction falls back to passthrough rather than silence. */
-    d->translate = 0;
-    schedule_finish(d->ch);
-}
-
-void stream_flushed(tolk_stream *s) {
-    if (!s || !s->open) return;
-    s->flushing = 0;
-    s->flushed = 1;
-    schedule_finish(s->dir->ch);
-}
-
-void request_mt_done(tolk_request *r, tolk_status st, const char *text) {
-    if (!r || !r->active) {
-        log_msg(TOLK_LOG_WARN, "channel", "mt_done for a finished or cancelled request ignored");
-        return;
-    }
-    phrase *ph = r->ph;
-    direction *d = ph->dir;
-    core *c = d->ch->core;
-    r->active = 0;
-    d->mt_busy = NULL;
-    ph->t_mt_done = mono_now();
-    observe_component(c, r->inst, "translate", ph->t_mt_done - ph->t_mt_start);
-    char *clean = st == TOLK_OK && text ? utf8_clean(text, 8192) : NULL;
-    if (!clean || !*clean) {
-        free(clean);
-        phrase_lost(ph, "mt", r->inst, st == TOLK_OK ? TOLK_E_BACKEND : st);
-    } else {
-        ph->translation = clean;
-        observe_stage(d, "mt", ph->t_mt_done - ph->t_mt_start);
-        ph->t_enq = ph->t_mt_done;
-        fifo_push(&d->tts_q, ph);
-        queue_depth(c, Q_TTS, 1);
-        if (!d->tts_busy) pump_tts(d);
-    }
-    pump_mt(d);
-}
-
-void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
-    if (!r || !r->active || !pcm || n == 0) return;
-    phrase *ph = r->ph;
-    direction *d = ph->dir;
-    tolk_channel *ch = d->ch;
-    if (!ph->has_audio) {
-        ph->has_audio = 1;
-        ph->t_tts_first = mono_now();
-        observe_stage(d, "tts_first", ph->t_tts_first - ph->t_tts_start);
-        observe_component(ch->core, r->inst, "synthesize_first", ph->t_tts_first - ph->t_tts_start);
-        ph->out_pos = ch->out[d->dst].written;
-        ph->mark_next = NULL;
-        if (d->marks_tail)
-            d->marks_tail->mark_next = ph;
-        else
-            d->marks_head = ph;
-        d->marks_tail = ph;
-    }
-    outbuf_push(ch->core, &ch->out[d->dst], pcm, n);
-    deliver_now(ch, d->dst);
-}
-
-static int phrase_marked(direction *d, phrase *ph) {
+int phrase_marked(direction *d, phrase *ph) {
     for (phrase *m = d->marks_head; m; m = m->mark_next)
         if (m == ph) return 1;
     return 0;
-}
-
-void request_tts_done(tolk_request *r, tolk_status st) {
-    if (!r || !r->active) {
-        log_msg(TOLK_LOG_WARN, "channel", "tts_done for a finished or cancelled request ignored");
-        return;
-    }
-    phrase *ph = r->ph;
-    direction *d = ph->dir;
-    tolk_channel *ch = d->ch;
-    r->active = 0;
-    d->tts_busy = NULL;
-    ph->t_tts_done = mono_now();
-    observe_component(ch->core, r->inst, "synthesize", ph->t_tts_done - ph->t_tts_start);
-    outbuf_pad(ch->core, &ch->out[d->dst]);
-    if (st != TOLK_OK) {
-        count_error(ch->core, r->inst->name, "request_failed", TOLK_SEV_MEDIUM);
-        log_msg(TOLK_LOG_WARN, r->inst->who, "%s: synthesis of phrase %u failed (%d)%s", ch->id,
-                ph->seq, (int)st, ph->has_audio ? "; the audio received plays" : "");
-    }
-    if (!ph->has_audio) {
-        phrase_lost(ph, "tts", r->inst, st == TOLK_OK ? TOLK_E_BACKEND : st);
-    } else {
-        deliver_now(ch, d->dst);
-        /* already played its first frame (unpaced): nothing waits for it */
-        if (ph->t_first_out > 0 && !phrase_marked(d, ph)) phrase_free(ph);
-    }
-    pump_tts(d);
 }
 
 /* ---- open / end ---- */
@@ -454,35 +224,6 @@ static const conf_endpoint *find_endpoint(const conf_set *cs, const char *name) 
         if (!strcmp(ep->name, name)) return ep;
     }
     return NULL;
-}
-
-static void setup_direction(tolk_channel *ch, direction *d, int translate) {
-    generation *g = ch->gen;
-    d->translate = translate && strcmp(d->from, d->to) != 0;
-    if (!d->translate) return;
-    d->stt = generation_route(g, TOLK_KIND_STT, d->from, d->to);
-    d->mt = generation_route(g, TOLK_KIND_MT, d->from, d->to);
-    d->tts = generation_route(g, TOLK_KIND_TTS, d->from, d->to);
-    if (!d->stt || !d->mt || !d->tts) {
-        log_msg(TOLK_LOG_WARN, "channel",
-                "%s: no %s chain serves %s->%s: that direction is heard untranslated", ch->id,
-                !d->stt ? "stt" : !d->mt ? "mt" : "tts", d->from, d->to);
-        d->translate = 0;
-        return;
-    }
-    tolk_stream *s = &d->stream;
-    s->dir = d;
-    s->inst = d->stt->prov[0];
-    tolk_stt_params p = {.size = sizeof p, .language = d->from, .sample_rate = TOLK_SAMPLE_RATE};
-    tolk_status st = stt_of(s->inst)->open(s->inst->self, s, &p, &s->state);
-    if (st != TOLK_OK) {
-        log_msg(TOLK_LOG_ERR, s->inst->who, "%s: cannot open a stream (%d): %s->%s heard untranslated",
-                ch->id, (int)st, d->from, d->to);
-        count_error(ch->core, s->inst->name, "open_failed", TOLK_SEV_HIGH);
-        d->translate = 0;
-        return;
-    }
-    s->open = 1;
 }
 
 static void on_finish(struct ev_loop *loop, ev_timer *w, int revents);
@@ -561,8 +302,10 @@ tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel
     set_state(ch, CH_CONNECTED);
     int tr_a = ch->mode == TOLK_MODE_BIDIRECTIONAL || ch->mode == TOLK_MODE_UNIDIRECTIONAL;
     int tr_b = ch->mode == TOLK_MODE_BIDIRECTIONAL;
-    setup_direction(ch, &ch->dir[TOLK_LEG_A], tr_a);
-    setup_direction(ch, &ch->dir[TOLK_LEG_B], tr_b);
+    ch->dir[TOLK_LEG_A].translate = tr_a && strcmp(lang[0], lang[1]) != 0;
+    ch->dir[TOLK_LEG_B].translate = tr_b && strcmp(lang[0], lang[1]) != 0;
+    pipeline_setup(&ch->dir[TOLK_LEG_A]);
+    pipeline_setup(&ch->dir[TOLK_LEG_B]);
     if (ch->dir[0].translate || ch->dir[1].translate) set_state(ch, CH_TRANSLATING);
     log_msg(TOLK_LOG_INFO, "channel", "%s: open via %s, %s, %s<->%s%s (generation %u, %zu active)",
             ch->id, transport->name, conf_mode_name(ch->mode), lang[0], lang[1],
@@ -570,52 +313,11 @@ tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel
     return ch;
 }
 
-static void free_phrases(tolk_channel *ch) {
-    for (int i = 0; i < 2; i++) {
-        direction *d = &ch->dir[i];
-        core *c = ch->core;
-        phrase *ph;
-        while ((ph = fifo_pop(&d->mt_q))) {
-            queue_depth(c, Q_MT, -1);
-            phrase_free(ph);
-        }
-        while ((ph = fifo_pop(&d->tts_q))) {
-            queue_depth(c, Q_TTS, -1);
-            phrase_free(ph);
-        }
-        if (d->mt_busy) phrase_free(d->mt_busy);
-        d->mt_busy = NULL;
-        phrase *tb = d->tts_busy;
-        d->tts_busy = NULL;
-        int tb_marked = 0;
-        while ((ph = d->marks_head)) {
-            d->marks_head = ph->mark_next;
-            if (ph == tb) tb_marked = 1;
-            phrase_free(ph);
-        }
-        d->marks_tail = NULL;
-        if (tb && !tb_marked) phrase_free(tb);
-    }
-}
-
 /* Stops everything plugins are doing for this channel; after it, no
  * plugin callback can reach the channel. */
 static void cancel_all(tolk_channel *ch) {
-    for (int i = 0; i < 2; i++) {
-        direction *d = &ch->dir[i];
-        stream_close(d);
-        if (d->mt_busy && d->mt_busy->req.active) {
-            d->mt_busy->req.active = 0;
-            tolk_instance *inst = d->mt_busy->req.inst;
-            mt_of(inst)->cancel(inst->self, &d->mt_busy->req);
-        }
-        if (d->tts_busy && d->tts_busy->req.active) {
-            d->tts_busy->req.active = 0;
-            tolk_instance *inst = d->tts_busy->req.inst;
-            tts_of(inst)->cancel(inst->self, &d->tts_busy->req);
-        }
-    }
-    free_phrases(ch);
+    pipeline_cancel(&ch->dir[0]);
+    pipeline_cancel(&ch->dir[1]);
 }
 
 static void channel_destroy(tolk_channel *ch) {
@@ -648,20 +350,13 @@ static void channel_destroy(tolk_channel *ch) {
     free(ch);
 }
 
-static int direction_drained(direction *d) {
-    if (d->spoke && !d->input_ended) return 0;
-    if (d->stream.open && d->input_ended && !d->stream.flushed) return 0;
-    if (d->mt_q.head || d->mt_busy || d->tts_q.head || d->tts_busy || d->marks_head) return 0;
-    return 1;
-}
-
 static int channel_drained(tolk_channel *ch) {
     if (!ch->dir[0].input_ended && !ch->dir[1].input_ended) return 0;
     if (ch->out[0].len || ch->out[1].len) return 0;
-    return direction_drained(&ch->dir[0]) && direction_drained(&ch->dir[1]);
+    return pipeline_drained(&ch->dir[0]) && pipeline_drained(&ch->dir[1]);
 }
 
-static void schedule_finish(tolk_channel *ch) {
+void schedule_finish(tolk_channel *ch) {
     if (!ev_is_active(&ch->finish)) {
         ev_timer_set(&ch->finish, 0., 0.);
         ev_timer_start(ch->core->loop, &ch->finish);
@@ -692,16 +387,7 @@ void channel_input_end(tolk_channel *ch, tolk_leg leg) {
         frame_in(d, d->inbuf);
     }
     d->input_ended = 1;
-    if (d->stream.open) {
-        const tolk_stt *stt = stt_of(d->stream.inst);
-        tolk_status st = DESC_FN(&stt->base, tolk_stt, flush)
-                             ? stt->flush(d->stream.state)
-                             : TOLK_OK;
-        if (st == TOLK_PENDING)
-            d->stream.flushing = 1;
-        else
-            d->stream.flushed = 1;
-    }
+    if (d->translate) pipeline_input_end(d);
     double dt = ch->gen->conf->core.drain_timeout;
     if (dt > 0 && !ev_is_active(&ch->drain_deadline)) {
         ev_timer_set(&ch->drain_deadline, dt, 0.);

@@ -269,6 +269,25 @@ static const tolk_option defaults_opts[] = {
     {"callee_language", TOLK_OPT_STRING, 0, "es", 0, 0, "language of leg B"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
+static const tolk_option recovery_opts[] = {
+    {"soft_retries", TOLK_OPT_INT, 0, "3", 0, 100, "tier 1: retries on the same provider"},
+    {"soft_delay", TOLK_OPT_DOUBLE, 0, "1.0", 0, 600, "first retry delay, seconds"},
+    {"backoff", TOLK_OPT_DOUBLE, 0, "2.0", 1, 100, "delay multiplier per retry"},
+    {"jitter", TOLK_OPT_DOUBLE, 0, "0.2", 0, 1, "random +- fraction of each delay"},
+    {"hard_reset", TOLK_OPT_BOOL, 0, "true", 0, 0, "tier 2: reset the provider before failing over"},
+    {"hard_timeout", TOLK_OPT_DOUBLE, 0, "5.0", 0.001, 3600, "seconds a reset may take"},
+    {"failover_timeout", TOLK_OPT_DOUBLE, 0, "10.0", 0.001, 3600, "request timeout right after a failover"},
+    {"reset_cooldown", TOLK_OPT_DOUBLE, 0, "60.0", 0, 86400, "tier 4: seconds between full resets of a chain"},
+    {"min_operations", TOLK_OPT_INT, 0, "5", 0, 1000000, "no health downgrade before this many operations"},
+    {"window_operations", TOLK_OPT_INT, 0, "100", 1, 128, "success rate over the last N operations"},
+    {"window_seconds", TOLK_OPT_DOUBLE, 0, "60.0", 1, 86400, "...no older than this"},
+    {"health_interval", TOLK_OPT_DOUBLE, 0, "5.0", 0.01, 3600, "seconds between health probes"},
+    {"request_timeout", TOLK_OPT_DOUBLE, 0, "10.0", 0.001, 3600, "MT answer / TTS audio silence limit"},
+    {"stt_timeout", TOLK_OPT_DOUBLE, 0, "10.0", 0.05, 3600, "speech with no recogniser result"},
+    {"replay_seconds", TOLK_OPT_DOUBLE, 0, "10.0", 0, 120, "audio kept per direction for STT failover"},
+    {"failback", TOLK_OPT_STRING, 0, "new_calls", 0, 0, "new_calls or running_calls"},
+    {NULL, 0, 0, NULL, 0, 0, NULL}};
+
 static const tolk_option endpoint_opts[] = {
     {"name", TOLK_OPT_STRING, TOLK_OPT_REQUIRED, NULL, 0, 0, "SIP peer name"},
     {"language", TOLK_OPT_STRING, TOLK_OPT_REQUIRED, NULL, 0, 0, "language spoken"},
@@ -318,7 +337,7 @@ typedef struct load_ctx {
     conf_set *cs;
     conf_errors *errs;
     ptr_vec seen; /* seen_name * */
-    int have_core, have_defaults;
+    int have_core, have_defaults, have_recovery;
     char *core_file;
     int core_line;
     /* instance settings held until plugins can be loaded (core.plugin_path) */
@@ -421,6 +440,52 @@ static void load_defaults(load_ctx *lc, config_setting_t *s, const char *file) {
     free(d->callee_language);
     d->caller_language = xstrdup(json_string_value(json_object_get(v, "caller_language")));
     d->callee_language = xstrdup(json_string_value(json_object_get(v, "callee_language")));
+    json_decref(v);
+    json_decref(raw);
+    json_decref(lines);
+}
+
+static void fill_recovery(conf_recovery *r, const json_t *v) {
+#define RI(k) ((int)json_integer_value(json_object_get(v, k)))
+#define RD(k) json_number_value(json_object_get(v, k))
+    r->soft_retries = RI("soft_retries");
+    r->soft_delay = RD("soft_delay");
+    r->backoff = RD("backoff");
+    r->jitter = RD("jitter");
+    r->hard_reset = json_is_true(json_object_get(v, "hard_reset"));
+    r->hard_timeout = RD("hard_timeout");
+    r->failover_timeout = RD("failover_timeout");
+    r->reset_cooldown = RD("reset_cooldown");
+    r->min_operations = RI("min_operations");
+    r->window_operations = RI("window_operations");
+    r->window_seconds = RD("window_seconds");
+    r->health_interval = RD("health_interval");
+    r->request_timeout = RD("request_timeout");
+    r->stt_timeout = RD("stt_timeout");
+    r->replay_seconds = RD("replay_seconds");
+    r->failback_running = !strcmp(json_string_value(json_object_get(v, "failback")), "running_calls");
+#undef RI
+#undef RD
+}
+
+static void load_recovery(load_ctx *lc, config_setting_t *s, const char *file) {
+    int line = (int)config_setting_source_line(s);
+    if (lc->have_recovery++) {
+        conf_error(lc->errs, file, line, "duplicate 'recovery' group");
+        return;
+    }
+    if (!config_setting_is_group(s)) {
+        conf_error(lc->errs, file, line, "'recovery' must be a group: recovery: { ... };");
+        return;
+    }
+    json_t *lines, *raw = group_json(s, &lines, file, lc->errs);
+    json_t *v = check_object(raw, lines, line, recovery_opts, "recovery", file, lc->errs);
+    const char *fb = json_string_value(json_object_get(v, "failback"));
+    if (strcmp(fb, "new_calls") && strcmp(fb, "running_calls"))
+        conf_error(lc->errs, file, line_of(lines, "failback", line),
+                   "failback '%s' is not one of new_calls, running_calls", fb);
+    else
+        fill_recovery(&lc->cs->recovery, v);
     json_decref(v);
     json_decref(raw);
     json_decref(lines);
@@ -566,6 +631,8 @@ static void load_file(load_ctx *lc, const char *path) {
             load_core(lc, s, path);
         else if (!strcmp(name, "defaults"))
             load_defaults(lc, s, path);
+        else if (!strcmp(name, "recovery"))
+            load_recovery(lc, s, path);
         else if (!strcmp(name, "endpoints"))
             load_each(lc, s, path, "endpoints", load_endpoint);
         else if (!strcmp(name, "instance"))
@@ -576,8 +643,8 @@ static void load_file(load_ctx *lc, const char *path) {
             load_each(lc, s, path, "chains", load_chain);
         else
             conf_error(lc->errs, path, (int)config_setting_source_line(s),
-                       "unknown top-level key '%s' (expected core, defaults, endpoints, "
-                       "instance, instances, chains)",
+                       "unknown top-level key '%s' (expected core, defaults, recovery, "
+                       "endpoints, instance, instances, chains)",
                        name);
     }
     config_destroy(&cfg);
@@ -656,6 +723,14 @@ conf_set *conf_new_empty(void) {
     cs->defaults.mode = TOLK_MODE_BIDIRECTIONAL;
     cs->defaults.caller_language = xstrdup("en");
     cs->defaults.callee_language = xstrdup("es");
+    json_t *empty = json_object(), *lines = json_object();
+    conf_errors none = {0};
+    json_t *v = check_object(empty, lines, 0, recovery_opts, "recovery", "", &none);
+    fill_recovery(&cs->recovery, v);
+    json_decref(v);
+    json_decref(empty);
+    json_decref(lines);
+    conf_errors_free(&none);
     return cs;
 }
 

@@ -31,6 +31,26 @@ typedef struct conf_defaults {
     char *caller_language, *callee_language;
 } conf_defaults;
 
+/* The recovery hierarchy's numbers (spec: "Recovery hierarchy"). */
+typedef struct conf_recovery {
+    int soft_retries;       /* tier 1: retries on the same provider */
+    double soft_delay;      /* first retry delay, seconds */
+    double backoff;         /* delay multiplier per retry */
+    double jitter;          /* +- fraction of the delay */
+    int hard_reset;         /* tier 2 on/off */
+    double hard_timeout;    /* a reset that takes longer has failed */
+    double failover_timeout;/* request timeout on a backup just failed over to */
+    double reset_cooldown;  /* tier 4: at most one full reset of a chain per this */
+    int min_operations;     /* no health downgrade before this many operations */
+    int window_operations;  /* success rate over the last N operations... */
+    double window_seconds;  /* ...within this many seconds */
+    double health_interval; /* health probe period */
+    double request_timeout; /* MT request, TTS silence between chunks */
+    double stt_timeout;     /* speech with no result from the recogniser */
+    double replay_seconds;  /* audio kept per direction for an STT failover */
+    int failback_running;   /* running calls return to a recovered primary */
+} conf_recovery;
+
 typedef struct conf_instance {
     char *name;
     char *plugin;
@@ -59,6 +79,7 @@ typedef struct conf_set {
     char *dir;
     conf_core core;
     conf_defaults defaults;
+    conf_recovery recovery;
     ptr_vec instances; /* conf_instance * */
     ptr_vec chains;    /* conf_chain * */
     ptr_vec endpoints; /* conf_endpoint * */

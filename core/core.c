@@ -29,6 +29,7 @@ core *core_new(const char *confdir, const char *plugin_path) {
     playback_init(c);
     host_init(c, &c->host);
     core_metrics_init(c);
+    recovery_init(c);
     ev_timer_init(&c->uptime_timer, on_uptime, 0., 1.);
     ev_timer_start(c->loop, &c->uptime_timer);
     ev_unref(c->loop);
@@ -162,6 +163,7 @@ static void unwatch_signals(core *c) {
 static void finish_shutdown(core *c) {
     ev_timer_stop(c->loop, &c->drain_timer);
     unwatch_signals(c);
+    recovery_stop(c);
     ev_break(c->loop, EVBREAK_ALL);
 }
 
@@ -259,6 +261,7 @@ void core_free(core *c) {
     ev_timer_stop(c->loop, &c->uptime_timer);
     ev_timer_stop(c->loop, &c->drain_timer);
     unwatch_signals(c);
+    recovery_stop(c);
     generation *g = c->gen;
     c->gen = NULL;
     for (size_t i = 0; g && i < g->instances.n; i++) {

@@ -19,7 +19,22 @@ typedef struct generation generation;
 typedef struct direction direction;
 typedef struct phrase phrase;
 
+typedef struct phrase_fifo_head {
+    phrase *head, *tail;
+    size_t n;
+} phrase_fifo_head;
+
 /* ---- plugin instances ---- */
+
+/* Outcomes of an instance's recent operations, for its health. */
+#define HEALTH_RING 128
+typedef struct health_track {
+    double t[HEALTH_RING];
+    uint8_t ok[HEALTH_RING];
+    size_t head, n;
+    uint64_t ops, failures;
+    tolk_health state;
+} health_track;
 
 struct tolk_instance {
     core *core;
@@ -31,6 +46,12 @@ struct tolk_instance {
     int refs;    /* generations holding it */
     int started; /* transports: start() succeeded */
     tolk_health health;
+    health_track track;
+    int down;       /* failed over from: new calls avoid it until it is healthy */
+    int resetting;  /* a reset() is under way */
+    int reset_ok;   /* outcome of the last reset */
+    ev_timer reset_timer; /* reset timeout, or the deferred end of a synchronous reset */
+    tolk_series *health_s, *success_s;
 };
 
 typedef struct chain {
@@ -39,6 +60,9 @@ typedef struct chain {
     tolk_instance **prov; /* primary first */
     size_t nprov;
     const conf_chain *conf;
+    int resetting;        /* instances of a full reset still under way */
+    int reset_failed;
+    double last_reset;    /* mono time of the last full reset (tier 4) */
 } chain;
 
 /* One complete configuration. Channels hold the generation they started
@@ -85,6 +109,38 @@ struct tolk_request {
     int active;
 };
 
+/* Recovery tiers, in the order they are tried. */
+typedef enum tier { TIER_NONE = 0, TIER_SOFT, TIER_HARD, TIER_FAILOVER, TIER_RESET } tier;
+extern const char *const tier_names[];
+
+/* Where one operation (a phrase at a stage, or a direction's STT stream)
+ * stands on the recovery ladder. */
+typedef struct ladder {
+    int soft, hard, failovers, reset;
+    tier last; /* tier of the attempt now running, TIER_NONE for the first */
+    double t_fail; /* when the first failure of this operation happened */
+    tolk_instance *failed; /* provider that failed first */
+} ladder;
+
+typedef enum stage_kind { STAGE_STT = 0, STAGE_MT, STAGE_TTS } stage_kind;
+
+/* One provider stage of a direction: which chain, which of its providers
+ * this call uses now, and what is waiting for recovery. */
+typedef struct stage {
+    stage_kind kind;
+    direction *dir;
+    chain *chain;
+    size_t idx;             /* provider in use: chain->prov[idx] */
+    phrase_fifo_head q;     /* MT/TTS: phrases waiting */
+    phrase *busy;           /* MT/TTS: the phrase being served or recovered */
+    ladder lad;             /* STT: the stream's ladder */
+    ev_timer timeout;       /* request (or stream) timeout */
+    ev_timer retry;         /* soft-retry delay */
+    tolk_instance *wait_reset;
+    chain *wait_chain;
+    int pumping;
+} stage;
+
 struct phrase {
     phrase *next;      /* in a stage queue */
     phrase *mark_next; /* waiting for its first frame to be played */
@@ -99,12 +155,12 @@ struct phrase {
         t_tts_done, t_first_out, t_enq;
     tolk_instance *stt_inst, *mt_inst, *tts_inst;
     tolk_request req;
+    ladder lad;          /* the current stage's */
+    uint64_t tts_got;    /* samples received from the current TTS attempt */
+    uint64_t tts_keep;   /* samples of this phrase already queued to play */
+    int recovered;       /* some stage needed recovery */
 };
 
-typedef struct phrase_fifo {
-    phrase *head, *tail;
-    size_t n;
-} phrase_fifo;
 
 #define ARRIVAL_RING 512 /* frames: 10.24 s of arrival times per direction */
 
@@ -113,14 +169,21 @@ struct direction {
     tolk_leg src, dst;
     char *from, *to, *voice;
     int translate; /* 0: src is heard untranslated by dst */
-    chain *stt, *mt, *tts;
+    stage stt, mt, tts;
     tolk_stream stream;
+    uint64_t stream_base; /* direction sample where the stream's sample 0 lies */
+    double last_result;   /* mono time of the stream's last result (or open) */
     int16_t inbuf[TOLK_FRAME_SAMPLES];
     size_t nin;
     uint64_t samples_in;
     double arrival[ARRIVAL_RING];
-    phrase_fifo mt_q, tts_q;
-    phrase *mt_busy, *tts_busy;
+    /* audio since the last final result, replayed into a new stream when
+     * the recogniser fails: samples [replay_start, samples_in) */
+    int16_t *replay;
+    size_t replay_len, replay_cap;
+    uint64_t replay_start;
+    int replay_voiced;
+    double speech_since; /* mono time speech began with no result since; 0: none */
     phrase *marks_head, *marks_tail;
     unsigned next_seq;
     int input_ended;
@@ -226,6 +289,7 @@ struct core {
     double drain_deadline_at;
     int drain_forced;
     ev_timer uptime_timer;
+    ev_timer health_timer;
     core_observer obs;
     core_metrics m;
     int exit_code;
@@ -290,6 +354,29 @@ void stream_flushed(tolk_stream *s);
 void request_mt_done(tolk_request *r, tolk_status st, const char *text);
 void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n);
 void request_tts_done(tolk_request *r, tolk_status st);
+
+/* ---- recovery.c ---- */
+void recovery_init(core *c);
+void recovery_stop(core *c);
+const conf_recovery *recovery_conf(core *c);
+/* Outcome of one operation of inst, for its health. */
+void health_record(core *c, tolk_instance *inst, int ok);
+/* The provider new calls should use: the first one not down. */
+size_t chain_pick(chain *ch);
+/* Decide what to do after a failure of an operation on ladder lad served
+ * by chain->prov[*idx]. Returns the tier to try next (and moves *idx on a
+ * failover), or TIER_NONE when every tier is spent. */
+tier recovery_next(core *c, ladder *lad, chain *ch, size_t *idx, tolk_status st,
+                   tolk_severity sev);
+void recovery_count(core *c, tolk_instance *inst, tier t, int success);
+/* Tier 2 / tier 4 work; when it ends, every stage waiting for it resumes
+ * (channel_resume_after_reset). */
+void instance_reset(core *c, tolk_instance *inst);
+void chain_reset(core *c, chain *ch);
+void recovery_forget_chain(chain *ch);
+double recovery_delay(core *c, const ladder *lad);
+void channel_resume_after_reset(core *c, tolk_instance *inst, chain *ch);
+void instance_reset_done(tolk_instance *inst, tolk_status st);
 
 /* ---- host.c ---- */
 void host_init(core *c, tolk_host *h);

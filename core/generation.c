@@ -44,6 +44,7 @@ tolk_instance *instance_new(core *c, const conf_instance *ci, conf_errors *errs)
 
 void instance_unref(tolk_instance *inst) {
     if (!inst || --inst->refs > 0) return;
+    if (ev_is_active(&inst->reset_timer)) ev_timer_stop(inst->core->loop, &inst->reset_timer);
     if (inst->desc->kind == TOLK_KIND_TRANSPORT && inst->started)
         ((const tolk_transport *)inst->desc)->stop(inst->self);
     inst->desc->destroy(inst->self);
@@ -73,6 +74,7 @@ static tolk_instance *gen_instance(const generation *g, const char *name) {
 
 static void generation_free(generation *g) {
     for (size_t i = 0; i < g->nchains; i++) {
+        recovery_forget_chain(&g->chains[i]);
         free(g->chains[i].prov);
         free(g->chains[i].name);
     }

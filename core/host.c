@@ -87,9 +87,7 @@ static void h_report(tolk_instance *inst, tolk_status st, tolk_severity sev, con
     count_error(inst->core, inst->name, "reported", sev);
 }
 
-static void h_reset_done(tolk_instance *inst, tolk_status st) {
-    if (inst) log_msg(TOLK_LOG_INFO, inst->who, "reset finished (%d)", (int)st);
-}
+static void h_reset_done(tolk_instance *inst, tolk_status st) { instance_reset_done(inst, st); }
 
 static tolk_channel *h_channel_open(tolk_instance *transport, const tolk_channel_info *info,
                                     void *tstate, tolk_status *why) {

@@ -224,21 +224,6 @@ static void test_garbage_translation_is_cleaned(void **state) {
     }
 }
 
-/* Without recovery (a later issue), a failed translation loses that phrase
- * only: it is counted and the next phrase is translated. */
-static void test_failed_translation_loses_one_phrase(void **state) {
-    rec *R = *state;
-    tu_write(R->dir, "30-mt.conf",
-             "instance: { name = \"mt-a\"; plugin = \"mt_mock\"; settings: { fail_every = 2; }; };\n");
-    start(R, "calls = 1; phrases = 3; speech_ms = 400; gap_ms = 400; realtime = false; paced = false;");
-    assert_true(tu_run_until(R->c, all_ended, R, 20));
-    assert_int_equal(R->n, 3);
-    assert_true(R->r[0].ok);
-    assert_false(R->r[1].ok);
-    assert_true(R->r[2].ok);
-    assert_int_equal(R->c->lost_phrases, 1);
-}
-
 int main(void) {
     log_set_level(TOLK_LOG_WARN);
     const struct CMUnitTest tests[] = {
@@ -249,7 +234,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_max_channels_refuses_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hangup_cancels_in_flight_work, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_translation_is_cleaned, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_failed_translation_loses_one_phrase, setup, teardown),
     };
     int rc = cmocka_run_group_tests_name("pipeline", tests, NULL, NULL);
     loader_unload_all();

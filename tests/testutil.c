@@ -81,6 +81,14 @@ int tu_log_has(const char *needle) {
     return found;
 }
 
+int tu_log_count(const char *needle) {
+    int n = 0;
+    pthread_mutex_lock(&g_lock);
+    for (size_t i = 0; i < g_lines.n; i++) n += strstr(g_lines.v[i], needle) != NULL;
+    pthread_mutex_unlock(&g_lock);
+    return n;
+}
+
 void tu_log_clear(void) {
     pthread_mutex_lock(&g_lock);
     for (size_t i = 0; i < g_lines.n; i++) free(g_lines.v[i]);

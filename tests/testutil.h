@@ -22,6 +22,7 @@ int tu_run_until(core *c, int (*pred)(void *ud), void *ud, double seconds);
 /* Captures log lines; tu_log_has() looks for a substring. */
 void tu_log_capture(void);
 int tu_log_has(const char *needle);
+int tu_log_count(const char *needle);
 void tu_log_clear(void);
 /* An instance's health detail (new reference), through the plugin's health(). */
 json_t *tu_health(core *c, const char *instance);

@@ -1,0 +1,31 @@
+/* Private to channel.c and pipeline.c: the per-direction pipeline of a call. */
+#ifndef TOLK_CORE_PIPELINE_H
+#define TOLK_CORE_PIPELINE_H
+
+#include "core.h"
+
+/* channel.c */
+void phrase_free(phrase *ph);
+void phrase_report_emit(phrase *ph, int ok);
+void phrase_lost(phrase *ph, const char *stage, tolk_instance *inst, tolk_status st);
+double arrival_time(direction *d, uint64_t dir_sample);
+void schedule_finish(tolk_channel *ch);
+void deliver_now(tolk_channel *ch, tolk_leg leg);
+void observe_stage(direction *d, const char *stage, double seconds);
+void observe_component(core *c, tolk_instance *inst, const char *op, double seconds);
+void fifo_push(phrase_fifo_head *f, phrase *p);
+phrase *fifo_pop(phrase_fifo_head *f);
+void queue_depth(core *c, int q, double delta);
+int phrase_marked(direction *d, phrase *ph);
+
+/* pipeline.c */
+/* Routes the direction's stages and opens its STT stream. */
+void pipeline_setup(direction *d);
+/* A frame of a translating direction: kept for replay, fed to STT. */
+void pipeline_frame(direction *d, const int16_t *frame);
+void pipeline_input_end(direction *d);
+/* Stops every request and timer of the direction and frees its phrases. */
+void pipeline_cancel(direction *d);
+int pipeline_drained(direction *d);
+
+#endif
