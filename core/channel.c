@@ -105,6 +105,13 @@ void phrase_report_emit(phrase *ph, int ok) {
         .playback_wait_ms = ms_between(ph->t_tts_first, ph->t_first_out),
         .ok = ok,
     };
+    static const char *const stages[] = {"stt", "mt", "tts"};
+    if (ph->recovery_tier != TIER_NONE) {
+        r.recovery_tier = tier_names[ph->recovery_tier];
+        r.recovery_stage = stages[ph->recovery_stage];
+        r.recovery_from = ph->recovery_from;
+        r.recovery_to = ph->recovery_to;
+    }
     c->obs.phrase(c->obs.ud, &r);
 }
 

@@ -158,7 +158,10 @@ struct phrase {
     ladder lad;          /* the current stage's */
     uint64_t tts_got;    /* samples received from the current TTS attempt */
     uint64_t tts_keep;   /* samples of this phrase already queued to play */
-    int recovered;       /* some stage needed recovery */
+    /* the highest recovery tier any stage of this phrase needed */
+    tier recovery_tier;
+    stage_kind recovery_stage;
+    char recovery_from[64], recovery_to[64];
 };
 
 
@@ -242,10 +245,14 @@ typedef struct phrase_report {
     double mt_wait_ms, tts_wait_ms;
     double playback_wait_ms; /* first audio -> its first frame out */
     int ok; /* 0: the phrase was lost (error) */
+    /* recovery: NULL when no stage of the phrase failed */
+    const char *recovery_tier, *recovery_stage, *recovery_from, *recovery_to;
 } phrase_report;
 
 typedef struct core_observer {
     void (*phrase)(void *ud, const phrase_report *r);
+    /* an operation recovered: gap from its first failure to success */
+    void (*recovered)(void *ud, const char *stage, const char *tier, double gap_ms);
     void (*channel_state)(void *ud, tolk_channel *ch, chan_state st);
     void (*channel_end)(void *ud, tolk_channel *ch);
     void *ud;

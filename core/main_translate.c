@@ -19,7 +19,7 @@ enum { EXIT_INPUT = 1, EXIT_USAGE = 2, EXIT_PIPELINE = 3 };
 
 typedef struct run {
     int json, realtime;
-    size_t phrases, lost;
+    size_t phrases, lost, recovered;
     double *lat;
     size_t nlat, cap;
     core *c;
@@ -67,6 +67,7 @@ static void on_phrase(void *ud, const phrase_report *r) {
     run *R = ud;
     R->phrases++;
     if (!r->ok) R->lost++;
+    if (r->recovery_tier) R->recovered++;
     if (r->ok && R->realtime && r->latency_ms >= 0) {
         if (R->nlat == R->cap) {
             R->cap = R->cap ? R->cap * 2 : 32;
@@ -93,6 +94,12 @@ static void on_phrase(void *ud, const phrase_report *r) {
         json_ms(s, "tts_first", r->tts_first_ms);
         json_ms(s, "first_frame", r->playback_wait_ms);
         json_object_set_new(o, "stages_ms", s);
+        if (r->recovery_tier)
+            json_object_set_new(o, "recovery",
+                                json_pack("{s:s, s:s, s:s, s:s}", "stage", r->recovery_stage, "tier",
+                                          r->recovery_tier, "from", r->recovery_from, "to", r->recovery_to));
+        else
+            json_object_set_new(o, "recovery", json_null());
         if (R->realtime) json_ms(o, "latency_ms", r->latency_ms);
         char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
         printf("%s\n", line);
@@ -111,6 +118,9 @@ static void on_phrase(void *ud, const phrase_report *r) {
                 printf(", end of phrase -> first translated frame %.0f ms\n", r->latency_ms);
             else
                 printf("\n");
+            if (r->recovery_tier)
+                printf("    recovered: %s %s, %s -> %s\n", r->recovery_stage, r->recovery_tier,
+                       r->recovery_from, r->recovery_to);
         }
     }
     fflush(stdout);
@@ -220,8 +230,9 @@ int main(int argc, char **argv) {
     double wall = mono_now() - t0;
     code = R.ended ? 0 : EXIT_PIPELINE;
     if (R.json) {
-        json_t *o = json_pack("{s:b, s:I, s:I, s:f}", "summary", 1, "phrases", (json_int_t)R.phrases,
-                              "lost", (json_int_t)R.lost, "wall_s", round(wall * 100) / 100);
+        json_t *o = json_pack("{s:b, s:I, s:I, s:I, s:f}", "summary", 1, "phrases", (json_int_t)R.phrases,
+                              "lost", (json_int_t)R.lost, "recovered", (json_int_t)R.recovered,
+                              "wall_s", round(wall * 100) / 100);
         if (R.realtime) {
             json_ms(o, "latency_p50_ms", R.nlat ? percentile(R.lat, R.nlat, 50) : -1);
             json_ms(o, "latency_p99_ms", R.nlat ? percentile(R.lat, R.nlat, 99) : -1);
@@ -231,8 +242,8 @@ int main(int argc, char **argv) {
         free(line);
         json_decref(o);
     } else {
-        printf("# %zu phrase%s translated, %zu lost, %.2f s\n", R.phrases - R.lost,
-               R.phrases - R.lost == 1 ? "" : "s", R.lost, wall);
+        printf("# %zu phrase%s translated, %zu lost, %zu needed recovery, %.2f s\n", R.phrases - R.lost,
+               R.phrases - R.lost == 1 ? "" : "s", R.lost, R.recovered, wall);
         if (R.realtime && R.nlat)
             printf("# end of phrase -> first translated frame: p50 %.0f ms, p99 %.0f ms over %zu phrases\n",
                    percentile(R.lat, R.nlat, 50), percentile(R.lat, R.nlat, 99), R.nlat);

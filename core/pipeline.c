@@ -27,8 +27,20 @@ static const tolk_mt *mt_of(tolk_instance *i) { return (const tolk_mt *)i->desc;
 static const tolk_tts *tts_of(tolk_instance *i) { return (const tolk_tts *)i->desc; }
 
 static const char *const stage_names[] = {"stt", "mt", "tts"};
+static const char *stage_names_of(stage_kind k) { return stage_names[k]; }
 
 static tolk_instance *stage_inst(stage *st) { return st->chain->prov[st->idx]; }
+
+/* Remembers, for the phrase's report, the highest tier it needed. */
+static void note_recovery(core *c, phrase *ph, stage_kind kind, const ladder *lad, tolk_instance *to) {
+    double gap_ms = (mono_now() - lad->t_fail) * 1000.0;
+    if (c->obs.recovered) c->obs.recovered(c->obs.ud, stage_names_of(kind), tier_names[lad->last], gap_ms);
+    if (!ph || lad->last < ph->recovery_tier) return;
+    ph->recovery_tier = lad->last;
+    ph->recovery_stage = kind;
+    snprintf(ph->recovery_from, sizeof ph->recovery_from, "%s", lad->failed ? lad->failed->name : "?");
+    snprintf(ph->recovery_to, sizeof ph->recovery_to, "%s", to->name);
+}
 static core *core_of(stage *st) { return st->dir->ch->core; }
 
 static void stage_issue(stage *st);
@@ -145,7 +157,7 @@ static void stage_succeeded(stage *st) {
         log_msg(TOLK_LOG_INFO, "recovery", "%s: %s of phrase %u recovered by %s (tier %s) after %.0f ms",
                 st->dir->ch->id, stage_names[st->kind], ph->seq, inst->name, tier_names[ph->lad.last],
                 (mono_now() - ph->lad.t_fail) * 1000.0);
-        ph->recovered = 1;
+        note_recovery(c, ph, st->kind, &ph->lad, inst);
     }
     st->busy = NULL;
 }
@@ -497,6 +509,7 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     direction *d = s->dir;
     core *c = d->ch->core;
     stage *st = &d->stt;
+    ladder stt_recovered = {0};
     d->last_result = mono_now();
     if (!t->is_final) {
         if (log_enabled(TOLK_LOG_DBG)) {
@@ -512,6 +525,7 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
         log_msg(TOLK_LOG_INFO, "recovery", "%s: %s->%s recognition recovered by %s (tier %s) after %.0f ms",
                 d->ch->id, d->from, d->to, s->inst->name, tier_names[st->lad.last],
                 (mono_now() - st->lad.t_fail) * 1000.0);
+        stt_recovered = st->lad;
         memset(&st->lad, 0, sizeof st->lad);
     }
     uint64_t end = d->stream_base + (t->end_sample > t->start_sample ? t->end_sample : 0);
@@ -532,6 +546,7 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     ph->t_speech_end = arrival_time(d, ph->end_sample);
     ph->t_stt_final = mono_now();
     ph->stt_inst = s->inst;
+    if (stt_recovered.last != TIER_NONE) note_recovery(c, ph, STAGE_STT, &stt_recovered, s->inst);
     observe_stage(d, "stt", ph->t_stt_final - ph->t_speech_end);
     observe_component(c, s->inst, "recognize", ph->t_stt_final - ph->t_speech_end);
     metrics_observe(c->m.qwait[Q_STT], (ph->t_stt_final - ph->t_speech_end) * 1000.0);

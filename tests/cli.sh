@@ -76,6 +76,20 @@ check "silence: no phrases" grep -q '"phrases":0' "$T/os.json"
 $TR >/dev/null 2>&1
 check "usage error exits 2" [ $? -eq 2 ]
 
+# --- the failover demonstration: same phrases as without the fault ---
+"$B/tests/mkwav" "$T/fo.wav" 16000 1 16 3 1000 800
+"$B/tolk-translate" -c "$S/examples/failover/conf.d" --json "$T/fo.wav" "$T/fo1.wav" >"$T/fo1.json" 2>/dev/null
+check "failover demo exits 0" [ $? -eq 0 ]
+"$B/tolk-translate" -c "$S/examples/failover/no-fault.conf.d" --json "$T/fo.wav" "$T/fo2.wav" >"$T/fo2.json" 2>/dev/null
+pick() { grep -o '"text":"[^"]*","translation":"[^"]*"' "$1"; }
+check "failover demo: three phrases" [ "$(pick "$T/fo1.json" | wc -l)" -eq 3 ]
+check "failover demo: same phrases and translations as without the fault" \
+    [ "$(pick "$T/fo1.json")" = "$(pick "$T/fo2.json")" ]
+check "failover demo: the report names the failover" \
+    grep -q '"recovery":{"stage":"stt","tier":"failover","from":"stt-primary","to":"stt-backup"}' "$T/fo1.json"
+check "failover demo: the backup served the phrases after it" grep -q '"stt":"stt-backup"' "$T/fo1.json"
+check "no-fault run: no recovery" sh -c "! grep -q '\"tier\"' '$T/fo2.json'"
+
 # --- tolkd checks ---
 "$B/tolkd" --check-config -c "$S/conf.d" >"$T/check.out" 2>&1
 check "shipped conf.d passes --check-config" [ $? -eq 0 ]

@@ -84,6 +84,9 @@ static const tolk_option stt_mock_options[] = {
      .help = "transcripts contain invalid UTF-8"},
     {.key = "drop_after_ms", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1e9,
      .help = "the stream breaks (TOLK_E_BACKEND) after this much audio; 0 = off"},
+    {.key = "choose", .type = TOLK_OPT_STRING, .default_value = "sequence",
+     .help = "which phrase a segment gets: sequence (the script in order) or audio (picked by "
+             "the segment's sound, so any stream given the same audio says the same)"},
     {.key = NULL},
 };
 
@@ -173,6 +176,7 @@ typedef struct stt_stream {
     uint64_t next_partial;             /* speech length that triggers the next partial */
     unsigned npartials;
     size_t script_pos; /* next line of `phrases` */
+    uint64_t crossings; /* zero crossings of the phrase's voiced frames */
     int broken;        /* failed: audio is ignored until close() */
 
     stt_event *head, *tail;
@@ -186,6 +190,7 @@ struct stt_mock {
     const tolk_host *host;
     tolk_instance *inst;
     int64_t threshold, silence_ms, min_speech_ms, partial_ms, latency_ms, drop_after_ms;
+    int choose_audio;
     char **phrases;
     size_t nphrases;
     fault_cfg fault;
@@ -379,7 +384,13 @@ static void phrase_end(stt_stream *s)
         m->noise++;
         return;
     }
-    const char *line = m->phrases[s->script_pos++ % m->nphrases];
+    /* choose = audio: a recogniser's answer depends on the sound, not on how
+     * many phrases this stream has heard; a backup stream fed the same audio
+     * again (recovery replay) then says the same thing */
+    size_t pick = m->choose_audio ? (size_t)((s->crossings / 64) * 2654435761u % 1000003u)
+                                  : s->script_pos;
+    s->script_pos++;
+    const char *line = m->phrases[pick % m->nphrases];
     double latency = (double)m->latency_ms / 1000.0;
 
     switch (fault_decide(&m->fault, &m->count)) {
@@ -432,11 +443,14 @@ static void frame_analyse(stt_stream *s, const int16_t *pcm)
         if (!s->in_phrase) {
             s->in_phrase = 1;
             s->phrase_start = start;
+            s->crossings = 0;
             s->npartials = 0;
             s->next_partial = MS_SAMPLES(m->partial_ms);
         }
         s->phrase_end = s->pos;
         s->silence = 0;
+        for (size_t i = 1; i < TOLK_FRAME_SAMPLES; i++)
+            s->crossings += (pcm[i - 1] < 0) != (pcm[i] < 0);
         partial_maybe(s);
     } else if (s->in_phrase) {
         s->silence += TOLK_FRAME_SAMPLES;
@@ -560,6 +574,12 @@ static tolk_status check_fail_status(const json_t *cfg, tolk_config_error *err)
 
 static tolk_status stt_mock_check_config(const json_t *cfg, tolk_config_error *err)
 {
+    const char *choose = json_string_value(json_object_get(cfg, "choose"));
+    if (choose && strcmp(choose, "sequence") && strcmp(choose, "audio")) {
+        err->key = "choose";
+        snprintf(err->message, sizeof err->message, "'%s' is not one of sequence, audio", choose);
+        return TOLK_E_INVAL;
+    }
     return check_fail_status(cfg, err);
 }
 
@@ -592,6 +612,7 @@ static tolk_status stt_mock_create(const tolk_host *host, tolk_instance *inst, c
     m->partial_ms = host->cfg_int(cfg, "partial_ms");
     m->latency_ms = host->cfg_int(cfg, "latency_ms");
     m->drop_after_ms = host->cfg_int(cfg, "drop_after_ms");
+    m->choose_audio = !strcmp(host->cfg_string(cfg, "choose"), "audio");
     m->fault.fail_every = host->cfg_int(cfg, "fail_every");
     m->fault.fail_after = host->cfg_int(cfg, "fail_after");
     m->fault.hang = host->cfg_bool(cfg, "hang");
