@@ -301,6 +301,7 @@ struct core {
     core_metrics m;
     int exit_code;
     int log_level_override; /* -l on the command line, -1 if none */
+    int skip_metrics; /* tolk-translate: exporters of the configuration are not created */
 };
 
 /* ---- core.c ---- */

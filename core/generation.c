@@ -93,6 +93,7 @@ generation *generation_build(core *c, conf_set *cs, const generation *prev, conf
     size_t before = errs->msgs.n;
     for (size_t i = 0; i < cs->instances.n; i++) {
         const conf_instance *ci = cs->instances.v[i];
+        if (c->skip_metrics && ci->lp->desc->kind == TOLK_KIND_METRICS) continue;
         tolk_instance *inst = find_reusable(prev, ci);
         if (inst) {
             inst->refs++;

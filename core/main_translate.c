@@ -192,6 +192,9 @@ int main(int argc, char **argv) {
     /* The daemon's transports are not started: this run's only call comes
      * from the file. */
     c = core_new(confdir, plugin_path);
+    /* one file is not a service: the configuration's exporters (which
+     * would bind tolkd's metrics port) are left out */
+    c->skip_metrics = 1;
     R.c = c;
     c->obs = (core_observer){.phrase = on_phrase, .channel_end = on_end, .ud = &R};
     if (core_apply(c, cs, &errs) != 0) {
