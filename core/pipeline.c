@@ -169,7 +169,7 @@ static void stage_failed(stage *st, tolk_status status, tolk_severity sev, const
     tolk_instance *inst = stage_inst(st);
     ev_timer_stop(c->loop, &st->timeout);
     ph->req.active = 0;
-    health_record(c, inst, 0);
+    if (status != TOLK_E_LIMIT) health_record(c, inst, 0);
     count_error(c, inst->name, error_type(status), sev);
     recovery_count(c, inst, ph->lad.last, 0);
     tier t = recovery_next(c, &ph->lad, st->chain, &st->idx, status, sev);
@@ -463,7 +463,8 @@ static void stream_recover(direction *d, tolk_status status, tolk_severity sev, 
     tolk_instance *inst = stage_inst(st);
     stream_close(d);
     if (ch->ending || ch->closed || !d->translate) return;
-    health_record(c, inst, 0);
+    /* a provider at its configured limit is busy, not broken */
+    if (status != TOLK_E_LIMIT) health_record(c, inst, 0);
     count_error(c, inst->name, error_type(status), sev);
     recovery_count(c, inst, st->lad.last, 0);
     tier t = recovery_next(c, &st->lad, st->chain, &st->idx, status, sev);

@@ -22,7 +22,7 @@ check() {
 }
 wav_u16() { od -An -tu2 -j"$2" -N2 "$1" | tr -d ' '; }
 wav_u32() { od -An -tu4 -j"$2" -N4 "$1" | tr -d ' '; }
-TR="$B/tolk-translate -c $S/conf.d"
+TR="$B/tolk-translate -c $S/examples/mock/conf.d"
 
 # --- tolk-translate on the shipped (mock) pipeline ---
 "$B/tests/mkwav" "$T/in.wav" 16000 1 16 3 800 700
@@ -76,6 +76,19 @@ check "silence: no phrases" grep -q '"phrases":0' "$T/os.json"
 $TR >/dev/null 2>&1
 check "usage error exits 2" [ $? -eq 2 ]
 
+# --- the shipped conf.d: the offline engines on a real recording ---
+CLIP=/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0920.wav
+"$B/tolk-translate" -c "$S/conf.d" --json "$CLIP" "$T/es.wav" >"$T/es.json" 2>"$T/es.err"
+check "offline chain: tolk-translate exits 0" [ $? -eq 0 ]
+check "offline chain: recognised by pocketsphinx" grep -q '"stt":"stt-pocketsphinx","mt":"mt-apertium","tts":"tts-espeak"' "$T/es.json"
+check "offline chain: at least one phrase, none lost" \
+    grep -Eq '"summary":true,"phrases":[1-9][0-9]*,"lost":0' "$T/es.json"
+# the words themselves are checked by stt_pocketsphinx's WER test and
+# mt_apertium's translation tests; here the whole chain must produce Spanish
+check "offline chain: Spanish text out" grep -Eiq '"translation":"[^"]*\b(el|la|los|las|de|que|y|en|un|una|es|no|a)\b' "$T/es.json"
+check "offline chain: Spanish speech written (16 kHz, over 1 s)" [ "$(wav_u32 "$T/es.wav" 24)" = 16000 -a "$(wav_u32 "$T/es.wav" 40)" -gt 32000 ]
+[ $fail -eq 0 ] || { cat "$T/es.json"; tail -5 "$T/es.err"; }
+
 # --- the failover demonstration: same phrases as without the fault ---
 "$B/tests/mkwav" "$T/fo.wav" 16000 1 16 3 1000 800
 "$B/tolk-translate" -c "$S/examples/failover/conf.d" --json "$T/fo.wav" "$T/fo1.wav" >"$T/fo1.json" 2>/dev/null
@@ -93,8 +106,10 @@ check "no-fault run: no recovery" sh -c "! grep -q '\"tier\"' '$T/fo2.json'"
 # --- tolkd checks ---
 "$B/tolkd" --check-config -c "$S/conf.d" >"$T/check.out" 2>&1
 check "shipped conf.d passes --check-config" [ $? -eq 0 ]
+"$B/tolkd" --check-config -c "$S/examples/mock/conf.d" >"$T/check.out" 2>&1
+check "mock conf.d passes --check-config" [ $? -eq 0 ]
 mkdir "$T/bad"
-cp "$S"/conf.d/*.conf "$T/bad/"
+cp "$S"/examples/mock/conf.d/*.conf "$T/bad/"
 printf 'core: {\n  max_channels = 10;\n  workres = 2;\n};\n' >"$T/bad/tolk.conf"
 "$B/tolkd" --check-config -c "$T/bad" >"$T/bad.out" 2>&1
 check "bad conf.d fails --check-config with 1" [ $? -eq 1 ]
@@ -110,7 +125,7 @@ check "tolkd: unknown option exits 2" [ $? -eq 2 ]
 
 # --- tolkd running: SIGHUP, then SIGTERM ---
 mkdir "$T/live"
-cp "$S"/conf.d/*.conf "$T/live/"
+cp "$S"/examples/mock/conf.d/*.conf "$T/live/"
 cat >"$T/live/60-calls.conf" <<'CONF'
 instance: { name = "calls"; plugin = "transport_mock";
   settings: { calls = 2; phrases = 2; speech_ms = 500; gap_ms = 500; repeat = true; }; };

@@ -31,7 +31,7 @@ syms=$(nm -D --defined-only "$T/skeleton_mt.so" | awk '{print $3}' | grep -v '^_
 check "skeleton exports only tolk_plugin_entry" [ "$syms" = "tolk_plugin_entry " ]
 mkdir "$T/plugins" "$T/conf"
 cp "$T/skeleton_mt.so" "$T/plugins/"
-cp "$S"/conf.d/*.conf "$T/conf/"
+cp "$S"/examples/mock/conf.d/*.conf "$T/conf/"
 cat >"$T/conf/30-mt.conf" <<'CONF'
 instance: { name = "mt-skel"; plugin = "skeleton_mt"; settings: { suffix = "!"; }; };
 CONF

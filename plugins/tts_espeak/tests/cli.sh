@@ -1,5 +1,5 @@
 #!/bin/sh
-# tts_espeak as a user meets it: the shipped conf.d with the synthesiser
+# tts_espeak as a user meets it: the mock conf.d (examples/mock) with the synthesiser
 # swapped for tts_espeak (a libconfig file, as in conf.d), through
 # tolk-translate and transport_file.
 set -u
@@ -25,7 +25,7 @@ wav_u32() { od -An -tu4 -j"$2" -N4 "$1" | tr -d ' '; }
 
 C="$T/conf.d"
 mkdir "$C"
-cp "$S"/conf.d/*.conf "$C"/
+cp "$S"/examples/mock/conf.d/*.conf "$C"/
 cat >"$C/40-tts.conf" <<'EOF'
 instance: {
   name = "tts-espeak";
@@ -36,7 +36,7 @@ instance: {
   };
 };
 EOF
-sed 's/"tts-mock"/"tts-espeak"/' "$S/conf.d/50-chains.conf" >"$C/50-chains.conf"
+sed 's/"tts-mock"/"tts-espeak"/' "$S/examples/mock/conf.d/50-chains.conf" >"$C/50-chains.conf"
 TR="$B/tolk-translate -c $C"
 
 check "conf.d with tts_espeak passes tolkd --check-config" \
