@@ -33,8 +33,9 @@
  *   realtime         bool   true     feed 1 frame per 20 ms per talking leg;
  *                                    false: as fast as the loop allows
  *   feed_phases      int    20       realtime: phases of the 20 ms period the
- *                                    calls are fed at (timer every 20/N ms);
- *                                    1: every call on the same tick
+ *                                    calls are fed at (timer every 20/N ms;
+ *                                    at most `calls`); 1: every call on the
+ *                                    same tick
  *   hangup           string "end"    "end": input_end on each talking leg after
  *                                    its last gap, the core ends the call;
  *                                    "close": channel_close after the last frame
@@ -188,9 +189,12 @@ typedef struct mock {
     int timer_repeating;
     double timer_at;
     /* Realtime phase slots: slot s starts at feed_t0 + s * feed_period and
-     * belongs to phase s % phases. feed_slot is the last slot fed. */
+     * belongs to phase s % phases. feed_slot is the last slot fed. feed_t0
+     * is the time of the timer's first tick, so the slots follow the
+     * timer's own schedule. */
     double feed_t0;
     int64_t feed_slot;
+    int feed_anchored;
     int in_tick;
     int depth; /* > 0 while inside a host call that may call us back */
     int started, stopped;
@@ -671,7 +675,7 @@ static void schedule(mock *m) {
         int busy = m->nfree < m->ncalls || next_wake(m, now) >= 0;
         if (busy && !m->timer) {
             m->timer_repeating = 1;
-            m->feed_t0 = now;
+            m->feed_anchored = 0; /* feed_t0 is set by the first tick */
             m->feed_slot = -1;
             m->timer = m->host->timer_start(m->inst, 0, m->feed_period, tick, m);
         } else if (!busy && m->timer) {
@@ -700,6 +704,10 @@ static void tick(void *ud) {
     if (!m->timer_repeating) m->timer = NULL; /* a one-shot frees itself */
     m->in_tick = 1;
     double now = m->host->now();
+    if (m->realtime && !m->feed_anchored) {
+        m->feed_t0 = now;
+        m->feed_anchored = 1;
+    }
 
     /* Open what is due: initial calls (spread), restarts, retries. */
     while (!m->stopped && m->initial_next < m->ncalls && initial_due(m, m->initial_next) <= now &&
@@ -798,6 +806,7 @@ static tolk_status tm_create(const tolk_host *host, tolk_instance *inst, const j
     m->realtime = host->cfg_bool(cfg, "realtime") ? 1 : 0;
     v = host->cfg_int(cfg, "feed_phases");
     m->phases = v < 1 ? 1 : v > FEED_PHASES_MAX ? FEED_PHASES_MAX : (unsigned)v;
+    if (m->phases > m->ncalls) m->phases = (unsigned)m->ncalls; /* no empty phases */
     m->feed_period = TOLK_FRAME_SECONDS / (double)m->phases;
     m->repeat = host->cfg_bool(cfg, "repeat") ? 1 : 0;
     if (parse_legs(host->cfg_string(cfg, "legs"), &m->legs) != 0 ||
