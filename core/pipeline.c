@@ -162,24 +162,21 @@ static void stage_succeeded(stage *st) {
     st->busy = NULL;
 }
 
-static void stage_failed(stage *st, tolk_status status, tolk_severity sev, const char *why) {
-    direction *d = st->dir;
+/* A failure of an operation served by stage st: counted, then the next
+ * tier of its ladder is chosen and started. Returns the tier; TIER_NONE
+ * means every tier is spent and the caller gives up. */
+static tier climb(stage *st, ladder *lad, tolk_status status, tolk_severity sev) {
     core *c = core_of(st);
-    phrase *ph = st->busy;
     tolk_instance *inst = stage_inst(st);
-    ev_timer_stop(c->loop, &st->timeout);
-    ph->req.active = 0;
+    /* a provider at its configured limit is busy, not broken */
     if (status != TOLK_E_LIMIT) health_record(c, inst, 0);
     count_error(c, inst->name, error_type(status), sev);
-    recovery_count(c, inst, ph->lad.last, 0);
-    tier t = recovery_next(c, &ph->lad, st->chain, &st->idx, status, sev);
-    ph->lad.last = t;
-    log_msg(TOLK_LOG_WARN, inst->who, "%s: %s of phrase %u failed (%s: %s)%s%s", d->ch->id,
-            stage_names[st->kind], ph->seq, error_type(status), why ? why : "",
-            t == TIER_NONE ? "" : "; recovery tier ", t == TIER_NONE ? "" : tier_names[t]);
+    recovery_count(c, inst, lad->last, 0);
+    tier t = recovery_next(c, lad, st->chain, &st->idx, status, sev);
+    lad->last = t;
     switch (t) {
     case TIER_SOFT:
-        start_timer(c, &st->retry, recovery_delay(c, &ph->lad));
+        start_timer(c, &st->retry, recovery_delay(c, lad));
         break;
     case TIER_FAILOVER:
         start_timer(c, &st->retry, 0);
@@ -193,6 +190,23 @@ static void stage_failed(stage *st, tolk_status status, tolk_severity sev, const
         chain_reset(c, st->chain);
         break;
     case TIER_NONE:
+        break;
+    }
+    return t;
+}
+
+static void stage_failed(stage *st, tolk_status status, tolk_severity sev, const char *why) {
+    direction *d = st->dir;
+    core *c = core_of(st);
+    phrase *ph = st->busy;
+    tolk_instance *inst = stage_inst(st);
+    ev_timer_stop(c->loop, &st->timeout);
+    ph->req.active = 0;
+    tier t = climb(st, &ph->lad, status, sev);
+    log_msg(TOLK_LOG_WARN, inst->who, "%s: %s of phrase %u failed (%s: %s)%s%s", d->ch->id,
+            stage_names[st->kind], ph->seq, error_type(status), why ? why : "",
+            t == TIER_NONE ? "" : "; recovery tier ", t == TIER_NONE ? "" : tier_names[t]);
+    if (t == TIER_NONE) {
         st->busy = NULL;
         if (ph->has_audio && st->kind == STAGE_TTS) {
             /* what was received plays; the rest of this phrase is lost */
@@ -208,7 +222,6 @@ static void stage_failed(stage *st, tolk_status status, tolk_severity sev, const
         } else {
             stage_pump(st);
         }
-        break;
     }
 }
 
@@ -458,41 +471,18 @@ static void stream_reopen(direction *d) {
 
 static void stream_recover(direction *d, tolk_status status, tolk_severity sev, const char *why) {
     tolk_channel *ch = d->ch;
-    core *c = ch->core;
     stage *st = &d->stt;
     tolk_instance *inst = stage_inst(st);
     stream_close(d);
     if (ch->ending || ch->closed || !d->translate) return;
-    /* a provider at its configured limit is busy, not broken */
-    if (status != TOLK_E_LIMIT) health_record(c, inst, 0);
-    count_error(c, inst->name, error_type(status), sev);
-    recovery_count(c, inst, st->lad.last, 0);
-    tier t = recovery_next(c, &st->lad, st->chain, &st->idx, status, sev);
-    st->lad.last = t;
+    tier t = climb(st, &st->lad, status, sev);
     log_msg(TOLK_LOG_WARN, inst->who, "%s: %s->%s stream failed (%s: %s)%s%s", ch->id, d->from, d->to,
             error_type(status), why ? why : "", t == TIER_NONE ? "" : "; recovery tier ",
             t == TIER_NONE ? "" : tier_names[t]);
-    switch (t) {
-    case TIER_SOFT:
-        start_timer(c, &st->retry, recovery_delay(c, &st->lad));
-        break;
-    case TIER_FAILOVER:
-        start_timer(c, &st->retry, 0);
-        break;
-    case TIER_HARD:
-        st->wait_reset = inst;
-        instance_reset(c, inst);
-        break;
-    case TIER_RESET:
-        st->wait_chain = st->chain;
-        chain_reset(c, st->chain);
-        break;
-    case TIER_NONE: {
+    if (t == TIER_NONE) {
         char msg[160];
         snprintf(msg, sizeof msg, "every provider of chain '%s' failed", st->chain->name);
         direction_fallback(d, msg);
-        break;
-    }
     }
 }
 
