@@ -22,7 +22,6 @@ const char *chan_state_name(chan_state s) {
 static void set_state(tolk_channel *ch, chan_state st) {
     if (ch->state == st) return;
     ch->state = st;
-    if (ch->nhistory < ARRAY_LEN(ch->history)) ch->history[ch->nhistory++] = st;
     log_msg(TOLK_LOG_DBG, "channel", "%s: %s", ch->id, chan_state_name(st));
     if (ch->core->obs.channel_state) ch->core->obs.channel_state(ch->core->obs.ud, ch, st);
 }
@@ -266,7 +265,6 @@ tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel
     ch->id = xstrdup(id);
     ch->paced = info && info->paced;
     ch->t_open = mono_now();
-    ch->history[ch->nhistory++] = CH_IDLE;
     ev_init(&ch->finish, on_finish);
     ev_init(&ch->drain_deadline, on_drain_deadline);
     set_state(ch, CH_RINGING);

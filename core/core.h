@@ -33,7 +33,6 @@ typedef struct health_track {
     uint8_t ok[HEALTH_RING];
     size_t head, n;
     uint64_t ops, failures;
-    tolk_health state;
 } health_track;
 
 struct tolk_instance {
@@ -198,7 +197,6 @@ typedef struct outbuf {
     int16_t *buf;
     size_t cap, head, len; /* ring of samples */
     uint64_t written, played;
-    double oldest_enq; /* when the oldest unplayed audio was queued */
     tolk_channel *ch;
     tolk_leg leg;
     /* paced playback: the wheel slot this leg plays in while it talks */
@@ -215,12 +213,10 @@ struct tolk_channel {
     tolk_mode mode;
     int paced;
     chan_state state;
-    chan_state history[8];
-    size_t nhistory;
     direction dir[2]; /* dir[TOLK_LEG_A]: A -> B; dir[TOLK_LEG_B]: B -> A */
     outbuf out[2];    /* out[leg]: what leg hears */
     uint64_t frames_in[2], frames_out[2];
-    double t_open, t_end_req;
+    double t_open;
     int closed;      /* transport said it is gone: no more play()/hangup() */
     int ending;      /* end scheduled */
     ev_timer finish; /* deferred end, outside plugin callbacks */
@@ -261,7 +257,7 @@ typedef struct core_observer {
 typedef struct core_metrics {
     tolk_metric *latency, *component, *frames, *translations, *audio_bytes, *words, *errors,
         *recoveries, *queue_depth, *queue_wait, *active, *duration, *uptime, *health, *success,
-        *refused, *channels_total, *reloads, *pipe_util, *voice_cache, *mt_cache_rate;
+        *refused, *channels_total, *reloads;
     tolk_series *frames_s, *audio_bytes_s, *translations_s, *words_s, *active_s, *duration_s,
         *refused_s, *channels_total_s, *uptime_s;
     tolk_series *qdepth[Q_COUNT], *qwait[Q_COUNT];
@@ -299,7 +295,6 @@ struct core {
     ev_timer health_timer;
     core_observer obs;
     core_metrics m;
-    int exit_code;
     int log_level_override; /* -l on the command line, -1 if none */
     int skip_metrics; /* tolk-translate: exporters of the configuration are not created */
 };

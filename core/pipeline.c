@@ -556,7 +556,6 @@ void stream_flushed(tolk_stream *s) {
 }
 
 void pipeline_frame(direction *d, const int16_t *frame) {
-    core *c = d->ch->core;
     int voiced = frame_voiced(frame);
     replay_append(d, frame, voiced);
     double now = mono_now();
@@ -574,7 +573,6 @@ void pipeline_frame(direction *d, const int16_t *frame) {
         d->speech_since = now;
         stream_recover(d, TOLK_E_TIMEOUT, TOLK_SEV_MEDIUM, "no result for speech");
     }
-    (void)c;
 }
 
 void pipeline_input_end(direction *d) {

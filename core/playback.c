@@ -47,7 +47,6 @@ static void outbuf_grow(outbuf *ob, size_t need) {
 void outbuf_push(core *c, outbuf *ob, const int16_t *pcm, size_t n) {
     if (n == 0) return;
     if (ob->len + n > ob->cap) outbuf_grow(ob, ob->len + n);
-    if (ob->len == 0) ob->oldest_enq = mono_now();
     size_t before = ob->len / TOLK_FRAME_SAMPLES;
     size_t tail = (ob->head + ob->len) % ob->cap;
     size_t first = n < ob->cap - tail ? n : ob->cap - tail;
