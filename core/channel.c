@@ -102,6 +102,7 @@ void phrase_report_emit(phrase *ph, int ok) {
         .mt_wait_ms = ms_between(ph->t_stt_final, ph->t_mt_start),
         .tts_wait_ms = ms_between(ph->t_mt_done, ph->t_tts_start),
         .playback_wait_ms = ms_between(ph->t_tts_first, ph->t_first_out),
+        .mt_cached = ph->mt_cached,
         .ok = ok,
     };
     static const char *const stages[] = {"stt", "mt", "tts"};

@@ -261,6 +261,7 @@ static const tolk_option core_opts[] = {
     {"log_level", TOLK_OPT_STRING, 0, "info", 0, 0, "fatal, err, warn, info, verb, debug"},
     {"workers", TOLK_OPT_INT, 0, "2", 1, 256, "threads for blocking engines"},
     {"plugin_path", TOLK_OPT_STRING, 0, NULL, 0, 0, "colon-separated plugin directories"},
+    {"translation_cache", TOLK_OPT_INT, 0, "1000", 0, 1000000, "translations remembered per MT provider (0: off)"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
 static const tolk_option defaults_opts[] = {
@@ -402,6 +403,7 @@ static void load_core(load_ctx *lc, config_setting_t *s, const char *file) {
     c->max_channels = (int)json_integer_value(json_object_get(v, "max_channels"));
     c->drain_timeout = json_number_value(json_object_get(v, "drain_timeout"));
     c->workers = (int)json_integer_value(json_object_get(v, "workers"));
+    c->translation_cache = (int)json_integer_value(json_object_get(v, "translation_cache"));
     const char *lvl = json_string_value(json_object_get(v, "log_level"));
     int l = log_level_parse(lvl);
     if (l < 0)
@@ -720,6 +722,7 @@ conf_set *conf_new_empty(void) {
     cs->core.drain_timeout = 30;
     cs->core.log_level = TOLK_LOG_INFO;
     cs->core.workers = 2;
+    cs->core.translation_cache = 1000;
     cs->defaults.mode = TOLK_MODE_BIDIRECTIONAL;
     cs->defaults.caller_language = xstrdup("en");
     cs->defaults.callee_language = xstrdup("es");

@@ -24,6 +24,7 @@ typedef struct conf_core {
     int log_level;
     int workers;
     char *plugin_path; /* NULL: default */
+    int translation_cache; /* entries per MT instance; 0: off */
 } conf_core;
 
 typedef struct conf_defaults {

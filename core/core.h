@@ -51,6 +51,12 @@ struct tolk_instance {
     int reset_ok;   /* outcome of the last reset */
     ev_timer reset_timer; /* reset timeout, or the deferred end of a synchronous reset */
     tolk_series *health_s, *success_s;
+    /* MT: translations remembered (mtcache.c), created at the first lookup */
+    struct mtcache *mtcache;
+    uint8_t cache_ring[100]; /* outcome of the last lookups, 1: hit */
+    uint64_t cache_lookups;
+    unsigned cache_ring_hits;
+    tolk_series *cache_rate_s, *cache_hit_s, *cache_miss_s;
 };
 
 typedef struct chain {
@@ -149,6 +155,7 @@ struct phrase {
     uint64_t start_sample, end_sample;
     uint64_t out_pos; /* where its audio starts in the output leg */
     int has_audio;
+    int mt_cached; /* the translation came from the MT provider's cache */
     /* times, monotonic seconds; 0 = not yet */
     double t_speech_end, t_stt_final, t_mt_start, t_mt_done, t_tts_start, t_tts_first,
         t_tts_done, t_first_out, t_enq;
@@ -186,6 +193,9 @@ struct direction {
     uint64_t replay_start;
     int replay_voiced;
     double speech_since; /* mono time speech began with no result since; 0: none */
+    int stt_pending;     /* counted in queue_depth{stt}: speech heard, no final yet */
+    size_t unfed;        /* newest frames of the replay buffer no stream has had:
+                          * queue_depth{input} while the recogniser recovers */
     phrase *marks_head, *marks_tail;
     unsigned next_seq;
     int input_ended;
@@ -240,6 +250,7 @@ typedef struct phrase_report {
     double latency_ms;     /* end of speech (as it arrived) -> first frame out */
     double mt_wait_ms, tts_wait_ms;
     double playback_wait_ms; /* first audio -> its first frame out */
+    int mt_cached; /* translation from the cache: mt_ms is the lookup */
     int ok; /* 0: the phrase was lost (error) */
     /* recovery: NULL when no stage of the phrase failed */
     const char *recovery_tier, *recovery_stage, *recovery_from, *recovery_to;
@@ -257,7 +268,7 @@ typedef struct core_observer {
 typedef struct core_metrics {
     tolk_metric *latency, *component, *frames, *translations, *audio_bytes, *words, *errors,
         *recoveries, *queue_depth, *queue_wait, *active, *duration, *uptime, *health, *success,
-        *refused, *channels_total, *reloads;
+        *refused, *channels_total, *reloads, *cache_rate, *cache_lookups, *voice_cache, *pipe_util;
     tolk_series *frames_s, *audio_bytes_s, *translations_s, *words_s, *active_s, *duration_s,
         *refused_s, *channels_total_s, *uptime_s;
     tolk_series *qdepth[Q_COUNT], *qwait[Q_COUNT];

@@ -4,6 +4,7 @@
 
 #include "core.h"
 #include "log.h"
+#include "mtcache.h"
 
 static const char *status_name(tolk_status st) {
     switch (st) {
@@ -50,6 +51,7 @@ void instance_unref(tolk_instance *inst) {
     inst->desc->destroy(inst->self);
     log_msg(TOLK_LOG_VERB, inst->who, "destroyed");
     json_decref(inst->settings);
+    mtcache_free(inst->mtcache);
     free(inst->name);
     free(inst);
 }

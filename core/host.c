@@ -156,6 +156,7 @@ void host_init(core *c, tolk_host *h) {
         .mt_done = request_mt_done,
         .tts_audio = request_tts_audio,
         .tts_done = request_tts_done,
+        .metrics_visit_families = metrics_visit_families,
     };
 }
 
@@ -211,6 +212,21 @@ void core_metrics_init(core *c) {
                                        NULL, 0);
     m->reloads = metrics_family("config_reloads_total", "Configuration reloads by result",
                                 TOLK_METRIC_COUNTER, "result", NULL, 0);
+    m->cache_rate = metrics_family("translation_cache_hit_rate",
+                                   "Share of the last 100 translation cache lookups that hit, per MT provider",
+                                   TOLK_METRIC_GAUGE, "component", NULL, 0);
+    m->cache_lookups = metrics_family("translation_cache_lookups_total",
+                                      "Translation cache lookups by MT provider and result (hit, miss)",
+                                      TOLK_METRIC_COUNTER, "component,result", NULL, 0);
+    /* Their series come from the plugins that own them: TTS providers that
+     * clone voices, transports that write to pipes. The core defines the
+     * families so every provider reports them the same way. */
+    m->voice_cache = metrics_family("voice_embedding_cache_size",
+                                    "Speaker embeddings (cloned voices) a TTS provider keeps ready",
+                                    TOLK_METRIC_GAUGE, "component", NULL, 0);
+    m->pipe_util = metrics_family("pipe_buffer_utilization",
+                                  "Fill of a transport's media pipe buffers, 0..1 (the fullest one)",
+                                  TOLK_METRIC_GAUGE, "component", NULL, 0);
     m->frames_s = metrics_series(m->frames, NULL);
     m->translations_s = metrics_series(m->translations, NULL);
     m->audio_bytes_s = metrics_series(m->audio_bytes, NULL);

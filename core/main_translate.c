@@ -88,6 +88,7 @@ static void on_phrase(void *ud, const phrase_report *r) {
         json_object_set_new(p, "mt", r->mt ? json_string(r->mt) : json_null());
         json_object_set_new(p, "tts", r->tts ? json_string(r->tts) : json_null());
         json_object_set_new(o, "providers", p);
+        json_object_set_new(o, "mt_cached", json_boolean(r->mt_cached));
         json_t *s = json_object();
         json_ms(s, "stt", r->stt_ms);
         json_ms(s, "mt", r->mt_ms);
@@ -111,8 +112,9 @@ static void on_phrase(void *ud, const phrase_report *r) {
             printf("    (lost: no translation came back; see the log)\n");
         } else {
             printf("    -> \"%s\"\n", r->translation ? r->translation : "");
-            printf("    stt %.0f ms (%s), mt %.0f ms (%s), tts first audio %.0f ms (%s)", r->stt_ms,
-                   r->stt ? r->stt : "-", r->mt_ms, r->mt ? r->mt : "-", r->tts_first_ms,
+            printf("    stt %.0f ms (%s), mt %.0f ms (%s%s), tts first audio %.0f ms (%s)", r->stt_ms,
+                   r->stt ? r->stt : "-", r->mt_ms, r->mt ? r->mt : "-", r->mt_cached ? ", cached" : "",
+                   r->tts_first_ms,
                    r->tts ? r->tts : "-");
             if (R->realtime)
                 printf(", end of phrase -> first translated frame %.0f ms\n", r->latency_ms);

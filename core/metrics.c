@@ -238,7 +238,9 @@ double metrics_quantile(tolk_series *s, double q) {
     return res;
 }
 
-void metrics_visit(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud) {
+static const char *const no_values[1];
+
+static void visit(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud, int empty_too) {
     pthread_mutex_lock(&g_reg_lock);
     tolk_metric *head = g_families;
     pthread_mutex_unlock(&g_reg_lock);
@@ -250,6 +252,18 @@ void metrics_visit(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud) 
         size_t i = 0;
         for (tolk_series *s = m->series; s; s = s->next) list[i++] = s;
         pthread_mutex_unlock(&m->lock);
+        if (n == 0 && empty_too) {
+            tolk_metric_sample smp = {.size = sizeof smp,
+                                      .name = m->name,
+                                      .help = m->help,
+                                      .type = m->type,
+                                      .nlabels = m->nlabels,
+                                      .label_names = (const char *const *)m->labels,
+                                      .nbuckets = m->nbounds,
+                                      .bounds = m->bounds,
+                                      .cumulative = cum};
+            fn(ud, &smp);
+        }
         for (i = 0; i < n; i++) {
             tolk_series *s = list[i];
             tolk_metric_sample smp = {.size = sizeof smp,
@@ -258,7 +272,8 @@ void metrics_visit(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud) 
                                       .type = m->type,
                                       .nlabels = m->nlabels,
                                       .label_names = (const char *const *)m->labels,
-                                      .label_values = (const char *const *)s->values,
+                                      /* never NULL for a series: NULL marks a family without any */
+                                      .label_values = s->values ? (const char *const *)s->values : no_values,
                                       .nbuckets = m->nbounds,
                                       .bounds = m->bounds,
                                       .cumulative = cum};
@@ -274,6 +289,12 @@ void metrics_visit(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud) 
         free(list);
         free(cum);
     }
+}
+
+void metrics_visit(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud) { visit(fn, ud, 0); }
+
+void metrics_visit_families(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud) {
+    visit(fn, ud, 1);
 }
 
 size_t metrics_series_count(void) {

@@ -19,6 +19,8 @@ uint64_t metrics_count(tolk_series *s);      /* histogram count */
 /* Quantile estimate from a histogram series (linear within the bucket). */
 double metrics_quantile(tolk_series *s, double q);
 void metrics_visit(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud);
+/* Also reports each family without series once, with label_values NULL. */
+void metrics_visit_families(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud);
 size_t metrics_series_count(void);
 void metrics_shutdown(void);
 

@@ -17,6 +17,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "mtcache.h"
 #include "pipeline.h"
 
 #define REPLAY_PREROLL (15 * TOLK_FRAME_SAMPLES) /* 300 ms of silence kept before speech */
@@ -114,6 +115,45 @@ static void stage_pump(stage *st) {
 
 static void stage_failed(stage *st, tolk_status status, tolk_severity sev, const char *why);
 
+/* ---- the translation cache of each MT provider ---- */
+
+static size_t cache_size(direction *d) { return (size_t)d->ch->gen->conf->core.translation_cache; }
+
+static const char *cache_lookup(core *c, tolk_instance *inst, direction *d, const char *text) {
+    if (cache_size(d) == 0) return NULL;
+    if (!inst->mtcache) {
+        inst->mtcache = mtcache_new();
+        inst->cache_rate_s = metrics_series_v(c->m.cache_rate, inst->name, NULL);
+        inst->cache_hit_s = metrics_series_v(c->m.cache_lookups, inst->name, "hit", NULL);
+        inst->cache_miss_s = metrics_series_v(c->m.cache_lookups, inst->name, "miss", NULL);
+    }
+    const char *hit = mtcache_get(inst->mtcache, d->from, d->to, text);
+    size_t n = ARRAY_LEN(inst->cache_ring), k = (size_t)(inst->cache_lookups % n);
+    if (inst->cache_lookups >= n) inst->cache_ring_hits -= inst->cache_ring[k];
+    inst->cache_ring[k] = hit != NULL;
+    inst->cache_ring_hits += hit != NULL;
+    inst->cache_lookups++;
+    metrics_add(hit ? inst->cache_hit_s : inst->cache_miss_s, 1);
+    metrics_set(inst->cache_rate_s, (double)inst->cache_ring_hits /
+                                        (double)(inst->cache_lookups < n ? inst->cache_lookups : n));
+    return hit;
+}
+
+/* The phrase has its translation: on to TTS. */
+static void mt_accept(stage *st, phrase *ph, char *translation) {
+    direction *d = st->dir;
+    core *c = core_of(st);
+    ph->t_mt_done = mono_now();
+    observe_stage(d, "mt", ph->t_mt_done - ph->t_mt_start);
+    free(ph->translation);
+    ph->translation = translation;
+    ph->t_enq = ph->t_mt_done;
+    fifo_push(&d->tts.q, ph);
+    queue_depth(c, Q_TTS, 1);
+    stage_pump(&d->tts);
+    stage_pump(st);
+}
+
 static void stage_issue(stage *st) {
     direction *d = st->dir;
     core *c = core_of(st);
@@ -121,6 +161,17 @@ static void stage_issue(stage *st) {
     tolk_instance *inst = stage_inst(st);
     const conf_recovery *rc = &d->ch->gen->conf->recovery;
     double now = mono_now();
+    if (st->kind == STAGE_MT && ph->lad.last == TIER_NONE) {
+        const char *hit = cache_lookup(c, inst, d, ph->text);
+        if (hit) {
+            ph->mt_inst = inst;
+            ph->mt_cached = 1;
+            ph->t_mt_start = now;
+            st->busy = NULL;
+            mt_accept(st, ph, xstrdup(hit));
+            return;
+        }
+    }
     ph->req = (tolk_request){.ph = ph, .inst = inst, .active = 1};
     start_timer(c, &st->timeout, ph->lad.last == TIER_FAILOVER ? rc->failover_timeout : rc->request_timeout);
     tolk_status s;
@@ -288,16 +339,10 @@ void request_mt_done(tolk_request *r, tolk_status status, const char *text) {
         return;
     }
     stage_succeeded(st);
-    ph->t_mt_done = mono_now();
-    observe_component(c, r->inst, "translate", ph->t_mt_done - ph->t_mt_start);
-    observe_stage(d, "mt", ph->t_mt_done - ph->t_mt_start);
-    free(ph->translation);
-    ph->translation = clean;
-    ph->t_enq = ph->t_mt_done;
-    fifo_push(&d->tts.q, ph);
-    queue_depth(c, Q_TTS, 1);
-    stage_pump(&d->tts);
-    stage_pump(st);
+    observe_component(c, r->inst, "translate", mono_now() - ph->t_mt_start);
+    if (r->inst->mtcache && cache_size(d))
+        mtcache_put(r->inst->mtcache, cache_size(d), d->from, d->to, ph->text, clean);
+    mt_accept(st, ph, clean);
 }
 
 void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
@@ -447,6 +492,7 @@ static void stream_reopen(direction *d) {
         stream_recover(d, why, severity_of(why), "cannot open a stream");
         return;
     }
+    core *c = ch->core;
     /* the new stream starts where the kept audio starts */
     d->stream_base = d->replay_start;
     log_msg(TOLK_LOG_INFO, "recovery", "%s: %s->%s: stream reopened on %s, replaying %.2f s of audio",
@@ -459,6 +505,15 @@ static void stream_reopen(direction *d) {
             return;
         }
     }
+    if (d->stream.open && d->unfed) {
+        /* the frames that arrived while no stream was open have now been heard */
+        double now = mono_now();
+        for (size_t k = d->unfed; k > 0; k--)
+            metrics_observe(c->m.qwait[Q_INPUT],
+                            (now - arrival_time(d, d->samples_in - (k - 1) * TOLK_FRAME_SAMPLES)) * 1000.0);
+        queue_depth(c, Q_INPUT, -(double)d->unfed);
+        d->unfed = 0;
+    }
     if (d->stream.open && d->input_ended) {
         const tolk_stt *stt = stt_of(d->stream.inst);
         tolk_status st = DESC_FN(&stt->base, tolk_stt, flush) ? stt->flush(d->stream.state) : TOLK_OK;
@@ -466,6 +521,8 @@ static void stream_reopen(direction *d) {
             d->stream.flushing = 1;
         else
             d->stream.flushed = 1;
+        /* the call may have been waiting only for this stream to end */
+        schedule_finish(ch);
     }
 }
 
@@ -523,6 +580,10 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     if (end == d->stream_base || end > d->samples_in) end = d->samples_in;
     replay_trim(d, end);
     d->speech_since = 0;
+    if (d->stt_pending) {
+        d->stt_pending = 0;
+        queue_depth(c, Q_STT, -1);
+    }
     char *text = utf8_clean(t->text, 4096);
     if (!*text) {
         free(text);
@@ -556,11 +617,24 @@ void stream_flushed(tolk_stream *s) {
 }
 
 void pipeline_frame(direction *d, const int16_t *frame) {
+    core *c = d->ch->core;
     int voiced = frame_voiced(frame);
     replay_append(d, frame, voiced);
     double now = mono_now();
     if (voiced && !d->speech_since) d->speech_since = now;
-    if (!d->stream.open) return; /* recovering: the frame waits in the replay buffer */
+    if (d->speech_since && !d->stt_pending) {
+        d->stt_pending = 1;
+        queue_depth(c, Q_STT, 1);
+    }
+    if (!d->stream.open) {
+        /* recovering: the frame waits in the replay buffer, which keeps
+         * at most replay_seconds; what falls out of it is not heard */
+        size_t kept = d->replay_len / TOLK_FRAME_SAMPLES, was = d->unfed;
+        d->unfed = d->unfed + 1 < kept ? d->unfed + 1 : kept;
+        queue_depth(c, Q_INPUT, (double)d->unfed - (double)was);
+        return;
+    }
+    metrics_observe(c->m.qwait[Q_INPUT], (now - arrival_time(d, d->samples_in)) * 1000.0);
     tolk_status st = stt_of(d->stream.inst)->feed(d->stream.state, frame, TOLK_FRAME_SAMPLES);
     if (st < 0) {
         stream_recover(d, st, TOLK_SEV_HIGH, "feed failed");
@@ -659,6 +733,10 @@ void pipeline_cancel(direction *d) {
     free(d->replay);
     d->replay = NULL;
     d->replay_len = d->replay_cap = 0;
+    queue_depth(c, Q_INPUT, -(double)d->unfed);
+    d->unfed = 0;
+    if (d->stt_pending) queue_depth(c, Q_STT, -1);
+    d->stt_pending = 0;
 }
 
 int pipeline_drained(direction *d) {

@@ -224,6 +224,71 @@ static void test_garbage_translation_is_cleaned(void **state) {
     }
 }
 
+static double mt_requests(core *c) { return (double)tu_health_int(c, "mt-a", "requests"); }
+
+/* Six phrases, three distinct texts: the second time round each comes from
+ * the MT provider's cache, identical, without asking the provider, and the
+ * hit rate says so. */
+static void test_translation_cache_serves_repeated_phrases(void **state) {
+    rec *R = *state;
+    tolk_metric *rate = metrics_family("translation_cache_hit_rate", "", TOLK_METRIC_GAUGE, "component", NULL, 0);
+    tolk_metric *lookups = metrics_family("translation_cache_lookups_total", "", TOLK_METRIC_COUNTER,
+                                          "component,result", NULL, 0);
+    /* the registry is the process's: earlier tests' calls counted too */
+    double hits0 = metrics_value(metrics_series_v(lookups, "mt-a", "hit", NULL));
+    double misses0 = metrics_value(metrics_series_v(lookups, "mt-a", "miss", NULL));
+    start(R, "calls = 1; phrases = 6; speech_ms = 400; gap_ms = 400; mode = \"unidirectional\"; "
+             "realtime = false; paced = false;");
+    assert_true(tu_run_until(R->c, all_ended, R, 20));
+    assert_int_equal(R->n, 6);
+    for (size_t i = 0; i < 6; i++) {
+        assert_true(R->r[i].ok);
+        assert_int_equal(R->r[i].mt_cached, i >= 3);
+        if (i >= 3) assert_string_equal(R->r[i].translation, R->r[i - 3].translation);
+    }
+    assert_true(mt_requests(R->c) == 3);
+    assert_true(metrics_value(metrics_series_v(rate, "mt-a", NULL)) == 0.5);
+    assert_true(metrics_value(metrics_series_v(lookups, "mt-a", "hit", NULL)) - hits0 == 3);
+    assert_true(metrics_value(metrics_series_v(lookups, "mt-a", "miss", NULL)) - misses0 == 3);
+}
+
+static void test_translation_cache_off(void **state) {
+    rec *R = *state;
+    tu_write(R->dir, "tolk.conf", "core: { max_channels = 2; workers = 1; translation_cache = 0; };\n");
+    start(R, "calls = 1; phrases = 6; speech_ms = 400; gap_ms = 400; mode = \"unidirectional\"; "
+             "realtime = false; paced = false;");
+    assert_true(tu_run_until(R->c, all_ended, R, 20));
+    assert_int_equal(R->n, 6);
+    for (size_t i = 0; i < 6; i++) assert_false(R->r[i].mt_cached);
+    assert_true(mt_requests(R->c) == 6);
+}
+
+static int stt_busy(void *ud) { return depth(((rec *)ud)->c, Q_STT) >= 1; }
+
+/* Each queue of the five tiers is measured: while the caller speaks, the
+ * phrase is in the STT queue; every frame's wait before the recogniser,
+ * every phrase's wait before STT, MT, TTS and playback is observed once;
+ * at the end every depth is back to 0. */
+static void test_every_queue_is_measured(void **state) {
+    rec *R = *state;
+    tolk_series *wait[Q_COUNT];
+    uint64_t before[Q_COUNT];
+    start(R, "calls = 1; phrases = 2; speech_ms = 500; gap_ms = 600; mode = \"unidirectional\"; "
+             "realtime = true; paced = true;");
+    for (int q = 0; q < Q_COUNT; q++) {
+        wait[q] = R->c->m.qwait[q];
+        before[q] = metrics_count(wait[q]);
+    }
+    assert_true(tu_run_until(R->c, stt_busy, R, 5));
+    assert_true(tu_run_until(R->c, all_ended, R, 20));
+    assert_int_equal(R->n, 2);
+    uint64_t frames = (uint64_t)tu_health_int(R->c, "calls", "frames_sent.a");
+    assert_true(frames > 0);
+    assert_true(metrics_count(wait[Q_INPUT]) - before[Q_INPUT] == frames);
+    for (int q = Q_STT; q < Q_COUNT; q++) assert_true(metrics_count(wait[q]) - before[q] == 2);
+    for (int q = 0; q < Q_COUNT; q++) assert_true(depth(R->c, q) == 0);
+}
+
 int main(void) {
     log_set_level(TOLK_LOG_WARN);
     const struct CMUnitTest tests[] = {
@@ -234,6 +299,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_max_channels_refuses_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hangup_cancels_in_flight_work, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_translation_is_cleaned, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_translation_cache_serves_repeated_phrases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_translation_cache_off, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_every_queue_is_measured, setup, teardown),
     };
     int rc = cmocka_run_group_tests_name("pipeline", tests, NULL, NULL);
     loader_unload_all();

@@ -45,7 +45,7 @@ static int ended(void *ud) {
  * a call's pace where the test depends on when things happen. */
 static int realtime;
 
-static rec *run(const char *recovery, const char *stt, const char *mt, const char *chains) {
+static rec *begin(const char *recovery, const char *stt, const char *mt, const char *chains) {
     rec *R = xcalloc(1, sizeof *R);
     R->dir = tu_tmpdir();
     tu_log_capture();
@@ -64,6 +64,11 @@ static rec *run(const char *recovery, const char *stt, const char *mt, const cha
     R->c->obs = (core_observer){.phrase = on_phrase, .channel_end = on_end, .ud = R};
     assert_int_equal(core_load(R->c), 0);
     assert_int_equal(core_start_transports(R->c), 0);
+    return R;
+}
+
+static rec *run(const char *recovery, const char *stt, const char *mt, const char *chains) {
+    rec *R = begin(recovery, stt, mt, chains);
     assert_true(tu_run_until(R->c, ended, R, 30));
     return R;
 }
@@ -176,6 +181,37 @@ static void test_stt_drop_mid_phrase_loses_no_words(void **state) {
     realtime = 0;
 }
 
+/* While the recogniser is being retried, the caller's frames wait in the
+ * input queue: each is observed once, with the time it waited, when the
+ * new stream hears it. */
+static void test_frames_wait_in_input_queue_during_stt_retry(void **state) {
+    realtime = 1;
+    rec *R = begin("soft_retries = 1; soft_delay = 0.3; jitter = 0.0; hard_reset = false;",
+                   "instance: { name = \"stt-a\"; plugin = \"stt_mock\"; settings: { phrases = [ \"hello world\" ];\n"
+                   "      silence_ms = 200; latency_ms = 10; partial_ms = 0; drop_after_ms = 1400; }; };\n",
+                   NULL, NULL);
+    tolk_series *wait = R->c->m.qwait[Q_INPUT];
+    /* the registry is the process's: earlier tests' calls counted too */
+    uint64_t n0 = metrics_count(wait);
+    double sum0 = metrics_value(wait);
+    assert_true(tu_run_until(R->c, ended, R, 30));
+    assert_int_equal(R->n, 3);
+    for (size_t i = 0; i < 3; i++) assert_true(R->ok[i]);
+    assert_true(tu_log_has("replaying"));
+    assert_true(tu_log_has("recognition recovered by stt-a (tier soft)"));
+    uint64_t frames = (uint64_t)tu_health_int(R->c, "calls", "frames_sent.a");
+    assert_true(metrics_count(wait) - n0 == frames);
+    /* each outage (the mock drops every stream after 1.4 s of audio) left
+     * ~15 frames waiting between 0 and 300 ms: ~2.2 s of waiting each */
+    size_t outages = (size_t)tu_log_count("stream reopened on stt-a");
+    double waited = metrics_value(wait) - sum0;
+    assert_true(outages >= 1);
+    assert_true(waited > 1000 && waited < (double)outages * 16 * 320);
+    assert_true(metrics_value(R->c->m.qdepth[Q_INPUT]) == 0);
+    done(R);
+    realtime = 0;
+}
+
 /* A provider that never answers: its timeout fires and the tiers proceed to
  * the backup. */
 static void test_hanging_provider_times_out(void **state) {
@@ -237,6 +273,7 @@ int main(void) {
         cmocka_unit_test(test_hard_reset),
         cmocka_unit_test(test_failover_to_backup),
         cmocka_unit_test(test_stt_drop_mid_phrase_loses_no_words),
+        cmocka_unit_test(test_frames_wait_in_input_queue_during_stt_retry),
         cmocka_unit_test(test_hanging_provider_times_out),
         cmocka_unit_test(test_reset_tier_and_cooldown),
         cmocka_unit_test(test_no_backup_falls_back_to_passthrough),

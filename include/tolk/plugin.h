@@ -87,7 +87,7 @@ extern "C" {
 #endif
 
 #define TOLK_ABI_MAJOR 1
-#define TOLK_ABI_MINOR 0
+#define TOLK_ABI_MINOR 1
 
 /* Audio at the core's boundary: signed 16-bit native-endian mono at 16 kHz,
  * processed in 20 ms frames. Providers that need other rates resample at their
@@ -247,7 +247,8 @@ typedef enum tolk_metric_type {
     TOLK_METRIC_HISTOGRAM = 3
 } tolk_metric_type;
 
-/* One series, as seen by a metrics exporter during host->metrics_visit(). */
+/* One series, as seen by a metrics exporter during host->metrics_visit().
+ * label_values is NULL for a family without series (metrics_visit_families). */
 typedef struct tolk_metric_sample {
     uint32_t size;
     const char *name, *help;
@@ -389,6 +390,13 @@ typedef struct tolk_host {
     /** Audio of a speak() request, 16 kHz, in order, any n; then tts_done. */
     void (*tts_audio)(tolk_request *r, const int16_t *pcm, size_t n);
     void (*tts_done)(tolk_request *r, tolk_status st);
+
+    /* --- since ABI 1.1 ------------------------------------------------- */
+    /** As metrics_visit(), and a family that has no series yet is reported
+     * once, with label_values NULL and zero values: an exporter can then
+     * announce its HELP and TYPE before the first error, recovery or cache
+     * lookup. */
+    void (*metrics_visit_families)(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud);
 } tolk_host;
 
 #define TOLK_HAS(ptr, type, member) \
