@@ -3,7 +3,10 @@
  *   core-added latency (end of phrase -> first translated frame, minus the
  *   mocks' configured delays) p50/p99, playback jitter p99 (deviation from
  *   each talkspurt's 20 ms grid, measured by the transport), frames lost,
- *   CPU seconds per call-minute and RSS per call.
+ *   CPU seconds per call-minute and RSS per call. Meanwhile a client
+ *   scrapes the Prometheus exporter (on the same loop) twice a second, as
+ *   a monitoring system would (more often): the figures include its cost,
+ *   and the scrape times are printed.
  *
  *   bench_calls [calls] [seconds]
  *
@@ -11,11 +14,15 @@
  * mock ends a phrase after SILENCE_MS of silence and answers LATENCY_STT
  * later; MT answers after LATENCY_MT; TTS's first chunk comes LATENCY_TTS
  * after the request. */
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "core.h"
@@ -79,6 +86,45 @@ static double rss_bytes(void) {
     return (double)resident * (double)sysconf(_SC_PAGESIZE);
 }
 
+/* ---- the scraper: a plain HTTP/1.0 client on its own thread ---- */
+
+#define MAX_SCRAPES 4096
+typedef struct scraper {
+    int port;
+    volatile int stop;
+    double ms[MAX_SCRAPES];
+    size_t n, bytes, failed;
+} scraper;
+
+static size_t scrape_once(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return 0;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    size_t total = 0;
+    static const char req[] = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && write(fd, req, sizeof req - 1) == (ssize_t)(sizeof req - 1)) {
+        char buf[65536];
+        ssize_t r;
+        while ((r = read(fd, buf, sizeof buf)) > 0) total += (size_t)r;
+    }
+    close(fd);
+    return total;
+}
+
+static void *scraper_main(void *ud) {
+    scraper *S = ud;
+    while (!S->stop) {
+        double t0 = mono_now();
+        size_t got = scrape_once(S->port);
+        double dt = (mono_now() - t0) * 1000.0;
+        if (got == 0) S->failed++;
+        else if (S->n < MAX_SCRAPES) S->ms[S->n++] = dt, S->bytes = got;
+        usleep(500000);
+    }
+    return NULL;
+}
+
 static void run_for(core *c, double seconds) {
     double end = mono_now() + seconds;
     while (mono_now() < end) ev_run(c->loop, EVRUN_ONCE);
@@ -95,7 +141,10 @@ static void write_conf(const char *dir, int calls) {
         fprintf(f, __VA_ARGS__);                                              \
         fclose(f);                                                            \
     } while (0)
-    CONF("tolk.conf", "core: { max_channels = %d; workers = 2; drain_timeout = 120.0; log_level = \"warn\"; };\n",
+    CONF("tolk.conf",
+         /* no translation cache: every phrase pays the mock MT delay subtracted below */
+         "core: { max_channels = %d; workers = 2; drain_timeout = 120.0; log_level = \"warn\"; "
+         "translation_cache = 0; };\n",
          calls + 10);
     CONF("20-stt.conf",
          "instance: { name = \"stt\"; plugin = \"stt_mock\"; settings: { phrases = [ \"hello world\", "
@@ -117,6 +166,8 @@ static void write_conf(const char *dir, int calls) {
          "start_spread_ms = 4000; phrases = 3; speech_ms = 1200; gap_ms = 2800; legs = \"both\"; "
          "mode = \"bidirectional\"; realtime = true; paced = true; repeat = true; }; };\n",
          calls);
+    CONF("70-metrics.conf",
+         "instance: { name = \"prom\"; plugin = \"metrics_prometheus\"; settings: { port = 0; }; };\n");
 #undef CONF
 }
 
@@ -156,6 +207,11 @@ int main(int argc, char **argv) {
     /* warm up: every call started and through its first phrase */
     run_for(c, 6);
     double frames0 = metrics_value(c->m.frames_s);
+    json_t *ph = health(c, "prom");
+    scraper S = {.port = (int)jnum(ph, "port", NULL)};
+    json_decref(ph);
+    pthread_t scraper_thread;
+    if (pthread_create(&scraper_thread, NULL, scraper_main, &S) != 0) return 1;
     double cpu0 = cpu_seconds(), t0 = mono_now();
     b.measuring = 1;
     double rss_peak = 0;
@@ -167,6 +223,12 @@ int main(int argc, char **argv) {
     double cpu = cpu_seconds() - cpu0, wall = mono_now() - t0;
     double frames = metrics_value(c->m.frames_s) - frames0;
     b.measuring = 0;
+    S.stop = 1;
+    /* the scraper's last request needs the loop to be answered */
+    while (pthread_tryjoin_np(scraper_thread, NULL) != 0) ev_run(c->loop, EVRUN_ONCE | EVRUN_NOWAIT);
+    ph = health(c, "prom");
+    double render_max_ms = jnum(ph, "max_render_seconds", NULL) * 1000.0;
+    json_decref(ph);
     size_t active = c->active;
 
     /* let every call finish its phrases and hang up, then count */
@@ -196,6 +258,11 @@ int main(int argc, char **argv) {
     printf("  RSS                 %.1f KiB per call (peak %.1f MiB, %.1f MiB before calls, %.1f MiB at start)\n",
            (rss_peak - rss_loaded) / 1024.0 / calls, rss_peak / 1048576.0, rss_loaded / 1048576.0,
            rss0 / 1048576.0);
+    qsort(S.ms, S.n, sizeof(double), cmp);
+    printf("  /metrics scrapes    %zu (%zu failed), %zu bytes; wall p50 %.2f ms  p99 %.2f ms  max %.2f ms; "
+           "render (loop busy) max %.2f ms\n",
+           S.n, S.failed, S.bytes, pct(S.ms, S.n, 50), pct(S.ms, S.n, 99), S.n ? S.ms[S.n - 1] : NAN,
+           render_max_ms);
     fflush(stdout);
     json_decref(h);
     core_free(c);

@@ -76,7 +76,7 @@ static gaps run(int calls, int fault, const char *which) {
     if (!mkdtemp(dir)) exit(1);
     char buf[2048];
     snprintf(buf, sizeof buf,
-             "core: { max_channels = %d; workers = 2; log_level = \"err\"; };\n"
+             "core: { max_channels = %d; workers = 2; log_level = \"err\"; translation_cache = 0; };\n"
              "recovery: { soft_retries = 0; hard_reset = false; request_timeout = 5.0; };\n", calls + 10);
     put(dir, "tolk.conf", buf);
     snprintf(buf, sizeof buf,

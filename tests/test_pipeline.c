@@ -263,6 +263,39 @@ static void test_translation_cache_off(void **state) {
     assert_true(mt_requests(R->c) == 6);
 }
 
+/* Endpoints carry voice profiles: each party is spoken in their own
+ * (cloned) voice. The TTS provider makes a voice's embedding once (the
+ * mock's clone_ms) and keeps it: the gauge counts the voices kept. */
+static void test_voice_embeddings_are_kept(void **state) {
+    rec *R = *state;
+    tu_write(R->dir, "tolk.conf",
+             "core: { max_channels = 2; workers = 1; };\n"
+             "endpoints = ( { name = \"alice\"; language = \"en\"; voice = \"alice-ref\"; },\n"
+             "              { name = \"bob\"; language = \"es\"; voice = \"bob-ref\"; } );\n");
+    tu_write(R->dir, "40-tts.conf",
+             "instance: { name = \"tts-a\"; plugin = \"tts_mock\";\n"
+             "  settings: { latency_ms = 10; ms_per_char = 30; clone_ms = 300; }; };\n");
+    start(R, "calls = 1; phrases = 2; speech_ms = 400; gap_ms = 500; legs = \"both\"; "
+             "mode = \"bidirectional\"; endpoint_a = \"alice\"; endpoint_b = \"bob\"; "
+             "realtime = false; paced = false;");
+    assert_true(tu_run_until(R->c, all_ended, R, 20));
+    assert_int_equal(R->n, 4);
+    int first[2] = {1, 1};
+    for (size_t i = 0; i < R->n; i++) {
+        int leg = R->r[i].from_leg;
+        assert_true(R->r[i].ok);
+        assert_string_equal(R->r[i].from, leg == TOLK_LEG_A ? "en" : "es");
+        if (first[leg])
+            assert_true(R->r[i].tts_first_ms >= 300);
+        else
+            assert_true(R->r[i].tts_first_ms < 300);
+        first[leg] = 0;
+    }
+    assert_int_equal(tu_health_int(R->c, "tts-a", "clones"), 2);
+    tolk_metric *fam = metrics_family("voice_embedding_cache_size", "", TOLK_METRIC_GAUGE, "component", NULL, 0);
+    assert_true(metrics_value(metrics_series_v(fam, "tts-a", NULL)) == 2);
+}
+
 static int stt_busy(void *ud) { return depth(((rec *)ud)->c, Q_STT) >= 1; }
 
 /* Each queue of the five tiers is measured: while the caller speaks, the
@@ -302,6 +335,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_translation_cache_serves_repeated_phrases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_translation_cache_off, setup, teardown),
         cmocka_unit_test_setup_teardown(test_every_queue_is_measured, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_voice_embeddings_are_kept, setup, teardown),
     };
     int rc = cmocka_run_group_tests_name("pipeline", tests, NULL, NULL);
     loader_unload_all();

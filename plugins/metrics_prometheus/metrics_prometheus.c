@@ -45,8 +45,10 @@
  * explicit choice and is logged as a warning: the endpoint has no
  * authentication.
  *
- * Families appear with their first series (metrics_visit() reports series,
- * not families). Everything runs on the loop thread.
+ * A family with no series yet (errors_total before the first error) is
+ * announced by its HELP and TYPE lines alone, so every metric the core
+ * defines is visible from the first scrape (host ABI >= 1.1; an older host
+ * reports series only). Everything runs on the loop thread.
  */
 #define _GNU_SOURCE /* accept4() */
 #include <arpa/inet.h>
@@ -411,7 +413,7 @@ static void sample_line(render *R, const char *name, const char *suffix, const c
 static void visit_sample(void *ud, const tolk_metric_sample *s) {
     render *R = ud;
     if (s->name != R->fam && (!R->fam || strcmp(s->name, R->fam))) begin_family(R, s);
-    if (R->skip || R->out->oom) return;
+    if (R->skip || R->out->oom || !s->label_values) return;
     R->labels.len = 0;
     for (size_t i = 0; i < s->nlabels; i++) {
         if (i) sb_putc(&R->labels, ',');
@@ -534,7 +536,10 @@ static void render_metrics(prom *P, sbuf *out) {
     double t0 = P->host->now();
     render R = {.P = P, .out = out};
     sb_init(&R.labels, 0);
-    P->host->metrics_visit(visit_sample, &R);
+    if (TOLK_HOST_HAS(P->host, metrics_visit_families))
+        P->host->metrics_visit_families(visit_sample, &R);
+    else
+        P->host->metrics_visit(visit_sample, &R);
     if (P->process_metrics) render_process(&R);
     free(R.le);
     names_free(&R.seen);

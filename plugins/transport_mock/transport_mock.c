@@ -41,6 +41,9 @@
  *                                    "close": channel_close after the last frame
  *   amplitude        int    6000     peak amplitude of the bursts
  *   repeat           bool   false    start a new call whenever one ends (soak)
+ *   endpoint_a       string (none)   endpoint (SIP peer) of leg A: its language
+ *   endpoint_b       string (none)   and voice profile come from the core's
+ *                                    endpoints list instead of from/to
  */
 #include <math.h>
 #include <stdint.h>
@@ -165,6 +168,7 @@ typedef struct mock {
     legs_mode legs;
     tolk_mode mode;
     char *from, *to;
+    char *endpoint[2];
     int paced, realtime;
     unsigned phases;    /* feed_phases: slot i is fed in phase i % phases */
     double feed_period; /* realtime timer period: TOLK_FRAME_SECONDS / phases */
@@ -247,6 +251,10 @@ static const tolk_option options[] = {
      "\"end\": input_end and let the core end the call; \"close\": hang up after the last frame"},
     {"amplitude", TOLK_OPT_INT, 0, "6000", 0, 32767, "peak amplitude of the tone bursts"},
     {"repeat", TOLK_OPT_BOOL, 0, "false", 0, 0, "start a new call whenever one ends (soak)"},
+    {"endpoint_a", TOLK_OPT_STRING, 0, NULL, 0, 0,
+     "endpoint of leg A: language and voice from the core's endpoints (not from)"},
+    {"endpoint_b", TOLK_OPT_STRING, 0, NULL, 0, 0,
+     "endpoint of leg B: language and voice from the core's endpoints (not to)"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
 static int parse_legs(const char *v, legs_mode *out) {
@@ -509,8 +517,10 @@ static int open_call(mock *m) {
     memset(&info, 0, sizeof info);
     info.size = sizeof info;
     info.id = c->id;
-    info.language[TOLK_LEG_A] = m->from;
-    info.language[TOLK_LEG_B] = m->to;
+    for (int leg = 0; leg < 2; leg++) {
+        info.endpoint[leg] = m->endpoint[leg];
+        if (!m->endpoint[leg]) info.language[leg] = leg == TOLK_LEG_A ? m->from : m->to;
+    }
     info.mode = m->mode;
     info.paced = m->paced;
 
@@ -779,6 +789,8 @@ static void tm_destroy(void *self) {
     free(m->bursts);
     free(m->from);
     free(m->to);
+    free(m->endpoint[0]);
+    free(m->endpoint[1]);
     free(m);
 }
 
@@ -819,6 +831,9 @@ static tolk_status tm_create(const tolk_host *host, tolk_instance *inst, const j
     const char *from = host->cfg_string(cfg, "from"), *to = host->cfg_string(cfg, "to");
     m->from = strdup(from ? from : "en");
     m->to = strdup(to ? to : "es");
+    const char *ep_a = host->cfg_string(cfg, "endpoint_a"), *ep_b = host->cfg_string(cfg, "endpoint_b");
+    m->endpoint[0] = ep_a ? strdup(ep_a) : NULL;
+    m->endpoint[1] = ep_b ? strdup(ep_b) : NULL;
     const char *name = host->instance_name(inst);
     snprintf(m->prefix, sizeof m->prefix, "%s", name && *name ? name : "mock");
 

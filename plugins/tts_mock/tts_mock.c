@@ -22,7 +22,15 @@
  * The audio goes to host->tts_audio in chunks of `chunk_ms`: the first one
  * `latency_ms` after speak(), then one every `chunk_interval_ms` (0 = all the
  * rest right after the first, in the same callback), then tts_done(TOLK_OK).
- * language and voice are ignored.
+ * language is ignored.
+ *
+ * Voices. Like XTTS, which clones a speaker from a reference recording by
+ * computing a speaker embedding and conditioning latents once and reuses
+ * them, the mock keeps the last `voice_cache` voice profiles it was asked
+ * for: a request naming a voice not kept yet waits `clone_ms` more before
+ * its first chunk. The number kept is the gauge
+ * voice_embedding_cache_size{component=<instance>}. The voice does not
+ * change the tones.
  *
  * Settings (all optional):
  *   latency_ms         int    80       delay of the first chunk
@@ -37,6 +45,8 @@
  *   fail_status        str    "backend" backend | again | fatal | timeout
  *   hang               bool   false    accept requests, never answer
  *   garbage            bool   false    full-scale noise in odd-sized chunks
+ *   clone_ms           int    0        extra first-chunk delay for a new voice
+ *   voice_cache        int    16       voice profiles kept (0: none)
  *
  * Faults. A failing request gets no audio and tts_done(fail_status) after
  * latency_ms. drop_after_chunks sends that many chunks, then
@@ -95,6 +105,10 @@ static const tolk_option tts_mock_options[] = {
      .help = "accept requests but never answer them"},
     {.key = "garbage", .type = TOLK_OPT_BOOL, .default_value = "false",
      .help = "send full-scale noise in chunks of an odd number of samples"},
+    {.key = "clone_ms", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 600000,
+     .help = "extra delay of the first chunk for a voice whose embedding is not kept yet"},
+    {.key = "voice_cache", .type = TOLK_OPT_INT, .default_value = "16", .min = 0, .max = 100000,
+     .help = "voice embeddings kept, least recently used out first; 0 = none"},
     {.key = NULL},
 };
 
@@ -191,6 +205,11 @@ struct tts_mock {
     uint64_t drops;
     tts_job *jobs;
     size_t npending;
+    int64_t clone_ms, voice_cache;
+    char **voices; /* kept voice profiles, most recently used first */
+    size_t nvoices;
+    uint64_t clones;
+    tolk_series *voices_s;
     /* amplitude * 2^SINE_Q * sin(2 pi i / SINE_SIZE), plus a guard entry
      * (= entry 0) for the interpolation at the last index. */
     int32_t sine[SINE_SIZE + 1];
@@ -426,6 +445,49 @@ static void job_tick(void *ud)
     }
 }
 
+/* ------------------------------------------------------------------ */
+/* Voice embeddings                                                    */
+
+/* The gauge moves by differences: after a reload the instance replacing
+ * this one (same name, same series) may run beside it for a while. */
+static void voices_count(tts_mock *m, double delta)
+{
+    if (m->voices_s && delta != 0) m->host->series_add(m->voices_s, delta);
+}
+
+static void voices_clear(tts_mock *m)
+{
+    for (size_t i = 0; i < m->nvoices; i++) free(m->voices[i]);
+    voices_count(m, -(double)m->nvoices);
+    m->nvoices = 0;
+}
+
+/* 1 if the voice's embedding had to be made now (the caller waits
+ * clone_ms), 0 if it was kept or no voice was named. */
+static int voice_use(tts_mock *m, const char *voice)
+{
+    if (!voice || !*voice || m->voice_cache <= 0) return 0;
+    size_t i = 0;
+    while (i < m->nvoices && strcmp(m->voices[i], voice)) i++;
+    int made = i == m->nvoices;
+    char *v;
+    if (made) {
+        if (!(v = strdup(voice))) return 1;
+        if (m->nvoices == (size_t)m->voice_cache) {
+            free(m->voices[--m->nvoices]);
+            voices_count(m, -1);
+        }
+        i = m->nvoices++;
+        m->clones++;
+        voices_count(m, 1);
+    } else {
+        v = m->voices[i];
+    }
+    memmove(m->voices + 1, m->voices, i * sizeof *m->voices);
+    m->voices[0] = v;
+    return made;
+}
+
 static tolk_status tts_mock_speak(void *self, tolk_request *r, const char *text,
                                   const char *language, const char *voice)
 {
@@ -454,8 +516,9 @@ static tolk_status tts_mock_speak(void *self, tolk_request *r, const char *text,
         m->drops++;
     }
 
+    int64_t delay_ms = m->latency_ms + (voice_use(m, voice) ? m->clone_ms : 0);
     if (j->fate != FATE_HANG) {
-        j->timer = m->host->timer_start(m->inst, (double)m->latency_ms / 1000.0, 0, job_tick, j);
+        j->timer = m->host->timer_start(m->inst, (double)delay_ms / 1000.0, 0, job_tick, j);
         if (!j->timer) {
             job_free(j);
             return TOLK_E_NOMEM;
@@ -529,6 +592,18 @@ static tolk_status tts_mock_create(const tolk_host *host, tolk_instance *inst, c
         return TOLK_E_INVAL;
     }
     if (m->chunk_ms < 1) m->chunk_ms = 1; /* a zero chunk would never finish */
+    m->clone_ms = host->cfg_int(cfg, "clone_ms");
+    m->voice_cache = host->cfg_int(cfg, "voice_cache");
+    if (m->voice_cache > 0 && !(m->voices = calloc((size_t)m->voice_cache, sizeof *m->voices))) {
+        free(m);
+        return TOLK_E_NOMEM;
+    }
+    /* the same family the core declares: one gauge per TTS provider */
+    tolk_metric *fam = host->metric_family("voice_embedding_cache_size",
+                                           "Speaker embeddings (cloned voices) a TTS provider keeps ready",
+                                           TOLK_METRIC_GAUGE, "component", NULL, 0);
+    const char *label[1] = {host->instance_name(inst)};
+    m->voices_s = fam ? host->metric_series(fam, label) : NULL;
     sine_init(m);
     TOLK_LOG(host, inst, TOLK_LOG_VERB, "latency %lld ms, %lld ms/char, %g Hz, chunks of %lld ms",
              (long long)m->latency_ms, (long long)m->ms_per_char, m->frequency,
@@ -548,6 +623,8 @@ static void tts_mock_destroy(void *self)
         if (j->timer) m->host->timer_stop(j->timer);
         job_free(j);
     }
+    voices_clear(m);
+    free(m->voices);
     free(m);
 }
 
@@ -556,6 +633,7 @@ static tolk_status tts_mock_reset(void *self)
     tts_mock *m = self;
     memset(&m->count, 0, sizeof m->count);
     m->drops = 0;
+    voices_clear(m); /* a restarted synthesiser has to clone its voices again */
     return TOLK_OK;
 }
 
@@ -564,10 +642,11 @@ static tolk_health tts_mock_health(void *self, json_t **detail_new)
     tts_mock *m = self;
     int failing = fault_failing(&m->fault, &m->count);
     if (detail_new)
-        *detail_new = json_pack("{s:I, s:I, s:I, s:I, s:b}", "requests",
+        *detail_new = json_pack("{s:I, s:I, s:I, s:I, s:b, s:I, s:I}", "requests",
                                 (json_int_t)m->count.requests, "failures",
                                 (json_int_t)m->count.failures, "drops", (json_int_t)m->drops,
-                                "pending", (json_int_t)m->npending, "failing", failing);
+                                "pending", (json_int_t)m->npending, "failing", failing,
+                                "voices", (json_int_t)m->nvoices, "clones", (json_int_t)m->clones);
     return failing ? TOLK_FAILED : TOLK_HEALTHY;
 }
 

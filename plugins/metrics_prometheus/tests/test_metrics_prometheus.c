@@ -361,8 +361,37 @@ static void test_core_and_process_metrics(void **state) {
     assert_non_null(s);
     assert_true(s->value >= 25);
     assert_string_equal(type_of(&E, "frames_processed_total"), "counter");
-    /* a family appears with its first series: latency once a phrase was
-     * translated, the queue histograms from the start */
+    /* every metric of the spec is announced (HELP and TYPE) from the
+     * first scrape, with or without series yet */
+    static const char *const spec[][2] = {
+        {"translation_latency_seconds", "histogram"}, {"component_latency_milliseconds", "histogram"},
+        {"frames_processed_total", "counter"},        {"translations_completed_total", "counter"},
+        {"audio_bytes_processed_total", "counter"},   {"words_translated_total", "counter"},
+        {"errors_total", "counter"},                  {"recoveries_total", "counter"},
+        {"queue_depth", "gauge"},                     {"queue_wait_time_milliseconds", "histogram"},
+        {"active_channels", "gauge"},                 {"channel_duration_seconds", "histogram"},
+        {"service_uptime_seconds", "gauge"},          {"service_health", "gauge"},
+        {"success_rate", "gauge"},                    {"pipe_buffer_utilization", "gauge"},
+        {"voice_embedding_cache_size", "gauge"},      {"translation_cache_hit_rate", "gauge"},
+        {"process_cpu_seconds_total", "counter"},     {"process_resident_memory_bytes", "gauge"},
+        {"process_open_fds", "gauge"},                {"process_start_time_seconds", "gauge"},
+    };
+    for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+        const char *t = type_of(&E, spec[i][0]);
+        if (!t) fail_msg("%s: no TYPE line", spec[i][0]);
+        assert_string_equal(t, spec[i][1]);
+        assert_non_null(help_of(&E, spec[i][0]));
+    }
+    /* the queue of every tier of the pipeline has its depth and wait */
+    static const char *const queues[] = {"input", "stt", "mt", "tts", "playback"};
+    for (size_t i = 0; i < 5; i++) {
+        char lbl[64];
+        snprintf(lbl, sizeof lbl, "queue=\"%s\"", queues[i]);
+        assert_non_null(find(&E, "queue_depth", lbl));
+        assert_non_null(find(&E, "queue_wait_time_milliseconds_count", lbl));
+    }
+    /* the mock call's phrases went through MT's translation cache */
+    assert_non_null(find(&E, "translation_cache_hit_rate", "component=\"mt-a\""));
     assert_string_equal(type_of(&E, "translation_latency_seconds"), "histogram");
     assert_non_null(find(&E, "translation_latency_seconds_count",
                          "source_lang=\"en\",target_lang=\"es\",stage=\"total\""));
@@ -683,7 +712,8 @@ static void test_half_open_client(void **state) {
     req q;
     get(F, "/metrics", &q);
     assert_int_equal(q.r.status, 200);
-    assert_true(q.seconds < 1.0);
+    /* answered while the half-open client still holds its connection */
+    assert_false(holder_done(&H));
     printf("# scrape beside a half-open client: %.1f ms\n", q.seconds * 1e3);
     httpc_free(&q.r);
     /* idle_timeout = 1: gone within about two seconds, long before the
@@ -726,8 +756,9 @@ static void test_render_1000_series(void **state) {
         free_expo(&E);
         httpc_free(&q.r);
     }
+    /* the figure only: time targets live in `make bench` (bench_calls
+     * scrapes during 1000 calls), not in a unit test on a noisy machine */
     printf("# render (snapshot + format) with 1000 histogram series: best of 5 %.2f ms\n", best * 1e3);
-    assert_true(best < 0.25); /* a scrape must not stall the calls' loop */
 
     /* a reader that stalls: tiny receive window, never reads */
     holder H = {.port = F->port,
@@ -741,10 +772,10 @@ static void test_render_1000_series(void **state) {
         tu_run_until(F->c, NULL, NULL, 0.01);
     get(F, "/healthz", &q);
     assert_int_equal(q.r.status, 200);
-    assert_true(q.seconds < 1.0);
     httpc_free(&q.r);
     scrape(F, &E, &q);
-    assert_true(q.seconds < 2.0);
+    /* both answered while the stalled reader still holds its connection */
+    assert_false(holder_done(&H));
     free_expo(&E);
     httpc_free(&q.r);
     void *none[] = {F->c, (void *)(intptr_t)0};
@@ -760,9 +791,9 @@ static void timer_fired(struct ev_loop *loop, ev_timer *w, int revents) { *(int 
 
 static void test_destroy_with_open_connections(void **state) {
     fx *F = *state;
-    holder H = {.port = F->port, .send = "GET /metrics HTTP/1.1\r\nHost: x\r\n", .hold = 1.0};
+    holder H = {.port = F->port, .send = "GET /metrics HTTP/1.1\r\nHost: x\r\n", .hold = 3.0};
     holder S = {.port = F->port, .send = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", .rcvbuf = 2048,
-                .hold = 1.0};
+                .hold = 3.0};
     pthread_t t1, t2;
     assert_int_equal(pthread_create(&t1, NULL, holder_main, &H), 0);
     assert_int_equal(pthread_create(&t2, NULL, holder_main, &S), 0);
@@ -772,10 +803,11 @@ static void test_destroy_with_open_connections(void **state) {
     assert_int_equal(tu_health_int(F->c, "prom", "connections"), 2);
     tu_run_until(F->c, NULL, NULL, 0.2); /* the second is mid-response */
     struct ev_loop *loop = F->c->loop;
-    double d0 = now_s();
     core_free(F->c); /* destroys the instance */
     F->c = NULL;
-    assert_true(now_s() - d0 < 2.0);
+    /* without waiting for either client */
+    assert_false(holder_done(&H));
+    assert_false(holder_done(&S));
     assert_false(tu_log_has("did not finish destroying"));
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);
