@@ -252,31 +252,19 @@ static void visit(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud, i
         size_t i = 0;
         for (tolk_series *s = m->series; s; s = s->next) list[i++] = s;
         pthread_mutex_unlock(&m->lock);
-        if (n == 0 && empty_too) {
-            tolk_metric_sample smp = {.size = sizeof smp,
-                                      .name = m->name,
-                                      .help = m->help,
-                                      .type = m->type,
-                                      .nlabels = m->nlabels,
-                                      .label_names = (const char *const *)m->labels,
-                                      .nbuckets = m->nbounds,
-                                      .bounds = m->bounds,
-                                      .cumulative = cum};
-            fn(ud, &smp);
-        }
+        tolk_metric_sample smp = {.size = sizeof smp,
+                                  .name = m->name,
+                                  .help = m->help,
+                                  .type = m->type,
+                                  .nlabels = m->nlabels,
+                                  .label_names = (const char *const *)m->labels,
+                                  .nbuckets = m->nbounds,
+                                  .bounds = m->bounds,
+                                  .cumulative = cum};
+        if (n == 0 && empty_too) fn(ud, &smp); /* label_values NULL: a family without series */
         for (i = 0; i < n; i++) {
             tolk_series *s = list[i];
-            tolk_metric_sample smp = {.size = sizeof smp,
-                                      .name = m->name,
-                                      .help = m->help,
-                                      .type = m->type,
-                                      .nlabels = m->nlabels,
-                                      .label_names = (const char *const *)m->labels,
-                                      /* never NULL for a series: NULL marks a family without any */
-                                      .label_values = s->values ? (const char *const *)s->values : no_values,
-                                      .nbuckets = m->nbounds,
-                                      .bounds = m->bounds,
-                                      .cumulative = cum};
+            smp.label_values = s->values ? (const char *const *)s->values : no_values;
             pthread_mutex_lock(&m->lock);
             smp.value = s->value;
             smp.count = s->count;

@@ -57,6 +57,35 @@ static void find_hist(void *ud, const tolk_metric_sample *s) {
     strncpy(w->lbl, s->label_values[0], sizeof w->lbl - 1);
 }
 
+typedef struct fam_seen {
+    int empty, series;
+} fam_seen;
+
+static void count_t_faults(void *ud, const tolk_metric_sample *s) {
+    fam_seen *f = ud;
+    if (strcmp(s->name, "t_faults_total")) return;
+    if (s->label_values)
+        f->series++;
+    else
+        f->empty++;
+}
+
+/* Exporters announce every family: one without series is visited once,
+ * marked by label_values == NULL, and only by metrics_visit_families(). */
+static void test_family_without_series_is_visited(void **state) {
+    tolk_metric *m = metrics_family("t_faults_total", "e", TOLK_METRIC_COUNTER, "component", NULL, 0);
+    fam_seen a = {0}, b = {0}, c = {0};
+    metrics_visit_families(count_t_faults, &a);
+    metrics_visit(count_t_faults, &b);
+    assert_int_equal(a.empty, 1);
+    assert_int_equal(a.series, 0);
+    assert_int_equal(b.empty + b.series, 0);
+    metrics_add(metrics_series_v(m, "mt-a", NULL), 1);
+    metrics_visit_families(count_t_faults, &c);
+    assert_int_equal(c.empty, 0);
+    assert_int_equal(c.series, 1);
+}
+
 static void test_histogram_cumulative(void **state) {
     static const double b[] = {0.1, 0.5, 1.0};
     tolk_metric *m = metrics_family("t_latency_seconds", "h", TOLK_METRIC_HISTOGRAM, "stage", b, 3);
@@ -110,6 +139,7 @@ int main(void) {
         cmocka_unit_test(test_bad_names_refused),
         cmocka_unit_test(test_series_by_labels),
         cmocka_unit_test(test_histogram_cumulative),
+        cmocka_unit_test(test_family_without_series_is_visited),
         cmocka_unit_test(test_concurrent_updates_are_exact),
     };
     int rc = cmocka_run_group_tests_name("metrics", tests, NULL, NULL);
