@@ -41,6 +41,8 @@
 
 #include <tolk/plugin.h>
 
+#include "mock_fault.h"
+
 static const tolk_option mt_mock_options[] = {
     {.key = "latency_ms", .type = TOLK_OPT_INT, .default_value = "20", .min = 0, .max = 600000,
      .help = "delay before every answer, in ms (0 still answers from a timer)"},
@@ -62,58 +64,6 @@ static const tolk_option mt_mock_options[] = {
      .help = "answer with bytes that are not UTF-8, mixed with control characters"},
     {.key = NULL},
 };
-
-/* ------------------------------------------------------------------ */
-/* Fault injection (the same rules in all three mocks)                 */
-
-typedef struct fault_cfg {
-    int64_t fail_every, fail_after;
-    tolk_status fail_status;
-    int hang, garbage;
-} fault_cfg;
-
-typedef struct fault_count {
-    uint64_t requests, failures, successes;
-} fault_count;
-
-typedef enum fault_fate { FATE_OK, FATE_FAIL, FATE_HANG } fault_fate;
-
-static int fail_status_parse(const char *s, tolk_status *st)
-{
-    static const struct {
-        const char *name;
-        tolk_status st;
-    } names[] = {{"backend", TOLK_E_BACKEND},
-                 {"again", TOLK_E_AGAIN},
-                 {"fatal", TOLK_E_FATAL},
-                 {"timeout", TOLK_E_TIMEOUT}};
-    for (size_t i = 0; s && i < sizeof names / sizeof names[0]; i++) {
-        if (!strcmp(s, names[i].name)) {
-            *st = names[i].st;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-static int fault_failing(const fault_cfg *f, const fault_count *c)
-{
-    return f->fail_after > 0 && c->successes >= (uint64_t)f->fail_after;
-}
-
-/* Decided when a request arrives, so the outcome depends only on the order
- * of requests, not on timing. */
-static fault_fate fault_decide(const fault_cfg *f, fault_count *c)
-{
-    c->requests++;
-    if (f->hang) return FATE_HANG;
-    if (fault_failing(f, c) || (f->fail_every > 0 && c->requests % (uint64_t)f->fail_every == 0)) {
-        c->failures++;
-        return FATE_FAIL;
-    }
-    c->successes++;
-    return FATE_OK;
-}
 
 /* ------------------------------------------------------------------ */
 /* State                                                               */
@@ -446,16 +396,7 @@ static void mt_mock_cancel(void *self, tolk_request *r)
 
 static tolk_status mt_mock_check_config(const json_t *cfg, tolk_config_error *err)
 {
-    /* No host here: read the jansson object directly. */
-    const json_t *v = json_object_get(cfg, "fail_status");
-    tolk_status st;
-    if (v && fail_status_parse(json_string_value(v), &st)) {
-        err->key = "fail_status";
-        snprintf(err->message, sizeof err->message,
-                 "must be \"backend\", \"again\", \"fatal\" or \"timeout\"");
-        return TOLK_E_INVAL;
-    }
-    return TOLK_OK;
+    return fault_check_config(cfg, err);
 }
 
 static void mt_mock_destroy(void *self)
@@ -513,12 +454,7 @@ static tolk_status mt_mock_create(const tolk_host *host, tolk_instance *inst, co
     m->host = host;
     m->inst = inst;
     m->latency_ms = host->cfg_int(cfg, "latency_ms");
-    m->fault.fail_every = host->cfg_int(cfg, "fail_every");
-    m->fault.fail_after = host->cfg_int(cfg, "fail_after");
-    m->fault.hang = host->cfg_bool(cfg, "hang");
-    m->fault.garbage = host->cfg_bool(cfg, "garbage");
-    if (fail_status_parse(host->cfg_string(cfg, "fail_status"), &m->fault.fail_status)) {
-        host->log(inst, TOLK_LOG_ERR, "fail_status: unknown value");
+    if (fault_read(host, inst, cfg, &m->fault)) {
         mt_mock_destroy(m);
         return TOLK_E_INVAL;
     }

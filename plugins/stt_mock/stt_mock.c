@@ -54,6 +54,8 @@
 
 #include <tolk/plugin.h>
 
+#include "mock_fault.h"
+
 #define MS_SAMPLES(ms) ((uint64_t)(ms) * (TOLK_SAMPLE_RATE / 1000))
 #define DEFAULT_PHRASE "hello world"
 #define FINAL_CONFIDENCE 0.9
@@ -89,58 +91,6 @@ static const tolk_option stt_mock_options[] = {
              "the segment's sound, so any stream given the same audio says the same)"},
     {.key = NULL},
 };
-
-/* ------------------------------------------------------------------ */
-/* Fault injection (the same rules in all three mocks)                 */
-
-typedef struct fault_cfg {
-    int64_t fail_every, fail_after;
-    tolk_status fail_status;
-    int hang, garbage;
-} fault_cfg;
-
-typedef struct fault_count {
-    uint64_t requests, failures, successes;
-} fault_count;
-
-typedef enum fault_fate { FATE_OK, FATE_FAIL, FATE_HANG } fault_fate;
-
-static int fail_status_parse(const char *s, tolk_status *st)
-{
-    static const struct {
-        const char *name;
-        tolk_status st;
-    } names[] = {{"backend", TOLK_E_BACKEND},
-                 {"again", TOLK_E_AGAIN},
-                 {"fatal", TOLK_E_FATAL},
-                 {"timeout", TOLK_E_TIMEOUT}};
-    for (size_t i = 0; s && i < sizeof names / sizeof names[0]; i++) {
-        if (!strcmp(s, names[i].name)) {
-            *st = names[i].st;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-static int fault_failing(const fault_cfg *f, const fault_count *c)
-{
-    return f->fail_after > 0 && c->successes >= (uint64_t)f->fail_after;
-}
-
-/* Decided when a request arrives, so the outcome depends only on the order
- * of requests, not on timing. */
-static fault_fate fault_decide(const fault_cfg *f, fault_count *c)
-{
-    c->requests++;
-    if (f->hang) return FATE_HANG;
-    if (fault_failing(f, c) || (f->fail_every > 0 && c->requests % (uint64_t)f->fail_every == 0)) {
-        c->failures++;
-        return FATE_FAIL;
-    }
-    c->successes++;
-    return FATE_OK;
-}
 
 /* ------------------------------------------------------------------ */
 /* State                                                               */
@@ -558,20 +508,6 @@ static void stt_mock_close(void *state)
 /* ------------------------------------------------------------------ */
 /* Instance                                                            */
 
-static tolk_status check_fail_status(const json_t *cfg, tolk_config_error *err)
-{
-    /* No host here: read the jansson object directly. */
-    const json_t *v = json_object_get(cfg, "fail_status");
-    tolk_status st;
-    if (v && fail_status_parse(json_string_value(v), &st)) {
-        err->key = "fail_status";
-        snprintf(err->message, sizeof err->message,
-                 "must be \"backend\", \"again\", \"fatal\" or \"timeout\"");
-        return TOLK_E_INVAL;
-    }
-    return TOLK_OK;
-}
-
 static tolk_status stt_mock_check_config(const json_t *cfg, tolk_config_error *err)
 {
     const char *choose = json_string_value(json_object_get(cfg, "choose"));
@@ -580,7 +516,7 @@ static tolk_status stt_mock_check_config(const json_t *cfg, tolk_config_error *e
         snprintf(err->message, sizeof err->message, "'%s' is not one of sequence, audio", choose);
         return TOLK_E_INVAL;
     }
-    return check_fail_status(cfg, err);
+    return fault_check_config(cfg, err);
 }
 
 static void stt_mock_destroy(void *self)
@@ -613,12 +549,7 @@ static tolk_status stt_mock_create(const tolk_host *host, tolk_instance *inst, c
     m->latency_ms = host->cfg_int(cfg, "latency_ms");
     m->drop_after_ms = host->cfg_int(cfg, "drop_after_ms");
     m->choose_audio = !strcmp(host->cfg_string(cfg, "choose"), "audio");
-    m->fault.fail_every = host->cfg_int(cfg, "fail_every");
-    m->fault.fail_after = host->cfg_int(cfg, "fail_after");
-    m->fault.hang = host->cfg_bool(cfg, "hang");
-    m->fault.garbage = host->cfg_bool(cfg, "garbage");
-    if (fail_status_parse(host->cfg_string(cfg, "fail_status"), &m->fault.fail_status)) {
-        host->log(inst, TOLK_LOG_ERR, "fail_status: unknown value");
+    if (fault_read(host, inst, cfg, &m->fault)) {
         free(m);
         return TOLK_E_INVAL;
     }
