@@ -3,7 +3,9 @@
  *   core-added latency (end of phrase -> first translated frame, minus the
  *   mocks' configured delays) p50/p99, playback jitter p99 (deviation from
  *   each talkspurt's 20 ms grid, measured by the transport), frames lost,
- *   CPU seconds per call-minute and RSS per call. Meanwhile a client
+ *   CPU seconds per call-minute, RSS per call and heap in use per call
+ *   (glibc's count of allocated bytes: what the calls hold, whether or not
+ *   freed memory went back to the system). Meanwhile a client
  *   scrapes the Prometheus exporter (on the same loop) twice a second, as
  *   a monitoring system would (more often): the figures include its cost,
  *   and the scrape times are printed.
@@ -15,6 +17,7 @@
  * later; MT answers after LATENCY_MT; TTS's first chunk comes LATENCY_TTS
  * after the request. */
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -203,6 +206,7 @@ int main(int argc, char **argv) {
     c->obs = (core_observer){.phrase = on_phrase, .ud = &b};
     if (core_load(c) != 0) return 1;
     double rss_loaded = rss_bytes();
+    double heap_loaded = (double)mallinfo2().uordblks;
     core_start_transports(c);
     /* warm up: every call started and through its first phrase */
     run_for(c, 6);
@@ -214,11 +218,13 @@ int main(int argc, char **argv) {
     if (pthread_create(&scraper_thread, NULL, scraper_main, &S) != 0) return 1;
     double cpu0 = cpu_seconds(), t0 = mono_now();
     b.measuring = 1;
-    double rss_peak = 0;
+    double rss_peak = 0, heap_peak = 0;
     for (double t = 0; t < seconds; t += 1) {
         run_for(c, 1);
         double r = rss_bytes();
         if (r > rss_peak) rss_peak = r;
+        struct mallinfo2 mi = mallinfo2();
+        if ((double)mi.uordblks > heap_peak) heap_peak = (double)mi.uordblks;
     }
     double cpu = cpu_seconds() - cpu0, wall = mono_now() - t0;
     double frames = metrics_value(c->m.frames_s) - frames0;
@@ -255,9 +261,10 @@ int main(int argc, char **argv) {
            jnum(h, "feed_lag_max_ms", NULL));
     printf("  CPU                 %.3f s per call-minute (%.1f%% of one core for %zu calls)\n",
            call_minutes > 0 ? cpu / call_minutes : NAN, 100.0 * cpu / wall, active);
-    printf("  RSS                 %.1f KiB per call (peak %.1f MiB, %.1f MiB before calls, %.1f MiB at start)\n",
+    printf("  RSS                 %.1f KiB per call (peak %.1f MiB, %.1f MiB before calls, %.1f MiB at start); "
+           "heap in use %.1f KiB per call\n",
            (rss_peak - rss_loaded) / 1024.0 / calls, rss_peak / 1048576.0, rss_loaded / 1048576.0,
-           rss0 / 1048576.0);
+           rss0 / 1048576.0, (heap_peak - heap_loaded) / 1024.0 / calls);
     qsort(S.ms, S.n, sizeof(double), cmp);
     printf("  /metrics scrapes    %zu (%zu failed), %zu bytes; wall p50 %.2f ms  p99 %.2f ms  max %.2f ms; "
            "render (loop busy) max %.2f ms\n",

@@ -10,6 +10,7 @@
 #include <tolk/plugin.h>
 
 #include "conf.h"
+#include "framebuf.h"
 #include "loader.h"
 #include "loop.h"
 #include "util.h"
@@ -188,8 +189,7 @@ struct direction {
     double arrival[ARRIVAL_RING];
     /* audio since the last final result, replayed into a new stream when
      * the recogniser fails: samples [replay_start, samples_in) */
-    int16_t *replay;
-    size_t replay_len, replay_cap;
+    framebuf replay;
     uint64_t replay_start;
     int replay_voiced;
     double speech_since; /* mono time speech began with no result since; 0: none */

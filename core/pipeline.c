@@ -20,7 +20,7 @@
 #include "mtcache.h"
 #include "pipeline.h"
 
-#define REPLAY_PREROLL (15 * TOLK_FRAME_SAMPLES) /* 300 ms of silence kept before speech */
+#define REPLAY_PREROLL 15 /* frames: 300 ms of silence kept before speech */
 #define VOICED_RMS 200
 
 static const tolk_stt *stt_of(tolk_instance *i) { return (const tolk_stt *)i->desc; }
@@ -422,10 +422,10 @@ static int frame_voiced(const int16_t *f) {
 }
 
 /* Keeps the audio a new stream would need: from the last final result on,
- * without long leading silence, at most replay_seconds. */
+ * without long leading silence, at most replay_seconds; in whole frames. */
 static void replay_append(direction *d, const int16_t *frame, int voiced) {
     const conf_recovery *rc = &d->ch->gen->conf->recovery;
-    size_t max = (size_t)(rc->replay_seconds * TOLK_SAMPLE_RATE);
+    size_t max = (size_t)(rc->replay_seconds * TOLK_SAMPLE_RATE) / TOLK_FRAME_SAMPLES;
     if (max == 0) {
         d->replay_start = d->samples_in;
         return;
@@ -433,39 +433,23 @@ static void replay_append(direction *d, const int16_t *frame, int voiced) {
     if (voiced) d->replay_voiced = 1;
     size_t keep = d->replay_voiced ? max : REPLAY_PREROLL;
     if (keep > max) keep = max;
-    if (d->replay_len + TOLK_FRAME_SAMPLES > keep) {
-        size_t drop = d->replay_len + TOLK_FRAME_SAMPLES - keep;
-        if (drop > d->replay_len) drop = d->replay_len;
-        memmove(d->replay, d->replay + drop, (d->replay_len - drop) * sizeof(int16_t));
-        d->replay_len -= drop;
-        d->replay_start += drop;
+    if (d->replay.frames + 1 > keep) {
+        size_t drop = d->replay.frames + 1 - keep;
+        framebuf_drop(&d->replay, drop);
+        d->replay_start += (uint64_t)drop * TOLK_FRAME_SAMPLES;
     }
-    if (d->replay_len + TOLK_FRAME_SAMPLES > d->replay_cap) {
-        size_t cap = d->replay_cap ? d->replay_cap * 2 : 16 * TOLK_FRAME_SAMPLES;
-        while (cap < d->replay_len + TOLK_FRAME_SAMPLES) cap *= 2;
-        d->replay = xrealloc(d->replay, cap * sizeof(int16_t));
-        d->replay_cap = cap;
-    }
-    memcpy(d->replay + d->replay_len, frame, TOLK_FRAME_SAMPLES * sizeof(int16_t));
-    d->replay_len += TOLK_FRAME_SAMPLES;
+    framebuf_push(&d->replay, frame);
 }
 
 /* A final result covers everything up to its end: that audio will not be
- * needed again. */
+ * needed again. Whole frames: the frame the result ends in is kept. */
 static void replay_trim(direction *d, uint64_t upto) {
     if (upto <= d->replay_start) return;
-    size_t drop = (size_t)(upto - d->replay_start);
-    if (drop > d->replay_len) drop = d->replay_len;
-    memmove(d->replay, d->replay + drop, (d->replay_len - drop) * sizeof(int16_t));
-    d->replay_len -= drop;
-    d->replay_start += drop;
     d->replay_voiced = 0;
-    /* a long phrase's memory goes back once it is recognised */
-    if (d->replay_len == 0 && d->replay_cap > 64 * TOLK_FRAME_SAMPLES) {
-        free(d->replay);
-        d->replay = NULL;
-        d->replay_cap = 0;
-    }
+    size_t drop = (size_t)((upto - d->replay_start) / TOLK_FRAME_SAMPLES);
+    if (drop > d->replay.frames) drop = d->replay.frames;
+    framebuf_drop(&d->replay, drop);
+    d->replay_start += (uint64_t)drop * TOLK_FRAME_SAMPLES;
 }
 
 static int stream_open(direction *d, tolk_status *why) {
@@ -496,10 +480,15 @@ static void stream_reopen(direction *d) {
     /* the new stream starts where the kept audio starts */
     d->stream_base = d->replay_start;
     log_msg(TOLK_LOG_INFO, "recovery", "%s: %s->%s: stream reopened on %s, replaying %.2f s of audio",
-            ch->id, d->from, d->to, d->stream.inst->name, (double)d->replay_len / TOLK_SAMPLE_RATE);
-    for (size_t off = 0; off + TOLK_FRAME_SAMPLES <= d->replay_len && d->stream.open;
-         off += TOLK_FRAME_SAMPLES) {
-        tolk_status st = stt_of(d->stream.inst)->feed(d->stream.state, d->replay + off, TOLK_FRAME_SAMPLES);
+            ch->id, d->from, d->to, d->stream.inst->name, (double)d->replay.frames * TOLK_FRAME_SECONDS);
+    /* by position, not by pointer: a result delivered from inside feed()
+     * may trim the buffer under this loop */
+    uint64_t end = d->replay_start + (uint64_t)d->replay.frames * TOLK_FRAME_SAMPLES;
+    for (uint64_t pos = d->replay_start; pos < end && d->stream.open; pos += TOLK_FRAME_SAMPLES) {
+        if (pos < d->replay_start) continue;
+        const int16_t *frame = framebuf_at(&d->replay, (size_t)((pos - d->replay_start) / TOLK_FRAME_SAMPLES));
+        if (!frame) break;
+        tolk_status st = stt_of(d->stream.inst)->feed(d->stream.state, frame, TOLK_FRAME_SAMPLES);
         if (st < 0) {
             stream_recover(d, st, TOLK_SEV_HIGH, "feed failed during replay");
             return;
@@ -629,7 +618,7 @@ void pipeline_frame(direction *d, const int16_t *frame) {
     if (!d->stream.open) {
         /* recovering: the frame waits in the replay buffer, which keeps
          * at most replay_seconds; what falls out of it is not heard */
-        size_t kept = d->replay_len / TOLK_FRAME_SAMPLES, was = d->unfed;
+        size_t kept = d->replay.frames, was = d->unfed;
         d->unfed = d->unfed + 1 < kept ? d->unfed + 1 : kept;
         queue_depth(c, Q_INPUT, (double)d->unfed - (double)was);
         return;
@@ -730,9 +719,7 @@ void pipeline_cancel(direction *d) {
     }
     d->marks_tail = NULL;
     if (tb && !tb_marked) phrase_free(tb);
-    free(d->replay);
-    d->replay = NULL;
-    d->replay_len = d->replay_cap = 0;
+    framebuf_clear(&d->replay);
     queue_depth(c, Q_INPUT, -(double)d->unfed);
     d->unfed = 0;
     if (d->stt_pending) queue_depth(c, Q_STT, -1);
