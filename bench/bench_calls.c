@@ -95,6 +95,7 @@ static double rss_bytes(void) {
 typedef struct scraper {
     int port;
     volatile int stop;
+    int off; /* TOLK_BENCH_NO_SCRAPE set: the scraper only waits */
     double ms[MAX_SCRAPES];
     size_t n, bytes, failed;
 } scraper;
@@ -118,12 +119,16 @@ static size_t scrape_once(int port) {
 static void *scraper_main(void *ud) {
     scraper *S = ud;
     while (!S->stop) {
+        if (S->off) {
+            usleep(10000);
+            continue;
+        }
         double t0 = mono_now();
         size_t got = scrape_once(S->port);
         double dt = (mono_now() - t0) * 1000.0;
         if (got == 0) S->failed++;
         else if (S->n < MAX_SCRAPES) S->ms[S->n++] = dt, S->bytes = got;
-        usleep(500000);
+        for (int i = 0; i < 50 && !S->stop; i++) usleep(10000);
     }
     return NULL;
 }
@@ -212,7 +217,7 @@ int main(int argc, char **argv) {
     run_for(c, 6);
     double frames0 = metrics_value(c->m.frames_s);
     json_t *ph = health(c, "prom");
-    scraper S = {.port = (int)jnum(ph, "port", NULL)};
+    scraper S = {.port = (int)jnum(ph, "port", NULL), .off = getenv("TOLK_BENCH_NO_SCRAPE") != NULL};
     json_decref(ph);
     pthread_t scraper_thread;
     if (pthread_create(&scraper_thread, NULL, scraper_main, &S) != 0) return 1;
