@@ -1,7 +1,7 @@
 /*
  * Fault injection for the mock plugins (stt_mock, mt_mock, tts_mock): the
  * same settings and the same rules in each, so a test reads alike whichever
- * stage it breaks. Header-only (static functions): each mock stays one
+ * stage it breaks. Header-only (static inline functions): each mock stays one
  * self-contained .so.
  *
  *   fail_every   every Nth request fails (0 = off)
@@ -36,7 +36,7 @@ typedef struct fault_count {
 
 typedef enum fault_fate { FATE_OK, FATE_FAIL, FATE_HANG } fault_fate;
 
-static int fail_status_parse(const char *s, tolk_status *st)
+static inline int fail_status_parse(const char *s, tolk_status *st)
 {
     static const struct {
         const char *name;
@@ -56,7 +56,7 @@ static int fail_status_parse(const char *s, tolk_status *st)
 
 /* For check_config(): there is no host there, so the jansson object is
  * read directly. */
-static tolk_status fault_check_config(const json_t *cfg, tolk_config_error *err)
+static inline tolk_status fault_check_config(const json_t *cfg, tolk_config_error *err)
 {
     const json_t *v = json_object_get(cfg, "fail_status");
     tolk_status st;
@@ -70,7 +70,7 @@ static tolk_status fault_check_config(const json_t *cfg, tolk_config_error *err)
 }
 
 /* For create(): -1 (logged) on an unknown fail_status. */
-static int fault_read(const tolk_host *host, tolk_instance *inst, const json_t *cfg, fault_cfg *f)
+static inline int fault_read(const tolk_host *host, tolk_instance *inst, const json_t *cfg, fault_cfg *f)
 {
     f->fail_every = host->cfg_int(cfg, "fail_every");
     f->fail_after = host->cfg_int(cfg, "fail_after");
@@ -83,12 +83,12 @@ static int fault_read(const tolk_host *host, tolk_instance *inst, const json_t *
     return 0;
 }
 
-static int fault_failing(const fault_cfg *f, const fault_count *c)
+static inline int fault_failing(const fault_cfg *f, const fault_count *c)
 {
     return f->fail_after > 0 && c->successes >= (uint64_t)f->fail_after;
 }
 
-static fault_fate fault_decide(const fault_cfg *f, fault_count *c)
+static inline fault_fate fault_decide(const fault_cfg *f, fault_count *c)
 {
     c->requests++;
     if (f->hang) return FATE_HANG;

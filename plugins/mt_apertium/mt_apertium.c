@@ -72,6 +72,8 @@
 
 #include <tolk/plugin.h>
 
+#include "sbuf.h"
+
 #define MAX_STAGES 32
 #define MAX_ARGS 64
 #define MODE_FILE_MAX 65536
@@ -134,43 +136,6 @@ static void msgf(char *buf, size_t len, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, len, fmt, ap);
     va_end(ap);
-}
-
-/* ------------------------------------------------------------------ */
-/* Growable string                                                     */
-
-typedef struct sbuf {
-    char *s;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *p, size_t n)
-{
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *s = realloc(b->s, cap);
-        if (!s) {
-            b->oom = 1;
-            return;
-        }
-        b->s = s;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, p, n);
-    b->n += n;
-    b->s[b->n] = '\0';
-}
-
-static void sb_chr(sbuf *b, char c) { sb_add(b, &c, 1); }
-static void sb_str(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
-
-static void sb_free(sbuf *b)
-{
-    free(b->s);
-    memset(b, 0, sizeof *b);
 }
 
 /* ------------------------------------------------------------------ */

@@ -42,6 +42,7 @@
 #include <tolk/plugin.h>
 
 #include "mock_fault.h"
+#include "sbuf.h"
 
 static const tolk_option mt_mock_options[] = {
     {.key = "latency_ms", .type = TOLK_OPT_INT, .default_value = "20", .min = 0, .max = 600000,
@@ -99,47 +100,6 @@ struct mt_mock {
     mt_job *jobs;
     size_t npending;
 };
-
-/* ------------------------------------------------------------------ */
-/* Growable string                                                     */
-
-typedef struct sbuf {
-    char *s;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *p, size_t n)
-{
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *s = realloc(b->s, cap);
-        if (!s) {
-            b->oom = 1;
-            return;
-        }
-        b->s = s;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, p, n);
-    b->n += n;
-    b->s[b->n] = '\0';
-}
-
-static void sb_str(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
-
-/* The string, or NULL (and nothing allocated) if memory ran out. */
-static char *sb_take(sbuf *b)
-{
-    if (!b->oom && !b->s) sb_add(b, "", 0);
-    if (b->oom) {
-        free(b->s);
-        return NULL;
-    }
-    return b->s;
-}
 
 /* ------------------------------------------------------------------ */
 /* Words                                                               */
