@@ -7,21 +7,7 @@ B=${top_builddir:?}
 S=${top_srcdir:?}
 T=$(mktemp -d /tmp/tolk-cli-XXXXXX)
 trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-check() {
-    desc=$1
-    shift
-    if "$@"; then
-        pass=$((pass + 1))
-        echo "ok - $desc"
-    else
-        fail=$((fail + 1))
-        echo "not ok - $desc"
-    fi
-}
-wav_u16() { od -An -tu2 -j"$2" -N2 "$1" | tr -d ' '; }
-wav_u32() { od -An -tu4 -j"$2" -N4 "$1" | tr -d ' '; }
+. "$S/tests/checklib.sh"
 TR="$B/tolk-translate -c $S/examples/mock/conf.d"
 
 # --- tolk-translate on the shipped (mock) pipeline ---
@@ -170,5 +156,4 @@ check "tolkd rejected the bad reload with FILE:LINE" grep -q "30-mt.conf:1: unkn
 check "tolkd took calls" grep -q "open via calls" "$T/tolkd.log"
 check "pid file removed" [ ! -e "$T/tolkd.pid" ]
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+check_summary

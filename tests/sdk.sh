@@ -7,13 +7,7 @@ B=${top_builddir:?}
 S=${top_srcdir:?}
 T=$(mktemp -d /tmp/tolk-sdk-XXXXXX)
 trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-check() {
-    desc=$1
-    shift
-    if "$@"; then pass=$((pass + 1)); echo "ok - $desc"; else fail=$((fail + 1)); echo "not ok - $desc"; fi
-}
+. "$S/tests/checklib.sh"
 STAGE="$T/stage"
 ${MAKE:-make} -C "$B" install DESTDIR="$STAGE" >"$T/install.log" 2>&1
 check "make install into a staging directory" [ $? -eq 0 ]
@@ -44,5 +38,4 @@ check "tolk-translate runs with the skeleton as MT" [ $? -eq 0 ]
 check "the skeleton translated (upper case + suffix)" grep -q '"translation":"HELLO, HOW ARE YOU TODAY!"' "$T/out.json"
 check "the skeleton served the phrase" grep -q '"mt":"mt-skel"' "$T/out.json"
 [ $fail -eq 0 ] || cat "$T/out.json"
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+check_summary

@@ -7,21 +7,7 @@ B=${top_builddir:?}
 S=${top_srcdir:?}
 T=$(mktemp -d /tmp/tolk-espeak-cli-XXXXXX)
 trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-check() {
-    desc=$1
-    shift
-    if "$@"; then
-        pass=$((pass + 1))
-        echo "ok - $desc"
-    else
-        fail=$((fail + 1))
-        echo "not ok - $desc"
-    fi
-}
-wav_u16() { od -An -tu2 -j"$2" -N2 "$1" | tr -d ' '; }
-wav_u32() { od -An -tu4 -j"$2" -N4 "$1" | tr -d ' '; }
+. "$S/tests/checklib.sh"
 
 C="$T/conf.d"
 mkdir "$C"
@@ -72,5 +58,4 @@ $TR "$T/in.wav" "$T/out-bad.wav" >/dev/null 2>"$T/err-bad"
 check "a voices entry naming no espeak voice is refused" [ $? -ne 0 ]
 check "the refusal names the voice" grep -q "'no-such-voice' (for es) is no espeak voice" "$T/err-bad"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+check_summary
