@@ -145,6 +145,7 @@ typedef struct stage {
     tolk_instance *wait_reset;
     chain *wait_chain;
     int pumping;
+    int failback; /* STT: move the stream back to the chain's first choice */
 } stage;
 
 struct phrase {

@@ -45,6 +45,7 @@ static void note_recovery(core *c, phrase *ph, stage_kind kind, const ladder *la
 static core *core_of(stage *st) { return st->dir->ch->core; }
 
 static void stage_issue(stage *st);
+static void stream_close(direction *d);
 static void stream_reopen(direction *d);
 static void stream_recover(direction *d, tolk_status status, tolk_severity sev, const char *why);
 
@@ -279,7 +280,17 @@ static void stage_failed(stage *st, tolk_status status, tolk_severity sev, const
 static void on_stage_retry(struct ev_loop *loop, ev_timer *w, int revents) {
     stage *st = CONTAINER_OF(w, stage, retry);
     if (st->kind == STAGE_STT) {
-        stream_reopen(st->dir);
+        direction *d = st->dir;
+        if (st->failback) {
+            st->failback = 0;
+            if (!d->stream.open || d->ch->ending || d->input_ended) return;
+            tolk_instance *from = stage_inst(st);
+            stream_close(d);
+            st->idx = chain_pick(st->chain);
+            log_msg(TOLK_LOG_INFO, "recovery", "%s: %s->%s: recognition back from %s to %s (failback)",
+                    d->ch->id, d->from, d->to, from->name, stage_inst(st)->name);
+        }
+        stream_reopen(d);
         return;
     }
     if (st->busy && !st->dir->ch->ending) stage_issue(st);
@@ -596,6 +607,14 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     fifo_push(&d->mt.q, ph);
     queue_depth(c, Q_MT, 1);
     stage_pump(&d->mt);
+    /* A phrase boundary is where a running call can go back to a recovered
+     * primary: the stream is replaced from a timer, outside the plugin's
+     * callback, and the new one hears the audio kept since this result. */
+    if (d->ch->gen->conf->recovery.failback_running && s->open && !d->input_ended &&
+        chain_pick(st->chain) != st->idx && !ev_is_active(&st->retry)) {
+        st->failback = 1;
+        start_timer(c, &st->retry, 0);
+    }
 }
 
 void stream_flushed(tolk_stream *s) {

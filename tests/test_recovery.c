@@ -181,6 +181,35 @@ static void test_stt_drop_mid_phrase_loses_no_words(void **state) {
     realtime = 0;
 }
 
+/* failback = "running_calls": once the primary recogniser is healthy
+ * again, a running call's stream goes back to it at the next phrase
+ * boundary (with the default, new_calls, it stays on the backup: see
+ * test_stt_drop_mid_phrase_loses_no_words). */
+static void test_running_call_fails_back_to_primary_recogniser(void **state) {
+    realtime = 1;
+    rec *R = run("soft_retries = 0; hard_reset = false; health_interval = 0.1; min_operations = 1; "
+                 "failback = \"running_calls\";",
+                 "instances = (\n"
+                 "  { name = \"stt-a\"; plugin = \"stt_mock\"; settings: { phrases = [ \"hello world\", \"thank you\", \"good morning\" ];\n"
+                 "      silence_ms = 200; latency_ms = 10; partial_ms = 0; drop_after_ms = 1400; }; },\n"
+                 "  { name = \"stt-b\"; plugin = \"stt_mock\"; settings: { phrases = [ \"thank you\", \"good morning\" ];\n"
+                 "      silence_ms = 200; latency_ms = 10; partial_ms = 0; }; } );\n",
+                 NULL,
+                 "chains = ( { name = \"stt\"; kind = \"stt\"; providers = [ \"stt-a\", \"stt-b\" ]; },\n"
+                 "  { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-a\" ]; },\n"
+                 "  { name = \"tts\"; kind = \"tts\"; providers = [ \"tts-a\" ]; } );\n");
+    assert_int_equal(R->n, 3);
+    for (size_t i = 0; i < 3; i++) assert_true(R->ok[i]);
+    assert_string_equal(R->stt[0], "stt-a");
+    assert_string_equal(R->stt[1], "stt-b");
+    assert_string_equal(R->stt[2], "stt-a");
+    assert_true(tu_log_has("recognition back from stt-b to stt-a (failback)"));
+    /* the third burst (2.2 s) is heard from its start by the primary */
+    assert_true(R->start_s[2] > 2.15 && R->start_s[2] < 2.25);
+    done(R);
+    realtime = 0;
+}
+
 /* While the recogniser is being retried, the caller's frames wait in the
  * input queue: each is observed once, with the time it waited, when the
  * new stream hears it. */
@@ -274,6 +303,7 @@ int main(void) {
         cmocka_unit_test(test_failover_to_backup),
         cmocka_unit_test(test_stt_drop_mid_phrase_loses_no_words),
         cmocka_unit_test(test_frames_wait_in_input_queue_during_stt_retry),
+        cmocka_unit_test(test_running_call_fails_back_to_primary_recogniser),
         cmocka_unit_test(test_hanging_provider_times_out),
         cmocka_unit_test(test_reset_tier_and_cooldown),
         cmocka_unit_test(test_no_backup_falls_back_to_passthrough),
