@@ -181,6 +181,31 @@ static void test_stt_drop_mid_phrase_loses_no_words(void **state) {
     realtime = 0;
 }
 
+/* failback: a running call's next phrase goes back to the recovered
+ * primary translator with "running_calls", stays on the backup with the
+ * default "new_calls". */
+static void test_running_call_fails_back_to_primary_translator(void **state) {
+    static const char *const policy[] = {"running_calls", "new_calls"};
+    static const char *const third[] = {"mt-a", "mt-b"};
+    for (int k = 0; k < 2; k++) {
+        realtime = 1;
+        char rc[256];
+        snprintf(rc, sizeof rc, "soft_retries = 0; hard_reset = false; health_interval = 0.1; "
+                                "min_operations = 1; failback = \"%s\";", policy[k]);
+        rec *R = run(rc, NULL,
+                     "instances = (\n"
+                     "  { name = \"mt-a\"; plugin = \"mt_mock\"; settings: { latency_ms = 5; fail_every = 2; " DICT " }; },\n"
+                     "  { name = \"mt-b\"; plugin = \"mt_mock\"; settings: { latency_ms = 5; " DICT " }; } );\n",
+                     mt_chain_ab);
+        assert_all_translated(R, 3);
+        assert_string_equal(R->mt[0], "mt-a");
+        assert_string_equal(R->mt[1], "mt-b");
+        assert_string_equal(R->mt[2], third[k]);
+        done(R);
+        realtime = 0;
+    }
+}
+
 /* failback = "running_calls": once the primary recogniser is healthy
  * again, a running call's stream goes back to it at the next phrase
  * boundary (with the default, new_calls, it stays on the backup: see
@@ -304,6 +329,7 @@ int main(void) {
         cmocka_unit_test(test_stt_drop_mid_phrase_loses_no_words),
         cmocka_unit_test(test_frames_wait_in_input_queue_during_stt_retry),
         cmocka_unit_test(test_running_call_fails_back_to_primary_recogniser),
+        cmocka_unit_test(test_running_call_fails_back_to_primary_translator),
         cmocka_unit_test(test_hanging_provider_times_out),
         cmocka_unit_test(test_reset_tier_and_cooldown),
         cmocka_unit_test(test_no_backup_falls_back_to_passthrough),
