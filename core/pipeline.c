@@ -281,12 +281,16 @@ static void on_stage_retry(struct ev_loop *loop, ev_timer *w, int revents) {
     stage *st = CONTAINER_OF(w, stage, retry);
     if (st->kind == STAGE_STT) {
         direction *d = st->dir;
-        if (st->failback) {
-            st->failback = 0;
-            if (!d->stream.open || d->ch->ending || d->input_ended) return;
+        int failback = st->failback;
+        st->failback = 0;
+        if (d->stream.open) {
+            /* only a failback finds the stream open; a stream that failed
+             * meanwhile is reopened where the recovery ladder says */
+            size_t want = chain_pick(st->chain);
+            if (!failback || d->ch->ending || d->input_ended || want == st->idx) return;
             tolk_instance *from = stage_inst(st);
             stream_close(d);
-            st->idx = chain_pick(st->chain);
+            st->idx = want;
             log_msg(TOLK_LOG_INFO, "recovery", "%s: %s->%s: recognition back from %s to %s (failback)",
                     d->ch->id, d->from, d->to, from->name, stage_inst(st)->name);
         }
