@@ -54,9 +54,6 @@ struct tolk_instance {
     tolk_series *health_s, *success_s;
     /* MT: translations remembered (mtcache.c), created at the first lookup */
     struct mtcache *mtcache;
-    uint8_t cache_ring[100]; /* outcome of the last lookups, 1: hit */
-    uint64_t cache_lookups;
-    unsigned cache_ring_hits;
     tolk_series *cache_rate_s, *cache_hit_s, *cache_miss_s;
 };
 
@@ -193,8 +190,8 @@ struct direction {
     framebuf replay;
     uint64_t replay_start;
     int replay_voiced;
-    double speech_since; /* mono time speech began with no result since; 0: none */
-    int stt_pending;     /* counted in queue_depth{stt}: speech heard, no final yet */
+    double speech_since; /* mono time speech began with no result since; 0: none.
+                          * Non-zero: the phrase counts in queue_depth{stt} */
     size_t unfed;        /* newest frames of the replay buffer no stream has had:
                           * queue_depth{input} while the recogniser recovers */
     phrase *marks_head, *marks_tail;

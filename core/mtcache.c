@@ -25,7 +25,18 @@ struct mtcache {
     entry **bucket;
     size_t nbucket, n;
     entry *head, *tail;
+    uint8_t recent[MTCACHE_WINDOW]; /* outcome of the last lookups, 1: hit */
+    uint64_t lookups;
+    unsigned recent_hits;
 };
+
+static void count_lookup(mtcache *mc, int hit) {
+    size_t k = (size_t)(mc->lookups % MTCACHE_WINDOW);
+    if (mc->lookups >= MTCACHE_WINDOW) mc->recent_hits -= mc->recent[k];
+    mc->recent[k] = (uint8_t)hit;
+    mc->recent_hits += (unsigned)hit;
+    mc->lookups++;
+}
 
 static uint64_t fnv1a(const char *p, size_t n) {
     uint64_t h = 1469598103934665603ULL;
@@ -100,8 +111,8 @@ static void grow(mtcache *mc) {
 const char *mtcache_get(mtcache *mc, const char *from, const char *to, const char *text) {
     char key[MTCACHE_MAX_KEY];
     size_t klen = make_key(key, from, to, text);
-    if (!mc || !klen) return NULL;
-    entry *e = *slot_of(mc, fnv1a(key, klen), key, klen);
+    entry *e = klen ? *slot_of(mc, fnv1a(key, klen), key, klen) : NULL;
+    count_lookup(mc, e != NULL);
     if (!e) return NULL;
     unlink_lru(mc, e);
     push_front(mc, e);
@@ -139,7 +150,10 @@ void mtcache_put(mtcache *mc, size_t cap, const char *from, const char *to, cons
     if (mc->n > mc->nbucket) grow(mc);
 }
 
-size_t mtcache_len(const mtcache *mc) { return mc ? mc->n : 0; }
+double mtcache_hit_rate(const mtcache *mc) {
+    size_t n = mc->lookups < MTCACHE_WINDOW ? (size_t)mc->lookups : MTCACHE_WINDOW;
+    return n ? (double)mc->recent_hits / (double)n : 0;
+}
 
 void mtcache_free(mtcache *mc) {
     if (!mc) return;

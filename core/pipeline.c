@@ -129,14 +129,8 @@ static const char *cache_lookup(core *c, tolk_instance *inst, direction *d, cons
         inst->cache_miss_s = metrics_series_v(c->m.cache_lookups, inst->name, "miss", NULL);
     }
     const char *hit = mtcache_get(inst->mtcache, d->from, d->to, text);
-    size_t n = ARRAY_LEN(inst->cache_ring), k = (size_t)(inst->cache_lookups % n);
-    if (inst->cache_lookups >= n) inst->cache_ring_hits -= inst->cache_ring[k];
-    inst->cache_ring[k] = hit != NULL;
-    inst->cache_ring_hits += hit != NULL;
-    inst->cache_lookups++;
     metrics_add(hit ? inst->cache_hit_s : inst->cache_miss_s, 1);
-    metrics_set(inst->cache_rate_s, (double)inst->cache_ring_hits /
-                                        (double)(inst->cache_lookups < n ? inst->cache_lookups : n));
+    metrics_set(inst->cache_rate_s, mtcache_hit_rate(inst->mtcache));
     return hit;
 }
 
@@ -583,11 +577,8 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     uint64_t end = d->stream_base + (t->end_sample > t->start_sample ? t->end_sample : 0);
     if (end == d->stream_base || end > d->samples_in) end = d->samples_in;
     replay_trim(d, end);
+    if (d->speech_since) queue_depth(c, Q_STT, -1);
     d->speech_since = 0;
-    if (d->stt_pending) {
-        d->stt_pending = 0;
-        queue_depth(c, Q_STT, -1);
-    }
     char *text = utf8_clean(t->text, 4096);
     if (!*text) {
         free(text);
@@ -633,9 +624,8 @@ void pipeline_frame(direction *d, const int16_t *frame) {
     int voiced = frame_voiced(frame);
     replay_append(d, frame, voiced);
     double now = mono_now();
-    if (voiced && !d->speech_since) d->speech_since = now;
-    if (d->speech_since && !d->stt_pending) {
-        d->stt_pending = 1;
+    if (voiced && !d->speech_since) {
+        d->speech_since = now;
         queue_depth(c, Q_STT, 1);
     }
     if (!d->stream.open) {
@@ -745,8 +735,8 @@ void pipeline_cancel(direction *d) {
     framebuf_clear(&d->replay);
     queue_depth(c, Q_INPUT, -(double)d->unfed);
     d->unfed = 0;
-    if (d->stt_pending) queue_depth(c, Q_STT, -1);
-    d->stt_pending = 0;
+    if (d->speech_since) queue_depth(c, Q_STT, -1);
+    d->speech_since = 0;
 }
 
 int pipeline_drained(direction *d) {
