@@ -61,17 +61,6 @@ static void on_phrase(void *ud, const phrase_report *r) {
     b->lat[b->n++] = r->latency_ms - MOCK_DELAY_MS;
 }
 
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, size_t n, double p) {
-    if (!n) return NAN;
-    size_t rank = (size_t)ceil(p / 100.0 * (double)n);
-    return v[rank ? rank - 1 : 0];
-}
-
 static double cpu_seconds(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -251,13 +240,13 @@ int main(int argc, char **argv) {
     double processed = metrics_value(c->m.frames_s);
     double lost_in = sent - processed;
 
-    qsort(b.lat, b.n, sizeof(double), cmp);
+    sort_doubles(b.lat, b.n);
     double call_minutes = (double)active * wall / 60.0;
     printf("calls=%d window=%.0fs phrases=%zu lost_phrases=%zu frames_in=%.0f\n", calls, wall, b.phrases,
            b.lost, frames);
     printf("  core-added latency  p50 %.2f ms  p99 %.2f ms  max %.2f ms  (end of phrase -> first "
            "frame, minus %d ms of mock delays)\n",
-           pct(b.lat, b.n, 50), pct(b.lat, b.n, 99), b.n ? b.lat[b.n - 1] : NAN, MOCK_DELAY_MS);
+           percentile_sorted(b.lat, b.n, 50), percentile_sorted(b.lat, b.n, 99), b.n ? b.lat[b.n - 1] : NAN, MOCK_DELAY_MS);
     printf("  playback jitter     p50 %.3f ms  p99 %.3f ms  max %.3f ms  over %.0f frames (overflow %.0f)\n",
            jnum(h, "jitter_p50_ms", NULL), jnum(h, "jitter_p99_ms", NULL), jnum(h, "jitter_max_ms", NULL),
            jnum(h, "jitter_frames", NULL), jnum(h, "jitter_overflow", NULL));
@@ -270,10 +259,10 @@ int main(int argc, char **argv) {
            "heap in use %.1f KiB per call\n",
            (rss_peak - rss_loaded) / 1024.0 / calls, rss_peak / 1048576.0, rss_loaded / 1048576.0,
            rss0 / 1048576.0, (heap_peak - heap_loaded) / 1024.0 / calls);
-    qsort(S.ms, S.n, sizeof(double), cmp);
+    sort_doubles(S.ms, S.n);
     printf("  /metrics scrapes    %zu (%zu failed), %zu bytes; wall p50 %.2f ms  p99 %.2f ms  max %.2f ms; "
            "render (loop busy) max %.2f ms\n",
-           S.n, S.failed, S.bytes, pct(S.ms, S.n, 50), pct(S.ms, S.n, 99), S.n ? S.ms[S.n - 1] : NAN,
+           S.n, S.failed, S.bytes, percentile_sorted(S.ms, S.n, 50), percentile_sorted(S.ms, S.n, 99), S.n ? S.ms[S.n - 1] : NAN,
            render_max_ms);
     fflush(stdout);
     json_decref(h);

@@ -49,17 +49,6 @@ static void on_phrase(void *ud, const phrase_report *r) {
 
 static void on_end(void *ud, tolk_channel *ch) { ((gaps *)ud)->ended++; }
 
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, size_t n, double p) {
-    if (!n) return NAN;
-    size_t rank = (size_t)ceil(p / 100.0 * (double)n);
-    return v[rank ? rank - 1 : 0];
-}
-
 static void put(const char *dir, const char *name, const char *text) {
     char path[512];
     snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -109,7 +98,7 @@ static gaps run(int calls, int fault, const char *which) {
     core_free(c);
     snprintf(buf, sizeof buf, "rm -rf %s", dir);
     if (system(buf) != 0) exit(1);
-    if (g.n) qsort(g.v, g.n, sizeof(double), cmp);
+    sort_doubles(g.v, g.n);
     return g;
 }
 
@@ -120,14 +109,14 @@ int main(int argc, char **argv) {
     gaps stt = run(calls, 1, "stt");
     printf("STT failover, %d calls in real time, mock recognisers (300 ms end-of-phrase silence + 50 ms):\n", calls);
     printf("  failures %zu; failure -> backup's first final result p50 %.0f ms, p99 %.0f ms\n", stt.n,
-           pct(stt.v, stt.n, 50), pct(stt.v, stt.n, 99));
+           percentile_sorted(stt.v, stt.n, 50), percentile_sorted(stt.v, stt.n, 99));
     printf("  (the failure comes mid-phrase: the gap includes the rest of the phrase, 300 ms of silence and 50 ms)\n");
     printf("  words recognised: %zu with failover, %zu without; words lost %ld; phrases lost %zu\n", stt.words,
            clean.words, (long)clean.words - (long)stt.words, stt.lost);
     gaps mt = run(calls, 1, "mt");
     printf("MT failover (primary fails every request, 20 ms mock latency each):\n");
     printf("  failovers %zu; failure -> backup's translation p50 %.1f ms, p99 %.1f ms; phrases lost %zu of %zu\n",
-           mt.n, pct(mt.v, mt.n, 50), pct(mt.v, mt.n, 99), mt.lost, mt.phrases);
+           mt.n, percentile_sorted(mt.v, mt.n, 50), percentile_sorted(mt.v, mt.n, 99), mt.lost, mt.phrases);
 
     /* bookkeeping: what every provider operation pays for health tracking */
     core *c = core_new(NULL, NULL);

@@ -45,20 +45,6 @@ static void usage(FILE *f) {
             TOLK_CONFDIR);
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Nearest-rank percentile over the measured values. */
-static double percentile(double *v, size_t n, double p) {
-    if (n == 0) return NAN;
-    qsort(v, n, sizeof *v, cmp_double);
-    size_t rank = (size_t)ceil(p / 100.0 * (double)n);
-    if (rank < 1) rank = 1;
-    return v[rank - 1];
-}
-
 static void json_ms(json_t *o, const char *key, double ms) {
     json_object_set_new(o, key, ms >= 0 ? json_real(round(ms * 10) / 10) : json_null());
 }
@@ -234,13 +220,14 @@ int main(int argc, char **argv) {
     if (!R.ended) ev_run(c->loop, 0);
     double wall = mono_now() - t0;
     code = R.ended ? 0 : EXIT_PIPELINE;
+    sort_doubles(R.lat, R.nlat);
     if (R.json) {
         json_t *o = json_pack("{s:b, s:I, s:I, s:I, s:f}", "summary", 1, "phrases", (json_int_t)R.phrases,
                               "lost", (json_int_t)R.lost, "recovered", (json_int_t)R.recovered,
                               "wall_s", round(wall * 100) / 100);
         if (R.realtime) {
-            json_ms(o, "latency_p50_ms", R.nlat ? percentile(R.lat, R.nlat, 50) : -1);
-            json_ms(o, "latency_p99_ms", R.nlat ? percentile(R.lat, R.nlat, 99) : -1);
+            json_ms(o, "latency_p50_ms", R.nlat ? percentile_sorted(R.lat, R.nlat, 50) : -1);
+            json_ms(o, "latency_p99_ms", R.nlat ? percentile_sorted(R.lat, R.nlat, 99) : -1);
         }
         char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
         printf("%s\n", line);
@@ -251,7 +238,7 @@ int main(int argc, char **argv) {
                R.phrases - R.lost == 1 ? "" : "s", R.lost, R.recovered, wall);
         if (R.realtime && R.nlat)
             printf("# end of phrase -> first translated frame: p50 %.0f ms, p99 %.0f ms over %zu phrases\n",
-                   percentile(R.lat, R.nlat, 50), percentile(R.lat, R.nlat, 99), R.nlat);
+                   percentile_sorted(R.lat, R.nlat, 50), percentile_sorted(R.lat, R.nlat, 99), R.nlat);
     }
 out:
     conf_errors_free(&errs);

@@ -39,3 +39,8 @@ void ptr_vec_free(ptr_vec *pv);
 char *utf8_clean(const char *s, size_t max_bytes);
 /* Whitespace-separated words. */
 size_t count_words(const char *s);
+
+/* Sorts v ascending, in place. */
+void sort_doubles(double *v, size_t n);
+/* Nearest-rank percentile (p in 0..100) of v sorted ascending; NAN if n is 0. */
+double percentile_sorted(const double *v, size_t n, double p);
