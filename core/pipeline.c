@@ -329,11 +329,16 @@ void channel_resume_after_reset(core *c, tolk_instance *inst, chain *ch) {
 
 /* ---- completions from plugins ---- */
 
+/* A completion for a request that was finished or cancelled is a plugin
+ * bug: logged and ignored. */
+static int request_live(const tolk_request *r, const char *what) {
+    if (r && r->active) return 1;
+    log_msg(TOLK_LOG_WARN, "channel", "%s for a finished or cancelled request ignored", what);
+    return 0;
+}
+
 void request_mt_done(tolk_request *r, tolk_status status, const char *text) {
-    if (!r || !r->active) {
-        log_msg(TOLK_LOG_WARN, "channel", "mt_done for a finished or cancelled request ignored");
-        return;
-    }
+    if (!request_live(r, "mt_done")) return;
     phrase *ph = r->ph;
     direction *d = ph->dir;
     stage *st = &d->mt;
@@ -387,10 +392,7 @@ void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
 }
 
 void request_tts_done(tolk_request *r, tolk_status status) {
-    if (!r || !r->active) {
-        log_msg(TOLK_LOG_WARN, "channel", "tts_done for a finished or cancelled request ignored");
-        return;
-    }
+    if (!request_live(r, "tts_done")) return;
     phrase *ph = r->ph;
     direction *d = ph->dir;
     stage *st = &d->tts;

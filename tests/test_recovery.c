@@ -93,6 +93,20 @@ static const char *mt_chain_ab =
     "  { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-a\", \"mt-b\" ]; },\n"
     "  { name = \"tts\"; kind = \"tts\"; providers = [ \"tts-a\" ]; } );\n";
 
+/* stt-a's stream drops after 1.4 s of audio, in the middle of the second
+ * burst; stt-b, its backup, knows the script from the second phrase on. */
+static const char *stt_ab_dropping =
+    "instances = (\n"
+    "  { name = \"stt-a\"; plugin = \"stt_mock\"; settings: { phrases = [ \"hello world\", \"thank you\", \"good morning\" ];\n"
+    "      silence_ms = 200; latency_ms = 10; partial_ms = 0; drop_after_ms = 1400; }; },\n"
+    "  { name = \"stt-b\"; plugin = \"stt_mock\"; settings: { phrases = [ \"thank you\", \"good morning\" ];\n"
+    "      silence_ms = 200; latency_ms = 10; partial_ms = 0; }; } );\n";
+
+static const char *stt_chain_ab =
+    "chains = ( { name = \"stt\"; kind = \"stt\"; providers = [ \"stt-a\", \"stt-b\" ]; },\n"
+    "  { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-a\" ]; },\n"
+    "  { name = \"tts\"; kind = \"tts\"; providers = [ \"tts-a\" ]; } );\n";
+
 static void assert_all_translated(rec *R, size_t n) {
     static const char *const want[] = {"hola mundo", "gracias amigo", "buenos días"};
     assert_int_equal(R->n, n);
@@ -159,15 +173,7 @@ static void test_failover_to_backup(void **state) {
 static void test_stt_drop_mid_phrase_loses_no_words(void **state) {
     realtime = 1;
     rec *R = run("soft_retries = 0; hard_reset = false;",
-                 "instances = (\n"
-                 "  { name = \"stt-a\"; plugin = \"stt_mock\"; settings: { phrases = [ \"hello world\", \"thank you\", \"good morning\" ];\n"
-                 "      silence_ms = 200; latency_ms = 10; partial_ms = 0; drop_after_ms = 1400; }; },\n"
-                 "  { name = \"stt-b\"; plugin = \"stt_mock\"; settings: { phrases = [ \"thank you\", \"good morning\" ];\n"
-                 "      silence_ms = 200; latency_ms = 10; partial_ms = 0; }; } );\n",
-                 NULL,
-                 "chains = ( { name = \"stt\"; kind = \"stt\"; providers = [ \"stt-a\", \"stt-b\" ]; },\n"
-                 "  { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-a\" ]; },\n"
-                 "  { name = \"tts\"; kind = \"tts\"; providers = [ \"tts-a\" ]; } );\n");
+                 stt_ab_dropping, NULL, stt_chain_ab);
     assert_all_translated(R, 3);
     assert_string_equal(R->stt[0], "stt-a");
     assert_string_equal(R->stt[1], "stt-b");
@@ -214,15 +220,7 @@ static void test_running_call_fails_back_to_primary_recogniser(void **state) {
     realtime = 1;
     rec *R = run("soft_retries = 0; hard_reset = false; health_interval = 0.1; min_operations = 1; "
                  "failback = \"running_calls\";",
-                 "instances = (\n"
-                 "  { name = \"stt-a\"; plugin = \"stt_mock\"; settings: { phrases = [ \"hello world\", \"thank you\", \"good morning\" ];\n"
-                 "      silence_ms = 200; latency_ms = 10; partial_ms = 0; drop_after_ms = 1400; }; },\n"
-                 "  { name = \"stt-b\"; plugin = \"stt_mock\"; settings: { phrases = [ \"thank you\", \"good morning\" ];\n"
-                 "      silence_ms = 200; latency_ms = 10; partial_ms = 0; }; } );\n",
-                 NULL,
-                 "chains = ( { name = \"stt\"; kind = \"stt\"; providers = [ \"stt-a\", \"stt-b\" ]; },\n"
-                 "  { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-a\" ]; },\n"
-                 "  { name = \"tts\"; kind = \"tts\"; providers = [ \"tts-a\" ]; } );\n");
+                 stt_ab_dropping, NULL, stt_chain_ab);
     assert_int_equal(R->n, 3);
     for (size_t i = 0; i < 3; i++) assert_true(R->ok[i]);
     assert_string_equal(R->stt[0], "stt-a");
