@@ -20,19 +20,29 @@
  *  3. Every struct that crosses the ABI starts with `uint32_t size`, the
  *     sizeof() the other side was compiled with. A reader touches a member only
  *     if it lies inside that size (TOLK_HAS); a member beyond it is NULL/0.
- *  4. Hence: the core loads a plugin built against an OLDER or EQUAL minor of its
- *     major (the plugin's tables are shorter; the core treats the missing tail as
- *     absent), and refuses a plugin built against a NEWER minor, which may rely on
- *     host services this core does not have. A plugin that wants to run on older
- *     hosts anyway checks TOLK_HOST_HAS() itself; it never sees this refusal.
- *  5. The descriptor's build_abi string fingerprints what the version number
- *     cannot: pointer and long sizes and the majors of libraries whose types
- *     cross the ABI (jansson's json_t, libev's struct ev_loop). A mismatch is
- *     refused at load.
- *
+ *  4. Hence: the core loads a plugin whose descriptor says an OLDER or EQUAL
+ *     minor of its major (the plugin's tables are shorter; the core treats the
+ *     missing tail as absent), and refuses a descriptor that says a NEWER minor.
+ *     The entry function is told the host's numbers, so a plugin built against
+ *     a newer minor that can also run on an older host says so by returning its
+ *     descriptor stamped with the host's minor (TOLK_PLUGIN_DEFINE_COMPAT does
+ *     it), and checks TOLK_HOST_HAS() before each newer host service. A plugin
+ *     that does not opt in is refused by an older host with a message naming
+ *     both versions.
+ *  5. The descriptor's build_abi string fingerprints the build's data model
+ *     (pointer and long sizes), which decides the layout of every struct here.
+ *     Since ABI 1.2 the libraries whose types cross the ABI (jansson's json_t,
+ *     libev's struct ev_loop, libwebsockets' struct lws_context) are checked
+ *     for real: the loader compares the sonames the plugin file links against
+ *     with the ones tolkd runs with. Build settings that change no type here
+ *     (_FILE_OFFSET_BITS, optimisation, sanitizers) do not matter. Older
+ *     fingerprint strings ("p8l8o64-ev4-jansson2") are read by their data
+ *     model part.
+
  * THREADS
  *
- *  The core runs one libev loop on one thread, the "loop thread". Unless a
+ *  The core runs one libev loop on one thread, the "loop thread": libev's
+ *  default loop (EV_DEFAULT), handed to plugins as host->loop. Unless a
  *  member says otherwise, the core calls every plugin function on the loop
  *  thread, and a plugin calls every host service from the loop thread. Members
  *  marked [any thread] may be called from any thread. No plugin function may
@@ -58,11 +68,18 @@
  *
  *  tolk_instance, tolk_channel, tolk_stream and tolk_request belong to the
  *  core; the plugin's own state is the `void *self` it returns from create()
- *  and the `void *state` it returns from per-channel opens. A core handle
+ *  and the `void *state` it returns from per-channel opens. Channel, stream
+ *  and request handles are opaque values, never pointers to dereference: the
+ *  core mints a new one for every call, stream and request (a stream reopened
+ *  by recovery is a new stream) and retires it when it ends. A core handle
  *  outlives every plugin state opened on it, and after the plugin's close()
- *  or cancel() returns, the plugin must not use that handle again: the core
- *  aborts on a late callback in debug builds and ignores it otherwise.
- *
+ *  or cancel() returns (for a transport: after hangup(), or after it called
+ *  channel_close()), the plugin must not use that handle again. If it does
+ *  (a "late callback"), the core recognises the retired handle without
+ *  touching freed memory, ignores the call, counts it in errors_total
+ *  {error_type="late_callback"}, logs it once per plugin, and aborts in a
+ *  debug build (./configure --enable-debug) so the bug is found in tests.
+
  * CONFIGURATION
  *
  *  Settings live in libconfig files in conf.d. The core, not the plugin, parses
@@ -87,7 +104,7 @@ extern "C" {
 #endif
 
 #define TOLK_ABI_MAJOR 1
-#define TOLK_ABI_MINOR 1
+#define TOLK_ABI_MINOR 2
 
 /* Audio at the core's boundary: signed 16-bit native-endian mono at 16 kHz,
  * processed in 20 ms frames. Providers that need other rates resample at their
@@ -99,6 +116,7 @@ extern "C" {
 
 typedef struct json_t json_t; /* jansson 2.x */
 struct ev_loop;               /* libev 4.x */
+struct lws_context;           /* libwebsockets 4.x (since ABI 1.2) */
 
 typedef struct tolk_instance tolk_instance;   /* core's handle for a plugin instance */
 typedef struct tolk_channel tolk_channel;     /* a call */
@@ -110,6 +128,9 @@ typedef struct tolk_workq tolk_workq;
 typedef struct tolk_resampler tolk_resampler;
 typedef struct tolk_metric tolk_metric;       /* a metric family */
 typedef struct tolk_series tolk_series;       /* one label set of a family */
+typedef struct tolk_io tolk_io;               /* a file descriptor watcher (since ABI 1.2) */
+typedef struct tolk_http tolk_http;           /* one HTTP request (since ABI 1.2) */
+typedef struct tolk_ws tolk_ws;               /* one WebSocket connection (since ABI 1.2) */
 
 /* Results. The recovery manager reads them: E_AGAIN retries the same instance,
  * E_BACKEND moves to a backup, E_FATAL disables the instance, E_INVAL is the
@@ -117,7 +138,9 @@ typedef struct tolk_series tolk_series;       /* one label set of a family */
 typedef enum tolk_status {
     TOLK_OK = 0,
     TOLK_PENDING = 1,   /* accepted; the outcome comes later by callback */
-    TOLK_DECLINED = 2,  /* not for me (e.g. language not supported) */
+    TOLK_DECLINED = 2,  /* not for me (e.g. language not supported): the core
+                           asks the chain's next provider for this request or
+                           stream, with no health penalty (since ABI 1.2) */
     TOLK_E_INVAL = -1,  /* bad request or configuration */
     TOLK_E_AGAIN = -2,  /* transient failure */
     TOLK_E_BACKEND = -3,/* the provider behind the plugin failed */
@@ -139,7 +162,12 @@ typedef enum tolk_severity {
     TOLK_SEV_LOW = 0,
     TOLK_SEV_MEDIUM = 1,
     TOLK_SEV_HIGH = 2,
-    TOLK_SEV_CRITICAL = 3
+    TOLK_SEV_CRITICAL = 3,
+    /* Since ABI 1.2: the provider will not work until someone acts (a bad
+     * key, 401/403, quota used up). The core neither retries nor resets: it
+     * fails over at once, and falls back to passthrough only when no backup
+     * is left. */
+    TOLK_SEV_PERMANENT = 4
 } tolk_severity;
 
 typedef enum tolk_health {
@@ -217,12 +245,28 @@ typedef struct tolk_transcript {
      * the wall-clock time that audio arrived: the start of the latency clock.
      * A stream reopened by recovery counts from its own open. */
     uint64_t start_sample, end_sample;
+    /* --- since ABI 1.2 --- */
+    /* Partials: how likely the text is to stay as it is, 0..1; -1 unknown. */
+    double stability;
+    unsigned flags; /* TOLK_TRANSCRIPT_* */
 } tolk_transcript;
+
+/* A result sent before the recogniser is sure the phrase ended (Deepgram
+ * Flux's EagerEndOfTurn), with is_final = 0: it is later either confirmed by
+ * a final with the same text, or withdrawn by a partial without the flag
+ * (TurnResumed). A core may start translating it but plays nothing of it
+ * until it is confirmed; a core that does not know the flag sees a partial. */
+#define TOLK_TRANSCRIPT_EAGER_END 0x1u
 
 typedef struct tolk_stt_params {
     uint32_t size;
     const char *language;  /* BCP-47-ish code from config: "en", "es" */
     unsigned sample_rate;  /* always TOLK_SAMPLE_RATE in ABI 1 */
+    /* --- since ABI 1.2 --- */
+    const char *channel_id;      /* the call, for the provider's logs */
+    tolk_leg leg;                /* whose voice this stream hears */
+    const char *target_language; /* what it will be translated into */
+    const json_t *call_options;  /* the transport's per-call options, or NULL */
 } tolk_stt_params;
 
 typedef struct tolk_channel_info {
@@ -239,7 +283,191 @@ typedef struct tolk_channel_info {
      * playback clock (a live call). Zero: play() is called as soon as audio
      * is ready (a file written as fast as the engines allow). */
     int paced;
+    /* --- since ABI 1.2 --- */
+    unsigned flags;             /* TOLK_CHAN_* */
+    /* Per-call options from the transport (e.g. the arguments of Asterisk's
+     * Stasis application), copied by the core and handed to the call's
+     * recognisers (tolk_stt_params.call_options). */
+    const json_t *options;
 } tolk_channel_info;
+
+/* The call is still ringing: the core translates nothing until the
+ * transport reports TOLK_PROGRESS_ANSWERED (host->channel_progress). */
+#define TOLK_CHAN_AWAIT_ANSWER 0x1u
+/* Continuous playout (implies paced): while the call lasts, the core hands
+ * the transport a frame for each leg every 20 ms, silence included
+ * (TOLK_PLAY_SILENCE), through play_ex(), marking the first frame of each
+ * talkspurt (TOLK_PLAY_TALKSPURT), as an RTP sender needs. Without it only
+ * audio is played, and silence is the transport's business. */
+#define TOLK_CHAN_CONTINUOUS 0x2u
+/* The source can wait (a file, a FIFO read as fast as it comes): when the
+ * call holds as much unfinished audio as it may (its backlog bound),
+ * channel_audio() takes nothing and returns TOLK_E_AGAIN, and the core calls
+ * the transport's input_ready() once it may send again. A live source
+ * (without the flag) is never refused: the core sheds the oldest audio it
+ * holds for the call instead, and counts and logs what it shed. */
+#define TOLK_CHAN_PULL 0x4u
+
+/* Call progress reported by a transport (since ABI 1.2). */
+typedef enum tolk_progress {
+    TOLK_PROGRESS_RINGING = 1,  /* the far party is being called */
+    TOLK_PROGRESS_ANSWERED = 2, /* the call is up: translation starts */
+    TOLK_PROGRESS_JOINED = 3    /* a party (leg) joined a call that was up */
+} tolk_progress;
+
+/* play_ex() flags (since ABI 1.2). */
+#define TOLK_PLAY_TALKSPURT 0x1u /* first frame after silence (RTP marker bit) */
+#define TOLK_PLAY_SILENCE 0x2u   /* a continuous-playout filler frame of zeros */
+
+/* One translation request (since ABI 1.2; tolk_mt.translate_req). */
+typedef struct tolk_mt_request {
+    uint32_t size;
+    const char *text, *from, *to;
+    /* The call's previous phrases in this direction, oldest first, as the
+     * speaker said them; only for plugins that set TOLK_MT_USES_CONTEXT
+     * (the translation cache then keys on them too). */
+    const char *const *context;
+    size_t ncontext;
+    const char *glossary;  /* the speaker's endpoint's glossary name, or NULL */
+    const char *formality; /* "more", "less", "prefer_more", "prefer_less", or NULL */
+    const char *channel_id;
+    tolk_leg leg;          /* the speaker */
+} tolk_mt_request;
+
+/* The outcome of a translation (since ABI 1.2; host->mt_result). */
+typedef struct tolk_mt_result {
+    uint32_t size;
+    tolk_status status;  /* TOLK_OK with text, or the failure */
+    const char *text;
+    /* > 0: the provider asked for this many seconds before another attempt
+     * (HTTP Retry-After); the soft retry waits at least that long. */
+    double retry_after;
+    unsigned flags;      /* TOLK_MT_NO_CACHE */
+} tolk_mt_result;
+#define TOLK_MT_NO_CACHE 0x1u     /* tolk_mt_result.flags: keep it out of the cache */
+#define TOLK_MT_USES_CONTEXT 0x1u /* tolk_mt.mt_flags: send the call's previous phrases */
+
+/* One synthesis request (since ABI 1.2; tolk_tts.speak_req). */
+typedef struct tolk_tts_request {
+    uint32_t size;
+    const char *text, *language;
+    /* A voice profile name; "clone:<channel id>:<a|b>" once a voice_sample()
+     * for that party was accepted. NULL: the plugin's default. */
+    const char *voice;
+    /* Speaking-rate hint: 1.0 normal, 1.3 = 30% faster. A plugin that cannot
+     * honour it ignores it. */
+    double rate;
+    const char *channel_id;
+    tolk_leg leg; /* the party whose words these are */
+} tolk_tts_request;
+
+/* The first seconds of a party's own speech, lent to a TTS that clones
+ * voices, for endpoints that opt in (clone_voice). Since ABI 1.2. */
+typedef struct tolk_voice_sample {
+    uint32_t size;
+    const char *voice;   /* the name later speak requests use for this voice */
+    const int16_t *pcm;  /* 16 kHz mono, borrowed for the duration of the call */
+    size_t n;
+    const char *language;
+} tolk_voice_sample;
+
+/* ---- network services (since ABI 1.2) ---- */
+
+#define TOLK_IO_READ 0x1u
+#define TOLK_IO_WRITE 0x2u
+
+/* How an HTTP request ended. */
+typedef struct tolk_http_result {
+    uint32_t size;
+    /* TOLK_OK: a complete response arrived, whatever its HTTP status.
+     * TOLK_E_TIMEOUT: connect, total or between-chunks timeout.
+     * TOLK_E_BACKEND: could not connect, TLS failure, connection reset,
+     *                 truncated body.
+     * TOLK_E_LIMIT: the collected body passed max_body.
+     * TOLK_E_INVAL: on_body asked to stop, or a malformed URL. */
+    tolk_status status;
+    int http_status;    /* 0 when no response line arrived */
+    const char *error;  /* what went wrong, for a log line; "" on success */
+    const char *body;   /* collected body, NUL-terminated; NULL when on_body took it */
+    size_t body_len;
+} tolk_http_result;
+
+/* One HTTP request through the core's client (libcurl on the loop).
+ * Connections are reused across requests and plugins. */
+typedef struct tolk_http_request {
+    uint32_t size;
+    const char *method;         /* NULL: GET, or POST when there is a body */
+    const char *url;            /* http:// or https:// */
+    const char *const *headers; /* "Name: value" strings, NULL-terminated, or NULL */
+    const void *body;           /* copied by the host */
+    size_t body_len;
+    double connect_timeout;     /* seconds; 0: 10 s */
+    double total_timeout;       /* seconds; 0: none */
+    double idle_timeout;        /* seconds with no byte received; 0: none */
+    const char *ca_file;        /* PEM bundle; NULL: the system's store */
+    int insecure;               /* skip TLS verification (local tests only) */
+    size_t max_body;            /* collected body limit; 0: 8 MiB */
+    /* Optional: status and headers, once, before the first body byte. */
+    void (*on_response)(void *ud, tolk_http *h, int http_status);
+    /* Optional: body bytes as they arrive. Without it the body is collected
+     * and handed to on_done. Return non-zero to stop the transfer (on_done
+     * follows with TOLK_E_INVAL). */
+    int (*on_body)(void *ud, tolk_http *h, const void *data, size_t n);
+    /* Required: the end, exactly once, unless http_cancel() came first. The
+     * handle is freed when it returns. Never called from inside
+     * http_request(). */
+    void (*on_done)(void *ud, tolk_http *h, const tolk_http_result *res);
+    void *ud;
+} tolk_http_request;
+
+/* How a WebSocket connection ended. */
+typedef struct tolk_ws_close_info {
+    uint32_t size;
+    /* TOLK_OK: a close handshake (either side); TOLK_E_BACKEND: the upgrade
+     * was refused (http_status says how) or the connection failed or
+     * dropped; TOLK_E_TIMEOUT: connect, ping or idle timeout. */
+    tolk_status status;
+    int http_status;     /* a refused upgrade's status (401, 429...), else 0 */
+    int code;            /* close code (1000, 1008, 1011...), 1006 when none came */
+    const char *reason;  /* close reason or error text, UTF-8, may be "" */
+    int by_peer;         /* the far side closed or failed it */
+} tolk_ws_close_info;
+
+/* One WebSocket client connection through the core's client
+ * (libwebsockets on the loop, one context per process). */
+typedef struct tolk_ws_params {
+    uint32_t size;
+    const char *url;            /* ws:// or wss://, path and query included */
+    const char *const *headers; /* "Name: value" strings, NULL-terminated, or NULL */
+    const char *subprotocol;    /* Sec-WebSocket-Protocol, or NULL */
+    const char *ca_file;
+    int insecure;
+    double connect_timeout;     /* seconds; 0: 10 s */
+    double ping_interval;       /* seconds between pings; 0: none */
+    double idle_timeout;        /* close if nothing arrives for this long; 0: never */
+    size_t max_message;         /* reassembled message limit; 0: 1 MiB */
+    void (*on_open)(void *ud, tolk_ws *ws);
+    /* One whole message (fragments reassembled). */
+    void (*on_message)(void *ud, tolk_ws *ws, const void *data, size_t n, int binary);
+    /* The last callback; the handle is freed when it returns. Never called
+     * from inside ws_connect(). */
+    void (*on_close)(void *ud, tolk_ws *ws, const tolk_ws_close_info *info);
+    void *ud;
+} tolk_ws_params;
+
+typedef struct tolk_host tolk_host;
+
+/* Process-wide set-up of a plugin, for libraries that must be initialised
+ * once per process (since ABI 1.2; every kind table's `process` member). */
+typedef struct tolk_process_hooks {
+    uint32_t size;
+    /* Once, on the loop thread, before the first create() of this plugin.
+     * host stays valid until unload(). Anything but TOLK_OK refuses the
+     * plugin. */
+    tolk_status (*load)(const tolk_host *host);
+    /* Once, at exit, after the last destroy(). */
+    void (*unload)(void);
+} tolk_process_hooks;
 
 typedef enum tolk_metric_type {
     TOLK_METRIC_COUNTER = 1,
@@ -348,7 +576,12 @@ typedef struct tolk_host {
     void (*metrics_visit)(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud);
 
     /** The instance has trouble outside any request (a dropped connection, a
-     * dead child process). The recovery manager decides what to do. */
+     * dead child process). The recovery manager counts it as a failed
+     * operation of the instance (errors_total, health); at TOLK_SEV_HIGH and
+     * above, or TOLK_E_FATAL, the instance is marked down: new calls avoid
+     * it, and running calls move off it to the chain's next provider at
+     * their next request (STT: their streams fail over now). It comes back
+     * when its health() says TOLK_HEALTHY, or after a successful reset. */
     void (*report)(tolk_instance *inst, tolk_status st, tolk_severity sev, const char *why);
     /** Ends a reset() that returned TOLK_PENDING. */
     void (*reset_done)(tolk_instance *inst, tolk_status st);
@@ -397,6 +630,72 @@ typedef struct tolk_host {
      * announce its HELP and TYPE before the first error, recovery or cache
      * lookup. */
     void (*metrics_visit_families)(void (*fn)(void *ud, const tolk_metric_sample *s), void *ud);
+
+    /* --- since ABI 1.2 ------------------------------------------------- */
+
+    /* File descriptors on the loop, for plugins that own sockets, FIFOs or
+     * inotify descriptors; no <ev.h> needed. cb runs on the loop with the
+     * events that are ready. io_set() changes the events (0 pauses);
+     * io_stop() frees the watcher (also from inside its callback) and does
+     * not close fd. Watchers an instance leaves behind are stopped, with a
+     * warning, when it is destroyed. */
+    tolk_io *(*io_start)(tolk_instance *inst, int fd, unsigned events,
+                         void (*cb)(void *ud, int fd, unsigned revents), void *ud);
+    void (*io_set)(tolk_io *io, unsigned events);
+    void (*io_stop)(tolk_io *io);
+
+    /* HTTP client (libcurl multi on the loop): see tolk_http_request.
+     * Returns NULL when the request is refused at once (bad URL, no
+     * on_done); the outcome otherwise always comes through on_done.
+     * http_cancel(): no callback for h after it returns. http_header(): a
+     * response header by name (case-insensitive), valid inside on_response,
+     * on_body and on_done; NULL if absent. Requests an instance leaves
+     * behind are cancelled when it is destroyed. */
+    tolk_http *(*http_request)(tolk_instance *inst, const tolk_http_request *req);
+    void (*http_cancel)(tolk_http *h);
+    const char *(*http_header)(tolk_http *h, const char *name);
+
+    /* WebSocket client (libwebsockets on the loop): see tolk_ws_params.
+     * ws_send() copies the message; before on_open it is queued. It
+     * returns TOLK_E_INVAL once the connection is closing. ws_buffered():
+     * bytes queued and not yet written to the socket (backpressure).
+     * ws_close(): starts the close handshake; on_close follows. ws_cancel():
+     * drops the connection now; no callback after it returns. Connections an
+     * instance leaves behind are cancelled when it is destroyed. */
+    tolk_ws *(*ws_connect)(tolk_instance *inst, const tolk_ws_params *p);
+    tolk_status (*ws_send)(tolk_ws *ws, const void *data, size_t n, int binary);
+    size_t (*ws_buffered)(tolk_ws *ws);
+    void (*ws_close)(tolk_ws *ws, int code, const char *reason);
+    void (*ws_cancel)(tolk_ws *ws);
+
+    /* The process's libwebsockets context, on the core's loop, for plugins
+     * that serve HTTP or WebSocket themselves (a metrics exporter, a media
+     * socket): they add a vhost to it (lws_create_vhost) and destroy only
+     * that vhost. The core sets lws's log level and routes its log lines to
+     * tolk's log; nobody else calls lws_set_log_level(). */
+    struct lws_context *(*lws_context)(void);
+
+    /* STT: an open() that returned TOLK_PENDING is ready: the core feeds it
+     * the audio it kept meanwhile. Until then it gets no feed(). */
+    void (*stt_ready)(tolk_stream *s);
+
+    /* MT: completes a translate_req()/translate() that returned
+     * TOLK_PENDING, with the result's hints (retry-after, no-cache). */
+    void (*mt_result)(tolk_request *r, const tolk_mt_result *res);
+
+    /* Transports. Audio as channel_audio(), with the monotonic time
+     * (host->now()) at which its first sample was captured, so latency is
+     * measured from the caller's side of the transport. */
+    tolk_status (*channel_audio_at)(tolk_channel *ch, tolk_leg leg, const int16_t *pcm,
+                                    size_t n, double captured_at);
+    /* A DTMF digit ('0'-'9', '*', '#', 'A'-'D') pressed by leg. */
+    void (*channel_dtmf)(tolk_channel *ch, tolk_leg leg, char digit, unsigned duration_ms);
+    /* Call progress (TOLK_PROGRESS_*); leg says which party it is about. */
+    void (*channel_progress)(tolk_channel *ch, tolk_progress p, tolk_leg leg);
+    /* Played-out feedback: the first `frames` frames handed to play() for
+     * leg have now reached the listener (e.g. Asterisk's queue drained).
+     * Latency is then also measured to the ear. */
+    void (*channel_played)(tolk_channel *ch, tolk_leg leg, uint64_t frames);
 } tolk_host;
 
 #define TOLK_HAS(ptr, type, member) \
@@ -449,6 +748,21 @@ typedef struct tolk_transport {
     /** The core ends the call (drained, shutdown, error). The transport hangs
      * up and must not call host functions with this channel afterwards. */
     void (*hangup)(void *self, void *chan_state);
+    /* --- since ABI 1.2 --- */
+    const tolk_process_hooks *process; /* optional */
+    /** Optional; preferred over play() when present. flags: TOLK_PLAY_*.
+     * An error return is counted (errors_total{error_type="play"}). */
+    tolk_status (*play_ex)(void *self, void *chan_state, tolk_leg leg, const int16_t *pcm,
+                           size_t n, unsigned flags);
+    /** Optional. The direction spoken by `from` changed mode: PASSTHROUGH
+     * when it is no longer translated (every provider failed), BIDIRECTIONAL
+     * or UNIDIRECTIONAL when it is again. Return TOLK_OK if the transport now
+     * bridges from's original voice itself (the core then stops playing it
+     * through play()); anything else and the core plays it. */
+    tolk_status (*direction_mode)(void *self, void *chan_state, tolk_leg from, tolk_mode mode);
+    /** Optional; for TOLK_CHAN_PULL channels. After channel_audio() returned
+     * TOLK_E_AGAIN for leg, the core may take audio again. */
+    void (*input_ready)(void *self, void *chan_state, tolk_leg leg);
 } tolk_transport;
 
 /** Streaming speech recognition. Required: open, feed, close. */
@@ -465,6 +779,16 @@ typedef struct tolk_stt {
      * result is already out; TOLK_PENDING: host->stt_flushed() follows the
      * last one. Without flush the core assumes TOLK_OK. */
     tolk_status (*flush)(void *state);
+    /* --- since ABI 1.2 --- */
+    const tolk_process_hooks *process; /* optional */
+    /** Optional. End the phrase now (hang-up, a phrase at its maximum
+     * length, turn-taking) and send what was heard as a final result; the
+     * stream goes on. TOLK_OK or TOLK_PENDING: a final follows (maybe an
+     * empty one); TOLK_DECLINED: not possible, the core waits. */
+    tolk_status (*finalize)(void *state);
+    /* open() may also return TOLK_PENDING (a connection being set up):
+     * the stream is ready at host->stt_ready(), or failed at
+     * host->stt_failed(). */
 } tolk_stt;
 
 /** Translation of one phrase. Required: translate, cancel. */
@@ -477,6 +801,12 @@ typedef struct tolk_mt {
                              const char *from, const char *to);
     /** Forget r: no mt_done for it after this returns. */
     void (*cancel)(void *self, tolk_request *r);
+    /* --- since ABI 1.2 --- */
+    const tolk_process_hooks *process; /* optional */
+    /** Optional; preferred over translate() when present. Completes with
+     * host->mt_result() (or mt_done()), under translate()'s rules. */
+    tolk_status (*translate_req)(void *self, tolk_request *r, const tolk_mt_request *req);
+    unsigned mt_flags; /* TOLK_MT_USES_CONTEXT */
 } tolk_mt;
 
 /** Synthesis of one phrase, streamed. Required: speak, cancel. */
@@ -487,11 +817,22 @@ typedef struct tolk_tts {
                          const char *language, const char *voice);
     /** Forget r: no tts_audio/tts_done for it after this returns. */
     void (*cancel)(void *self, tolk_request *r);
+    /* --- since ABI 1.2 --- */
+    const tolk_process_hooks *process; /* optional */
+    /** Optional; preferred over speak() when present. */
+    tolk_status (*speak_req)(void *self, tolk_request *r, const tolk_tts_request *req);
+    /** Optional. A party's own speech to clone a voice from, for endpoints
+     * with clone_voice on: TOLK_OK if later requests may name sample->voice
+     * (until it is ready the plugin speaks them in its default voice),
+     * TOLK_DECLINED if it clones nothing. The pcm is borrowed for the call. */
+    tolk_status (*voice_sample)(void *self, const tolk_voice_sample *sample);
 } tolk_tts;
 
 /** Exporters read the registry through host->metrics_visit(). */
 typedef struct tolk_metrics {
     tolk_plugin base;
+    /* --- since ABI 1.2 --- */
+    const tolk_process_hooks *process; /* optional */
 } tolk_metrics;
 
 /* ------------------------------------------------------------------ */
@@ -499,16 +840,10 @@ typedef struct tolk_metrics {
 
 #define TOLK_STR_(x) #x
 #define TOLK_STR(x) TOLK_STR_(x)
-#ifndef _FILE_OFFSET_BITS
-#define TOLK_OFF_BITS_ "x"
-#else
-#define TOLK_OFF_BITS_ TOLK_STR(_FILE_OFFSET_BITS)
-#endif
-/** Fingerprint of the build: pointer/long size, off_t setting, libev 4 and
- * jansson 2 (whose types cross the ABI). */
-#define TOLK_BUILD_ABI                                                               \
-    "p" TOLK_STR(__SIZEOF_POINTER__) "l" TOLK_STR(__SIZEOF_LONG__) "o" TOLK_OFF_BITS_ \
-    "-ev4-jansson2"
+/** Fingerprint of the build's data model: pointer and long sizes, which
+ * decide the layout of every struct in this header. (The libraries whose
+ * types cross the ABI are checked on the plugin file itself: rule 5.) */
+#define TOLK_BUILD_ABI "p" TOLK_STR(__SIZEOF_POINTER__) "l" TOLK_STR(__SIZEOF_LONG__)
 
 /** Fills the head of a descriptor: TOLK_PLUGIN_INIT(tolk_stt, TOLK_KIND_STT). */
 #define TOLK_PLUGIN_INIT(type, kind_)                                                  \
@@ -538,6 +873,24 @@ typedef const tolk_plugin *(*tolk_plugin_entry_fn)(uint32_t host_abi_major,
         (void)host_abi_major;                                                          \
         (void)host_abi_minor;                                                          \
         return &(desc).base;                                                           \
+    }
+
+/** As TOLK_PLUGIN_DEFINE, for a plugin that can also run on a host as old
+ * as ABI 1.<oldest_minor> (rule 4): on such a host it returns a copy of its
+ * descriptor stamped with the host's minor, and must check TOLK_HOST_HAS()
+ * before using any host service newer than that. */
+#define TOLK_PLUGIN_DEFINE_COMPAT(type, desc, oldest_minor)                            \
+    TOLK_EXPORT const tolk_plugin *tolk_plugin_entry(uint32_t host_abi_major,         \
+                                                     uint32_t host_abi_minor);        \
+    TOLK_EXPORT const tolk_plugin *tolk_plugin_entry(uint32_t host_abi_major,         \
+                                                     uint32_t host_abi_minor) {       \
+        static type tolk_compat_desc_;                                                 \
+        if (host_abi_major != TOLK_ABI_MAJOR || host_abi_minor >= TOLK_ABI_MINOR ||    \
+            host_abi_minor < (oldest_minor))                                           \
+            return &(desc).base;                                                       \
+        tolk_compat_desc_ = (desc);                                                    \
+        tolk_compat_desc_.base.abi_minor = (uint16_t)host_abi_minor;                   \
+        return &tolk_compat_desc_.base;                                                \
     }
 
 /** Log through the host with a level test first, so arguments are not
