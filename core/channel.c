@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "handle.h"
 #include "log.h"
 #include "metrics.h"
 #include "pipeline.h"
@@ -70,6 +71,9 @@ phrase *fifo_pop(phrase_fifo_head *f) {
 }
 
 void phrase_free(phrase *ph) {
+    for (size_t i = 0; i < ph->ncontext; i++) free(ph->context[i]);
+    free(ph->context);
+    free(ph->cache_key);
     free(ph->text);
     free(ph->translation);
     free(ph);
@@ -274,9 +278,11 @@ tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel
     ch->mode = info && info->mode ? info->mode : cs->defaults.mode;
     const char *deflang[2] = {cs->defaults.caller_language, cs->defaults.callee_language};
     const char *lang[2], *voice[2];
+    const conf_endpoint *eps[2] = {NULL, NULL};
     for (int leg = 0; leg < 2; leg++) {
         const char *epname = info && TOLK_HAS(info, tolk_channel_info, endpoint) ? info->endpoint[leg] : NULL;
         const conf_endpoint *ep = find_endpoint(cs, epname);
+        eps[leg] = ep;
         if (epname && !ep)
             log_msg(TOLK_LOG_WARN, "channel", "%s: unknown endpoint '%s': using the defaults", ch->id,
                     epname);
@@ -296,6 +302,7 @@ tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel
         d->from = xstrdup(lang[leg]);
         d->to = xstrdup(lang[!leg]);
         d->voice = xstrdup(voice[leg]);
+        d->ep = eps[leg];
     }
     ch->prev = NULL;
     ch->next = c->channels;
@@ -347,11 +354,13 @@ static void channel_destroy(tolk_channel *ch) {
     for (int i = 0; i < 2; i++) {
         c->out_frames_dropped += ch->out[i].len / TOLK_FRAME_SAMPLES;
         outbuf_free(c, &ch->out[i]);
+        pipeline_free(&ch->dir[i]);
         free(ch->dir[i].from);
         free(ch->dir[i].to);
         free(ch->dir[i].voice);
     }
     generation_unref(ch->gen);
+    handle_retire(ch->handle);
     free(ch->id);
     free(ch);
 }
@@ -405,6 +414,8 @@ void channel_input_end(tolk_channel *ch, tolk_leg leg) {
 void channel_close(tolk_channel *ch) {
     if (!ch || ch->closed) return;
     ch->closed = 1;
+    /* the transport said the call is gone: it has no business with it now */
+    handle_retire(ch->handle);
     set_state(ch, CH_DISCONNECTING);
     cancel_all(ch);
     schedule_finish(ch);
@@ -419,6 +430,7 @@ void channel_end(tolk_channel *ch, const char *why) {
     if (!ch->closed) {
         ch->closed = 1;
         transport_of(ch->transport)->hangup(ch->transport->self, ch->tstate);
+        handle_retire(ch->handle);
     }
     schedule_finish(ch);
 }

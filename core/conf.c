@@ -262,6 +262,8 @@ static const tolk_option core_opts[] = {
     {"workers", TOLK_OPT_INT, 0, "2", 1, 256, "threads for blocking engines"},
     {"plugin_path", TOLK_OPT_STRING, 0, NULL, 0, 0, "colon-separated plugin directories"},
     {"translation_cache", TOLK_OPT_INT, 0, "1000", 0, 1000000, "translations remembered per MT provider (0: off)"},
+    {"mt_context", TOLK_OPT_INT, 0, "2", 0, 10, "earlier phrases sent as context to MT providers that use it"},
+    {"max_phrase_seconds", TOLK_OPT_DOUBLE, 0, "20", 0, 600, "a phrase this long is finalised by the recogniser (0: never)"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
 static const tolk_option defaults_opts[] = {
@@ -293,6 +295,10 @@ static const tolk_option endpoint_opts[] = {
     {"name", TOLK_OPT_STRING, TOLK_OPT_REQUIRED, NULL, 0, 0, "SIP peer name"},
     {"language", TOLK_OPT_STRING, TOLK_OPT_REQUIRED, NULL, 0, 0, "language spoken"},
     {"voice", TOLK_OPT_STRING, 0, NULL, 0, 0, "voice profile"},
+    {"glossary", TOLK_OPT_STRING, 0, NULL, 0, 0, "glossary name for the translation of this party's speech"},
+    {"formality", TOLK_OPT_STRING, 0, NULL, 0, 0, "more, less, prefer_more, prefer_less"},
+    {"clone_voice", TOLK_OPT_BOOL, 0, "false", 0, 0, "lend the TTS this party's first words to clone the voice"},
+    {"clone_seconds", TOLK_OPT_DOUBLE, 0, "6", 1, 60, "seconds of speech lent for cloning"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
 static const tolk_option instance_opts[] = {
@@ -404,6 +410,8 @@ static void load_core(load_ctx *lc, config_setting_t *s, const char *file) {
     c->drain_timeout = json_number_value(json_object_get(v, "drain_timeout"));
     c->workers = (int)json_integer_value(json_object_get(v, "workers"));
     c->translation_cache = (int)json_integer_value(json_object_get(v, "translation_cache"));
+    c->mt_context = (int)json_integer_value(json_object_get(v, "mt_context"));
+    c->max_phrase_seconds = json_number_value(json_object_get(v, "max_phrase_seconds"));
     const char *lvl = json_string_value(json_object_get(v, "log_level"));
     int l = log_level_parse(lvl);
     if (l < 0)
@@ -508,6 +516,15 @@ static void load_endpoint(load_ctx *lc, config_setting_t *s, const char *file) {
         ep->name = xstrdup(name);
         ep->language = xstrdup(json_string_value(json_object_get(v, "language")));
         ep->voice = xstrdup(json_string_value(json_object_get(v, "voice")));
+        ep->glossary = xstrdup(json_string_value(json_object_get(v, "glossary")));
+        const char *f = json_string_value(json_object_get(v, "formality"));
+        if (f && strcmp(f, "more") && strcmp(f, "less") && strcmp(f, "prefer_more") &&
+            strcmp(f, "prefer_less"))
+            conf_error(lc->errs, file, line_of(lines, "formality", line),
+                       "formality '%s' is not one of more, less, prefer_more, prefer_less", f);
+        ep->formality = xstrdup(f);
+        ep->clone_voice = json_is_true(json_object_get(v, "clone_voice"));
+        ep->clone_seconds = json_number_value(json_object_get(v, "clone_seconds"));
         ptr_vec_push(&lc->cs->endpoints, ep);
     }
     json_decref(v);
@@ -723,6 +740,8 @@ conf_set *conf_new_empty(void) {
     cs->core.log_level = TOLK_LOG_INFO;
     cs->core.workers = 2;
     cs->core.translation_cache = 1000;
+    cs->core.mt_context = 2;
+    cs->core.max_phrase_seconds = 20;
     cs->defaults.mode = TOLK_MODE_BIDIRECTIONAL;
     cs->defaults.caller_language = xstrdup("en");
     cs->defaults.callee_language = xstrdup("es");
@@ -861,6 +880,8 @@ void conf_free(conf_set *cs) {
         free(ep->name);
         free(ep->language);
         free(ep->voice);
+        free(ep->glossary);
+        free(ep->formality);
         free(ep);
     }
     ptr_vec_free(&cs->endpoints);

@@ -25,6 +25,8 @@ typedef struct conf_core {
     int workers;
     char *plugin_path; /* NULL: default */
     int translation_cache; /* entries per MT instance; 0: off */
+    int mt_context;        /* earlier phrases sent to MT plugins that use context */
+    double max_phrase_seconds; /* a phrase this long is finalised; 0: never */
 } conf_core;
 
 typedef struct conf_defaults {
@@ -74,6 +76,9 @@ typedef struct conf_chain {
 
 typedef struct conf_endpoint {
     char *name, *language, *voice;
+    char *glossary, *formality; /* for MT requests of this endpoint's speech */
+    int clone_voice;            /* lend the TTS this party's speech to clone */
+    double clone_seconds;
 } conf_endpoint;
 
 typedef struct conf_set {

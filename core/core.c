@@ -276,6 +276,7 @@ void core_free(core *c) {
     c->workers = NULL;
     if (g) generation_unref(g);
     playback_free(c);
+    host_free();
     free(c->confdir);
     free(c->plugin_path);
     free(c);

@@ -97,11 +97,15 @@ const char *chan_state_name(chan_state s);
 enum { Q_INPUT, Q_STT, Q_MT, Q_TTS, Q_PLAYBACK, Q_COUNT };
 extern const char *const queue_names[Q_COUNT];
 
+/* The core's side of a recogniser stream and of an MT/TTS request. Plugins
+ * see only `handle` (handle.h), minted anew for each stream and request. */
 struct tolk_stream {
     direction *dir;
     tolk_instance *inst;
     void *state;
+    void *handle;
     int open;
+    int ready;    /* open() completed (at once, or later through stt_ready) */
     int flushing; /* flush() returned PENDING, waiting for stt_flushed */
     int flushed;
 };
@@ -109,6 +113,7 @@ struct tolk_stream {
 struct tolk_request {
     phrase *ph;
     tolk_instance *inst;
+    void *handle;
     int active;
 };
 
@@ -147,6 +152,11 @@ typedef struct stage {
 
 struct phrase {
     phrase *next;      /* in a stage queue */
+    size_t pidx;       /* provider of the chain this phrase's request is on */
+    char **context;    /* the direction's phrases before this one, oldest first */
+    size_t ncontext;
+    char *cache_key;   /* translation cache key (text and what changes the output) */
+    double retry_after; /* provider's wish before the next attempt, seconds */
     phrase *mark_next; /* waiting for its first frame to be played */
     direction *dir;
     unsigned seq;
@@ -176,6 +186,17 @@ struct direction {
     tolk_channel *ch;
     tolk_leg src, dst;
     char *from, *to, *voice;
+    const conf_endpoint *ep; /* the speaker's endpoint (of ch->gen), or NULL */
+    /* the call's last phrases in this direction, for MT context: ring */
+    char *context[10];
+    size_t ncontext;
+    /* voice cloning (ep->clone_voice): the speaker's first voiced audio */
+    int16_t *clone_pcm;
+    size_t clone_n, clone_cap;
+    int clone_state; /* 0 collecting, 1 lent and accepted, -1 done/declined */
+    char *clone_voice; /* "clone:<id>:<a|b>" once accepted */
+    uint64_t speech_start; /* direction sample where the current phrase began */
+    int finalize_asked;    /* finalize() asked for the current phrase */
     int translate; /* 0: src is heard untranslated by dst */
     stage stt, mt, tts;
     tolk_stream stream;
@@ -214,6 +235,7 @@ typedef struct outbuf {
 
 struct tolk_channel {
     core *core;
+    void *handle; /* what the transport holds (handle.h) */
     generation *gen;
     tolk_instance *transport;
     void *tstate;
@@ -254,8 +276,21 @@ typedef struct phrase_report {
     const char *recovery_tier, *recovery_stage, *recovery_from, *recovery_to;
 } phrase_report;
 
+/* A recogniser result as the core publishes it (partial or final). */
+typedef struct transcript_event {
+    const char *channel_id;
+    tolk_leg leg;
+    const char *language;
+    const char *text;
+    int is_final;
+    int eager_end; /* a tentative end of turn (TOLK_TRANSCRIPT_EAGER_END) */
+    double stability; /* -1: unknown */
+    double start_s, end_s; /* position in the speaker's audio */
+} transcript_event;
+
 typedef struct core_observer {
     void (*phrase)(void *ud, const phrase_report *r);
+    void (*transcript)(void *ud, const transcript_event *e);
     /* an operation recovered: gap from its first failure to success */
     void (*recovered)(void *ud, const char *stage, const char *tier, double gap_ms);
     void (*channel_state)(void *ud, tolk_channel *ch, chan_state st);
@@ -364,6 +399,11 @@ void stream_result(tolk_stream *s, const tolk_transcript *t);
 void stream_failed(tolk_stream *s, tolk_status st, tolk_severity sev, const char *why);
 void stream_flushed(tolk_stream *s);
 void request_mt_done(tolk_request *r, tolk_status st, const char *text);
+void request_mt_result(tolk_request *r, const tolk_mt_result *res);
+void stream_ready(tolk_stream *s);
+/* report() marked inst down: recognisers on it fail over (pipeline.c). */
+void pipeline_instance_down(core *c, tolk_instance *inst, tolk_status st, tolk_severity sev,
+                            const char *why);
 void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n);
 void request_tts_done(tolk_request *r, tolk_status st);
 
@@ -378,20 +418,26 @@ size_t chain_pick(chain *ch);
 /* Decide what to do after a failure of an operation on ladder lad served
  * by chain->prov[*idx]. Returns the tier to try next (and moves *idx on a
  * failover), or TIER_NONE when every tier is spent. */
-tier recovery_next(core *c, ladder *lad, chain *ch, size_t *idx, tolk_status st,
-                   tolk_severity sev);
+tier recovery_next(core *c, const conf_recovery *rc, ladder *lad, chain *ch, size_t *idx,
+                   tolk_status st, tolk_severity sev);
 void recovery_count(core *c, tolk_instance *inst, tier t, int success);
 /* Tier 2 / tier 4 work; when it ends, every stage waiting for it resumes
  * (channel_resume_after_reset). */
-void instance_reset(core *c, tolk_instance *inst);
-void chain_reset(core *c, chain *ch);
+void instance_reset(core *c, const conf_recovery *rc, tolk_instance *inst);
+void chain_reset(core *c, const conf_recovery *rc, chain *ch);
 void recovery_forget_chain(chain *ch);
-double recovery_delay(core *c, const ladder *lad);
+double recovery_delay(const conf_recovery *rc, const ladder *lad);
+/* host->report(): a failed operation of inst; a serious one marks it down. */
+void instance_report(core *c, tolk_instance *inst, tolk_status st, tolk_severity sev,
+                     const char *why);
 void channel_resume_after_reset(core *c, tolk_instance *inst, chain *ch);
 void instance_reset_done(tolk_instance *inst, tolk_status st);
 
 /* ---- host.c ---- */
 void host_init(core *c, tolk_host *h);
+void host_free(void);
+/* A plugin used a retired handle: counted, logged once per plugin. */
+void late_callback(const char *what, const void *handle);
 void core_metrics_init(core *c);
 void count_error(core *c, const char *component, const char *type, tolk_severity sev);
 

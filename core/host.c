@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "handle.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -81,13 +82,43 @@ static const char *h_cfg_map_string(const json_t *cfg, const char *key, const ch
 }
 
 static void h_report(tolk_instance *inst, tolk_status st, tolk_severity sev, const char *why) {
-    if (!inst) return;
-    log_msg(sev >= TOLK_SEV_HIGH ? TOLK_LOG_ERR : TOLK_LOG_WARN, inst->who, "reported trouble (%d): %s",
-            (int)st, why ? why : "");
-    count_error(inst->core, inst->name, "reported", sev);
+    if (inst) instance_report(inst->core, inst, st, sev, why);
 }
 
 static void h_reset_done(tolk_instance *inst, tolk_status st) { instance_reset_done(inst, st); }
+
+/* ---- handles: every host function that takes a channel, stream or
+ * request handle looks it up first (handle.h); a retired one is a late
+ * callback, caught here before anything is touched. ---- */
+
+static ptr_vec g_late_warned; /* plugins already logged, by descriptor */
+
+void late_callback(const char *what, const void *h) {
+    const tolk_plugin *p = handle_last_owner(h);
+    const char *name = p ? p->name : "unknown plugin";
+    count_error(g_core, name, "late_callback", TOLK_SEV_HIGH);
+    int warned = 0;
+    for (size_t i = 0; i < g_late_warned.n; i++)
+        if (g_late_warned.v[i] == p) warned = 1;
+    if (!warned) {
+        ptr_vec_push(&g_late_warned, (void *)p);
+        log_msg(TOLK_LOG_ERR, name,
+                "%s for a call, stream or request that had already ended: ignored (a bug in "
+                "plugin %s; later ones are only counted in errors_total)",
+                what, name);
+    }
+#ifdef TOLK_DEBUG
+    log_msg(TOLK_LOG_FATAL, "core", "debug build: aborting on a late callback from %s", name);
+    abort();
+#endif
+}
+
+#define LIVE(var, type, kind, h, what, ...)                                                \
+    type *var = handle_get((h), (kind));                                                   \
+    if (!var) {                                                                            \
+        late_callback((what), (h));                                                        \
+        return __VA_ARGS__;                                                                \
+    }
 
 static tolk_channel *h_channel_open(tolk_instance *transport, const tolk_channel_info *info,
                                     void *tstate, tolk_status *why) {
@@ -95,17 +126,90 @@ static tolk_channel *h_channel_open(tolk_instance *transport, const tolk_channel
         if (why) *why = TOLK_E_INVAL;
         return NULL;
     }
-    return channel_open(transport->core, transport, info, tstate, why);
+    tolk_channel *ch = channel_open(transport->core, transport, info, tstate, why);
+    if (!ch) return NULL;
+    ch->handle = handle_new(H_CHANNEL, ch, transport->desc);
+    return ch->handle;
 }
 
-static void h_channel_event(tolk_channel *ch, const char *name, const json_t *data) {
-    if (!ch || !name) return;
+static tolk_status h_channel_audio(tolk_channel *h, tolk_leg leg, const int16_t *pcm, size_t n) {
+    LIVE(ch, tolk_channel, H_CHANNEL, h, "channel_audio", TOLK_E_INVAL)
+    return channel_audio(ch, leg, pcm, n);
+}
+
+static void h_channel_input_end(tolk_channel *h, tolk_leg leg) {
+    LIVE(ch, tolk_channel, H_CHANNEL, h, "channel_input_end")
+    channel_input_end(ch, leg);
+}
+
+static void h_channel_event(tolk_channel *h, const char *name, const json_t *data) {
+    LIVE(ch, tolk_channel, H_CHANNEL, h, "channel_event")
+    if (!name) return;
     char *d = data ? json_dumps(data, JSON_COMPACT) : NULL;
     log_msg(TOLK_LOG_VERB, "channel", "%s: event %s %s", ch->id, name, d ? d : "");
     free(d);
 }
 
-static const char *h_channel_id(tolk_channel *ch) { return ch ? ch->id : ""; }
+static void h_channel_close(tolk_channel *h) {
+    LIVE(ch, tolk_channel, H_CHANNEL, h, "channel_close")
+    channel_close(ch);
+}
+
+static const char *h_channel_id(tolk_channel *h) {
+    LIVE(ch, tolk_channel, H_CHANNEL, h, "channel_id", "")
+    return ch->id;
+}
+
+static void h_stt_result(tolk_stream *h, const tolk_transcript *t) {
+    LIVE(s, tolk_stream, H_STREAM, h, "stt_result")
+    stream_result(s, t);
+}
+
+static void h_stt_failed(tolk_stream *h, tolk_status st, tolk_severity sev, const char *why) {
+    LIVE(s, tolk_stream, H_STREAM, h, "stt_failed")
+    stream_failed(s, st, sev, why);
+}
+
+static void h_stt_flushed(tolk_stream *h) {
+    LIVE(s, tolk_stream, H_STREAM, h, "stt_flushed")
+    stream_flushed(s);
+}
+
+static void h_stt_ready(tolk_stream *h) {
+    LIVE(s, tolk_stream, H_STREAM, h, "stt_ready")
+    stream_ready(s);
+}
+
+static void h_mt_done(tolk_request *h, tolk_status st, const char *text) {
+    LIVE(r, tolk_request, H_REQUEST, h, "mt_done")
+    request_mt_done(r, st, text);
+}
+
+static void h_mt_result(tolk_request *h, const tolk_mt_result *res) {
+    LIVE(r, tolk_request, H_REQUEST, h, "mt_result")
+    if (!res || res->size < offsetof(tolk_mt_result, flags) + sizeof res->flags) {
+        log_msg(TOLK_LOG_ERR, r->inst->who, "mt_result with a tolk_mt_result of size %u: treated as a failure",
+                res ? res->size : 0);
+        request_mt_done(r, TOLK_E_INVAL, NULL);
+        return;
+    }
+    request_mt_result(r, res);
+}
+
+static void h_tts_audio(tolk_request *h, const int16_t *pcm, size_t n) {
+    LIVE(r, tolk_request, H_REQUEST, h, "tts_audio")
+    request_tts_audio(r, pcm, n);
+}
+
+static void h_tts_done(tolk_request *h, tolk_status st) {
+    LIVE(r, tolk_request, H_REQUEST, h, "tts_done")
+    request_tts_done(r, st);
+}
+
+void host_free(void) {
+    ptr_vec_free(&g_late_warned);
+    handle_table_free();
+}
 
 void host_init(core *c, tolk_host *h) {
     g_core = c;
@@ -145,25 +249,27 @@ void host_init(core *c, tolk_host *h) {
         .report = h_report,
         .reset_done = h_reset_done,
         .channel_open = h_channel_open,
-        .channel_audio = channel_audio,
-        .channel_input_end = channel_input_end,
+        .channel_audio = h_channel_audio,
+        .channel_input_end = h_channel_input_end,
         .channel_event = h_channel_event,
-        .channel_close = channel_close,
+        .channel_close = h_channel_close,
         .channel_id = h_channel_id,
-        .stt_result = stream_result,
-        .stt_failed = stream_failed,
-        .stt_flushed = stream_flushed,
-        .mt_done = request_mt_done,
-        .tts_audio = request_tts_audio,
-        .tts_done = request_tts_done,
+        .stt_result = h_stt_result,
+        .stt_failed = h_stt_failed,
+        .stt_flushed = h_stt_flushed,
+        .mt_done = h_mt_done,
+        .tts_audio = h_tts_audio,
+        .tts_done = h_tts_done,
         .metrics_visit_families = metrics_visit_families,
+        .stt_ready = h_stt_ready,
+        .mt_result = h_mt_result,
     };
 }
 
-static const char *const severity_names[] = {"low", "medium", "high", "critical"};
+static const char *const severity_names[] = {"low", "medium", "high", "critical", "permanent"};
 
 void count_error(core *c, const char *component, const char *type, tolk_severity sev) {
-    if ((int)sev < 0 || sev > TOLK_SEV_CRITICAL) sev = TOLK_SEV_MEDIUM;
+    if ((int)sev < 0 || sev > TOLK_SEV_PERMANENT) sev = TOLK_SEV_MEDIUM;
     metrics_add(metrics_series_v(c->m.errors, component, type, severity_names[sev], NULL), 1);
 }
 

@@ -15,6 +15,7 @@
  * retry is started from a timer, never from inside a plugin's call. */
 #include <string.h>
 
+#include "handle.h"
 #include "log.h"
 #include "metrics.h"
 #include "mtcache.h"
@@ -31,6 +32,27 @@ static const char *const stage_names[] = {"stt", "mt", "tts"};
 static const char *stage_names_of(stage_kind k) { return stage_names[k]; }
 
 static tolk_instance *stage_inst(stage *st) { return st->chain->prov[st->idx]; }
+/* The recovery settings of the call's own generation: a reload during the
+ * call does not change how its operations recover. */
+static const conf_recovery *call_recovery(direction *d) { return &d->ch->gen->conf->recovery; }
+
+/* A request is over (answered, failed, timed out or cancelled): its handle
+ * is retired first, so anything the plugin sends for it later is caught. */
+static void request_end(tolk_request *r) {
+    if (!r->active) return;
+    r->active = 0;
+    handle_retire(r->handle);
+}
+
+static void request_cancel(stage *st, tolk_request *r) {
+    tolk_instance *inst = r->inst;
+    void *h = r->handle;
+    request_end(r);
+    if (st->kind == STAGE_MT)
+        mt_of(inst)->cancel(inst->self, h);
+    else
+        tts_of(inst)->cancel(inst->self, h);
+}
 
 /* Remembers, for the phrase's report, the highest tier it needed. */
 static void note_recovery(core *c, phrase *ph, stage_kind kind, const ladder *lad, tolk_instance *to) {
@@ -47,6 +69,8 @@ static core *core_of(stage *st) { return st->dir->ch->core; }
 static void stage_issue(stage *st);
 static void stream_close(direction *d);
 static void stream_reopen(direction *d);
+static void stream_fail_open(direction *d, tolk_status why);
+static void on_stream_open_timeout(direction *d);
 static void stream_recover(direction *d, tolk_status status, tolk_severity sev, const char *why);
 
 static tolk_severity severity_of(tolk_status st) {
@@ -54,6 +78,7 @@ static tolk_severity severity_of(tolk_status st) {
     case TOLK_E_AGAIN: return TOLK_SEV_LOW;
     case TOLK_E_TIMEOUT: return TOLK_SEV_MEDIUM;
     case TOLK_E_FATAL: return TOLK_SEV_CRITICAL;
+    case TOLK_DECLINED: return TOLK_SEV_LOW;
     default: return TOLK_SEV_HIGH;
     }
 }
@@ -106,7 +131,13 @@ static void stage_pump(stage *st) {
         queue_depth(c, q, -1);
         metrics_observe(c->m.qwait[q], (mono_now() - ph->t_enq) * 1000.0);
         memset(&ph->lad, 0, sizeof ph->lad);
-        if (d->ch->gen->conf->recovery.failback_running) st->idx = chain_pick(st->chain);
+        if (call_recovery(d)->failback_running) st->idx = chain_pick(st->chain);
+        if (stage_inst(st)->down) {
+            /* reported down since this call chose it: move to a backup */
+            size_t j = chain_pick(st->chain);
+            if (!st->chain->prov[j]->down) st->idx = j;
+        }
+        ph->pidx = st->idx;
         st->busy = ph;
         stage_issue(st);
     }
@@ -119,6 +150,33 @@ static void stage_failed(stage *st, tolk_status status, tolk_severity sev, const
 /* ---- the translation cache of each MT provider ---- */
 
 static size_t cache_size(direction *d) { return (size_t)d->ch->gen->conf->core.translation_cache; }
+
+static int mt_uses_context(tolk_instance *inst) {
+    return (DESC_HAS(inst->desc, tolk_mt, mt_flags) ? mt_of(inst)->mt_flags : 0) &
+           TOLK_MT_USES_CONTEXT;
+}
+
+/* Everything that changes the translation is in the key: the text, the
+ * endpoint's glossary and formality, and the context when the provider
+ * reads it. Fields are separated by a control character utf8_clean() never
+ * leaves in a text. */
+static const char *cache_key(direction *d, phrase *ph, tolk_instance *inst) {
+    const char *glossary = d->ep ? d->ep->glossary : NULL, *formality = d->ep ? d->ep->formality : NULL;
+    size_t nctx = mt_uses_context(inst) ? ph->ncontext : 0;
+    free(ph->cache_key);
+    if (!glossary && !formality && nctx == 0) {
+        ph->cache_key = xstrdup(ph->text);
+        return ph->cache_key;
+    }
+    size_t len = strlen(ph->text) + 8 + (glossary ? strlen(glossary) : 0) +
+                 (formality ? strlen(formality) : 0);
+    for (size_t i = 0; i < nctx; i++) len += strlen(ph->context[i]) + 1;
+    char *k = xmalloc(len), *p = k;
+    p += sprintf(p, "%s\x1f%s\x1f%s", ph->text, glossary ? glossary : "", formality ? formality : "");
+    for (size_t i = 0; i < nctx; i++) p += sprintf(p, "\x1f%s", ph->context[i]);
+    ph->cache_key = k;
+    return k;
+}
 
 static const char *cache_lookup(core *c, tolk_instance *inst, direction *d, const char *text) {
     if (cache_size(d) == 0) return NULL;
@@ -149,15 +207,56 @@ static void mt_accept(stage *st, phrase *ph, char *translation) {
     stage_pump(st);
 }
 
+static tolk_status issue_mt(stage *st, phrase *ph, tolk_instance *inst) {
+    direction *d = st->dir;
+    const tolk_mt *mt = mt_of(inst);
+    if (!DESC_FN(&mt->base, tolk_mt, translate_req))
+        return mt->translate(inst->self, ph->req.handle, ph->text, d->from, d->to);
+    int ctx = mt_uses_context(inst);
+    tolk_mt_request req = {
+        .size = sizeof req,
+        .text = ph->text,
+        .from = d->from,
+        .to = d->to,
+        .context = ctx ? (const char *const *)ph->context : NULL,
+        .ncontext = ctx ? ph->ncontext : 0,
+        .glossary = d->ep ? d->ep->glossary : NULL,
+        .formality = d->ep ? d->ep->formality : NULL,
+        .channel_id = d->ch->id,
+        .leg = d->src,
+    };
+    return mt->translate_req(inst->self, ph->req.handle, &req);
+}
+
+static tolk_status issue_tts(stage *st, phrase *ph, tolk_instance *inst) {
+    direction *d = st->dir;
+    const tolk_tts *tts = tts_of(inst);
+    const char *voice = d->clone_voice ? d->clone_voice : d->voice;
+    if (!DESC_FN(&tts->base, tolk_tts, speak_req))
+        return tts->speak(inst->self, ph->req.handle, ph->translation, d->to, voice);
+    tolk_tts_request req = {
+        .size = sizeof req,
+        .text = ph->translation,
+        .language = d->to,
+        .voice = voice,
+        .rate = 1.0,
+        .channel_id = d->ch->id,
+        .leg = d->src,
+    };
+    return tts->speak_req(inst->self, ph->req.handle, &req);
+}
+
+static void stage_declined(stage *st);
+
 static void stage_issue(stage *st) {
     direction *d = st->dir;
     core *c = core_of(st);
     phrase *ph = st->busy;
-    tolk_instance *inst = stage_inst(st);
-    const conf_recovery *rc = &d->ch->gen->conf->recovery;
+    tolk_instance *inst = st->chain->prov[ph->pidx];
+    const conf_recovery *rc = call_recovery(d);
     double now = mono_now();
     if (st->kind == STAGE_MT && ph->lad.last == TIER_NONE) {
-        const char *hit = cache_lookup(c, inst, d, ph->text);
+        const char *hit = cache_lookup(c, inst, d, cache_key(d, ph, inst));
         if (hit) {
             ph->mt_inst = inst;
             ph->mt_cached = 1;
@@ -168,26 +267,57 @@ static void stage_issue(stage *st) {
         }
     }
     ph->req = (tolk_request){.ph = ph, .inst = inst, .active = 1};
+    ph->req.handle = handle_new(H_REQUEST, &ph->req, inst->desc);
+    ph->retry_after = 0;
     start_timer(c, &st->timeout, ph->lad.last == TIER_FAILOVER ? rc->failover_timeout : rc->request_timeout);
     tolk_status s;
     if (st->kind == STAGE_MT) {
         ph->mt_inst = inst;
         if (!ph->t_mt_start) ph->t_mt_start = now;
-        s = mt_of(inst)->translate(inst->self, &ph->req, ph->text, d->from, d->to);
+        s = issue_mt(st, ph, inst);
     } else {
         ph->tts_inst = inst;
         ph->tts_got = 0;
         if (!ph->t_tts_start) ph->t_tts_start = now;
-        s = tts_of(inst)->speak(inst->self, &ph->req, ph->translation, d->to, d->voice);
+        s = issue_tts(st, ph, inst);
     }
     /* ph may be gone if the plugin completed inside the call: look only at
      * the stage, which lives as long as the channel */
     if (s == TOLK_PENDING || st->busy != ph || !ph->req.active) return;
+    if (s == TOLK_DECLINED) {
+        ev_timer_stop(c->loop, &st->timeout);
+        request_end(&ph->req);
+        stage_declined(st);
+        return;
+    }
     if (s == TOLK_OK) {
         stage_failed(st, TOLK_E_INVAL, TOLK_SEV_MEDIUM, "returned OK without completing");
         return;
     }
     stage_failed(st, s, severity_of(s), "refused the request");
+}
+
+/* "Not for me": the chain's next provider gets this request, and the one
+ * that declined keeps its health. Started from a timer, as every retry. */
+static void stage_declined(stage *st) {
+    direction *d = st->dir;
+    phrase *ph = st->busy;
+    tolk_instance *inst = st->chain->prov[ph->pidx];
+    size_t j = ph->pidx + 1;
+    while (j < st->chain->nprov && st->chain->prov[j]->down) j++;
+    if (j < st->chain->nprov) {
+        log_msg(TOLK_LOG_VERB, inst->who, "%s: declined %s of phrase %u: asking %s", d->ch->id,
+                stage_names[st->kind], ph->seq, st->chain->prov[j]->name);
+        ph->pidx = j;
+        start_timer(core_of(st), &st->retry, 0);
+        return;
+    }
+    st->busy = NULL;
+    phrase_lost(ph, stage_names[st->kind], inst, TOLK_DECLINED);
+    char msg[160];
+    snprintf(msg, sizeof msg, "every provider of chain '%s' declined %s->%s", st->chain->name, d->from,
+             d->to);
+    direction_fallback(d, msg);
 }
 
 /* The busy phrase is done at this stage. */
@@ -196,7 +326,7 @@ static void stage_succeeded(stage *st) {
     phrase *ph = st->busy;
     tolk_instance *inst = ph->req.inst;
     ev_timer_stop(c->loop, &st->timeout);
-    ph->req.active = 0;
+    request_end(&ph->req);
     health_record(c, inst, 1);
     if (ph->lad.last != TIER_NONE) {
         recovery_count(c, inst, ph->lad.last, 1);
@@ -211,29 +341,32 @@ static void stage_succeeded(stage *st) {
 /* A failure of an operation served by stage st: counted, then the next
  * tier of its ladder is chosen and started. Returns the tier; TIER_NONE
  * means every tier is spent and the caller gives up. */
-static tier climb(stage *st, ladder *lad, tolk_status status, tolk_severity sev) {
+static tier climb(stage *st, ladder *lad, tolk_status status, tolk_severity sev, double at_least) {
     core *c = core_of(st);
+    const conf_recovery *rc = call_recovery(st->dir);
     tolk_instance *inst = stage_inst(st);
     /* a provider at its configured limit is busy, not broken */
     if (status != TOLK_E_LIMIT) health_record(c, inst, 0);
     count_error(c, inst->name, error_type(status), sev);
     recovery_count(c, inst, lad->last, 0);
-    tier t = recovery_next(c, lad, st->chain, &st->idx, status, sev);
+    tier t = recovery_next(c, rc, lad, st->chain, &st->idx, status, sev);
     lad->last = t;
     switch (t) {
-    case TIER_SOFT:
-        start_timer(c, &st->retry, recovery_delay(c, lad));
+    case TIER_SOFT: {
+        double delay = recovery_delay(rc, lad);
+        start_timer(c, &st->retry, delay > at_least ? delay : at_least);
         break;
+    }
     case TIER_FAILOVER:
         start_timer(c, &st->retry, 0);
         break;
     case TIER_HARD:
         st->wait_reset = inst;
-        instance_reset(c, inst);
+        instance_reset(c, rc, inst);
         break;
     case TIER_RESET:
         st->wait_chain = st->chain;
-        chain_reset(c, st->chain);
+        chain_reset(c, rc, st->chain);
         break;
     case TIER_NONE:
         break;
@@ -245,10 +378,14 @@ static void stage_failed(stage *st, tolk_status status, tolk_severity sev, const
     direction *d = st->dir;
     core *c = core_of(st);
     phrase *ph = st->busy;
+    /* the stage follows its request: the provider that failed is where the
+     * ladder starts */
+    st->idx = ph->pidx;
     tolk_instance *inst = stage_inst(st);
     ev_timer_stop(c->loop, &st->timeout);
-    ph->req.active = 0;
-    tier t = climb(st, &ph->lad, status, sev);
+    request_end(&ph->req);
+    tier t = climb(st, &ph->lad, status, sev, ph->retry_after);
+    ph->pidx = st->idx;
     log_msg(TOLK_LOG_WARN, inst->who, "%s: %s of phrase %u failed (%s: %s)%s%s", d->ch->id,
             stage_names[st->kind], ph->seq, error_type(status), why ? why : "",
             t == TIER_NONE ? "" : "; recovery tier ", t == TIER_NONE ? "" : tier_names[t]);
@@ -296,16 +433,14 @@ static void on_stage_retry(struct ev_loop *loop, ev_timer *w, int revents) {
 
 static void on_stage_timeout(struct ev_loop *loop, ev_timer *w, int revents) {
     stage *st = CONTAINER_OF(w, stage, timeout);
-    if (st->kind == STAGE_STT) return;
+    if (st->kind == STAGE_STT) {
+        if (st->dir->stream.open && !st->dir->stream.ready) on_stream_open_timeout(st->dir);
+        return;
+    }
     phrase *ph = st->busy;
     if (!ph || !ph->req.active) return;
     /* cancel first: after it returns the plugin will not answer */
-    tolk_instance *inst = ph->req.inst;
-    ph->req.active = 0;
-    if (st->kind == STAGE_MT)
-        mt_of(inst)->cancel(inst->self, &ph->req);
-    else
-        tts_of(inst)->cancel(inst->self, &ph->req);
+    request_cancel(st, &ph->req);
     stage_failed(st, TOLK_E_TIMEOUT, TOLK_SEV_MEDIUM, "no answer in time");
 }
 
@@ -337,15 +472,23 @@ static int request_live(const tolk_request *r, const char *what) {
     return 0;
 }
 
-void request_mt_done(tolk_request *r, tolk_status status, const char *text) {
-    if (!request_live(r, "mt_done")) return;
+void request_mt_result(tolk_request *r, const tolk_mt_result *res) {
+    if (!request_live(r, "mt_result")) return;
     phrase *ph = r->ph;
     direction *d = ph->dir;
     stage *st = &d->mt;
     core *c = d->ch->core;
-    char *clean = status == TOLK_OK && text ? utf8_clean(text, 8192) : NULL;
+    tolk_status status = res->status;
+    if (status == TOLK_DECLINED) {
+        ev_timer_stop(c->loop, &st->timeout);
+        request_end(r);
+        stage_declined(st);
+        return;
+    }
+    char *clean = status == TOLK_OK && res->text ? utf8_clean(res->text, 8192) : NULL;
     if (!clean || !*clean) {
         free(clean);
+        if (res->retry_after > 0) ph->retry_after = res->retry_after;
         stage_failed(st, status == TOLK_OK ? TOLK_E_BACKEND : status,
                      status == TOLK_OK ? TOLK_SEV_MEDIUM : severity_of(status),
                      status == TOLK_OK ? "empty translation" : "translation failed");
@@ -354,9 +497,14 @@ void request_mt_done(tolk_request *r, tolk_status status, const char *text) {
     }
     stage_succeeded(st);
     observe_component(c, r->inst, "translate", mono_now() - ph->t_mt_start);
-    if (r->inst->mtcache && cache_size(d))
-        mtcache_put(r->inst->mtcache, cache_size(d), d->from, d->to, ph->text, clean);
+    if (r->inst->mtcache && cache_size(d) && !(res->flags & TOLK_MT_NO_CACHE) && ph->cache_key)
+        mtcache_put(r->inst->mtcache, cache_size(d), d->from, d->to, ph->cache_key, clean);
     mt_accept(st, ph, clean);
+}
+
+void request_mt_done(tolk_request *r, tolk_status status, const char *text) {
+    tolk_mt_result res = {.size = sizeof res, .status = status, .text = text};
+    request_mt_result(r, &res);
 }
 
 void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
@@ -397,6 +545,12 @@ void request_tts_done(tolk_request *r, tolk_status status) {
     direction *d = ph->dir;
     stage *st = &d->tts;
     tolk_channel *ch = d->ch;
+    if (status == TOLK_DECLINED && !ph->has_audio) {
+        ev_timer_stop(ch->core->loop, &st->timeout);
+        request_end(r);
+        stage_declined(st);
+        return;
+    }
     if (status != TOLK_OK) {
         stage_failed(st, status, severity_of(status), ph->has_audio ? "synthesis broke off" : "synthesis failed");
         stage_pump(st);
@@ -422,6 +576,9 @@ static void stream_close(direction *d) {
     tolk_stream *s = &d->stream;
     if (!s->open) return;
     s->open = 0;
+    s->ready = 0;
+    ev_timer_stop(d->ch->core->loop, &d->stt.timeout);
+    handle_retire(s->handle);
     stt_of(s->inst)->close(s->state);
     s->state = NULL;
 }
@@ -435,7 +592,7 @@ static int frame_voiced(const int16_t *f) {
 /* Keeps the audio a new stream would need: from the last final result on,
  * without long leading silence, at most replay_seconds; in whole frames. */
 static void replay_append(direction *d, const int16_t *frame, int voiced) {
-    const conf_recovery *rc = &d->ch->gen->conf->recovery;
+    const conf_recovery *rc = call_recovery(d);
     size_t max = (size_t)(rc->replay_seconds * TOLK_SAMPLE_RATE) / TOLK_FRAME_SAMPLES;
     if (max == 0) {
         d->replay_start = d->samples_in;
@@ -463,20 +620,66 @@ static void replay_trim(direction *d, uint64_t upto) {
     d->replay_start += (uint64_t)drop * TOLK_FRAME_SAMPLES;
 }
 
+static void stream_start(direction *d, int reopened);
+
+static void on_stream_open_timeout(direction *d) {
+    stream_recover(d, TOLK_E_TIMEOUT, TOLK_SEV_MEDIUM, "the stream did not become ready in time");
+    schedule_finish(d->ch);
+}
+
+/* Opens a stream on the stage's provider. A provider that declines the
+ * language hands the stream to the chain's next one, with no health
+ * penalty. 0: open (maybe not ready yet); -1: *why says what failed. */
 static int stream_open(direction *d, tolk_status *why) {
     tolk_stream *s = &d->stream;
-    s->dir = d;
-    s->inst = stage_inst(&d->stt);
-    s->flushing = s->flushed = 0;
-    tolk_stt_params p = {.size = sizeof p, .language = d->from, .sample_rate = TOLK_SAMPLE_RATE};
-    tolk_status st = stt_of(s->inst)->open(s->inst->self, s, &p, &s->state);
-    if (st != TOLK_OK) {
-        *why = st;
-        return -1;
+    stage *st = &d->stt;
+    tolk_channel *ch = d->ch;
+    for (;;) {
+        s->dir = d;
+        s->inst = stage_inst(st);
+        s->flushing = s->flushed = s->ready = 0;
+        s->handle = handle_new(H_STREAM, s, s->inst->desc);
+        tolk_stt_params p = {
+            .size = sizeof p,
+            .language = d->from,
+            .sample_rate = TOLK_SAMPLE_RATE,
+            .channel_id = ch->id,
+            .leg = d->src,
+            .target_language = d->to,
+            .call_options = NULL,
+        };
+        s->open = 1; /* a plugin may call back from inside open() */
+        tolk_status r = stt_of(s->inst)->open(s->inst->self, s->handle, &p, &s->state);
+        if (r == TOLK_OK || r == TOLK_PENDING) {
+            if (!s->open) { /* it failed the stream from inside open() */
+                *why = TOLK_E_BACKEND;
+                return -1;
+            }
+            d->last_result = mono_now();
+            if (r == TOLK_OK) {
+                s->ready = 1;
+            } else {
+                /* the audio waits in the replay buffer until stt_ready */
+                start_timer(ch->core, &st->timeout, call_recovery(d)->request_timeout);
+            }
+            return 0;
+        }
+        s->open = 0;
+        handle_retire(s->handle);
+        if (r != TOLK_DECLINED) {
+            *why = r;
+            return -1;
+        }
+        size_t j = st->idx + 1;
+        while (j < st->chain->nprov && st->chain->prov[j]->down) j++;
+        if (j >= st->chain->nprov) {
+            *why = TOLK_DECLINED;
+            return -1;
+        }
+        log_msg(TOLK_LOG_VERB, s->inst->who, "%s: declined recognising %s: asking %s", ch->id,
+                d->from, st->chain->prov[j]->name);
+        st->idx = j;
     }
-    s->open = 1;
-    d->last_result = mono_now();
-    return 0;
 }
 
 static void stream_reopen(direction *d) {
@@ -484,14 +687,23 @@ static void stream_reopen(direction *d) {
     if (ch->ending || ch->closed || !d->translate) return;
     tolk_status why = TOLK_OK;
     if (stream_open(d, &why) != 0) {
-        stream_recover(d, why, severity_of(why), "cannot open a stream");
+        stream_fail_open(d, why);
         return;
     }
+    if (d->stream.ready) stream_start(d, 1);
+}
+
+/* The stream is ready: it hears the audio kept since the last final result
+ * (the replay buffer), then the live frames. */
+static void stream_start(direction *d, int reopened) {
+    tolk_channel *ch = d->ch;
     core *c = ch->core;
-    /* the new stream starts where the kept audio starts */
+    /* the stream starts where the kept audio starts */
     d->stream_base = d->replay_start;
-    log_msg(TOLK_LOG_INFO, "recovery", "%s: %s->%s: stream reopened on %s, replaying %.2f s of audio",
-            ch->id, d->from, d->to, d->stream.inst->name, (double)d->replay.frames * TOLK_FRAME_SECONDS);
+    if (reopened || d->replay.frames)
+        log_msg(TOLK_LOG_INFO, "recovery", "%s: %s->%s: stream %s on %s, replaying %.2f s of audio",
+                ch->id, d->from, d->to, reopened ? "reopened" : "ready", d->stream.inst->name,
+                (double)d->replay.frames * TOLK_FRAME_SECONDS);
     /* by position, not by pointer: a result delivered from inside feed()
      * may trim the buffer under this loop */
     uint64_t end = d->replay_start + (uint64_t)d->replay.frames * TOLK_FRAME_SAMPLES;
@@ -506,7 +718,7 @@ static void stream_reopen(direction *d) {
         }
     }
     if (d->stream.open && d->unfed) {
-        /* the frames that arrived while no stream was open have now been heard */
+        /* the frames that arrived while no stream was ready have now been heard */
         double now = mono_now();
         for (size_t k = d->unfed; k > 0; k--)
             metrics_observe(c->m.qwait[Q_INPUT],
@@ -526,13 +738,34 @@ static void stream_reopen(direction *d) {
     }
 }
 
+void stream_ready(tolk_stream *s) {
+    if (!s || !s->open || s->ready) return;
+    direction *d = s->dir;
+    s->ready = 1;
+    ev_timer_stop(d->ch->core->loop, &d->stt.timeout);
+    stream_start(d, d->stt.lad.last != TIER_NONE);
+}
+
+/* No stream could be opened: declined by every provider, or a failure
+ * that climbs the recovery ladder. */
+static void stream_fail_open(direction *d, tolk_status why) {
+    if (why == TOLK_DECLINED) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "every provider of chain '%s' declined to recognise %s",
+                 d->stt.chain->name, d->from);
+        direction_fallback(d, msg);
+        return;
+    }
+    stream_recover(d, why, severity_of(why), "cannot open a stream");
+}
+
 static void stream_recover(direction *d, tolk_status status, tolk_severity sev, const char *why) {
     tolk_channel *ch = d->ch;
     stage *st = &d->stt;
     tolk_instance *inst = stage_inst(st);
     stream_close(d);
     if (ch->ending || ch->closed || !d->translate) return;
-    tier t = climb(st, &st->lad, status, sev);
+    tier t = climb(st, &st->lad, status, sev, 0);
     log_msg(TOLK_LOG_WARN, inst->who, "%s: %s->%s stream failed (%s: %s)%s%s", ch->id, d->from, d->to,
             error_type(status), why ? why : "", t == TIER_NONE ? "" : "; recovery tier ",
             t == TIER_NONE ? "" : tier_names[t]);
@@ -549,6 +782,44 @@ void stream_failed(tolk_stream *s, tolk_status st, tolk_severity sev, const char
     schedule_finish(s->dir->ch);
 }
 
+/* Partial and final results are published (captions and speculative
+ * translation read them); finals also go on to translation. */
+static void publish_transcript(direction *d, const tolk_transcript *t, const char *text) {
+    core *c = d->ch->core;
+    int has12 = TOLK_HAS(t, tolk_transcript, flags);
+    if (log_enabled(TOLK_LOG_DBG) && !t->is_final)
+        log_msg(TOLK_LOG_DBG, "channel", "%s: partial: %s", d->ch->id, text);
+    if (!c->obs.transcript) return;
+    transcript_event e = {
+        .channel_id = d->ch->id,
+        .leg = d->src,
+        .language = d->from,
+        .text = text,
+        .is_final = t->is_final != 0,
+        .eager_end = has12 && (t->flags & TOLK_TRANSCRIPT_EAGER_END),
+        .stability = has12 ? t->stability : -1,
+        .start_s = (double)(d->stream_base + t->start_sample) / TOLK_SAMPLE_RATE,
+        .end_s = (double)(d->stream_base + t->end_sample) / TOLK_SAMPLE_RATE,
+    };
+    c->obs.transcript(c->obs.ud, &e);
+}
+
+/* The direction's last phrases, for the context of later MT requests. */
+static void context_push(direction *d, phrase *ph) {
+    size_t keep = (size_t)d->ch->gen->conf->core.mt_context;
+    if (keep > ARRAY_LEN(d->context)) keep = ARRAY_LEN(d->context);
+    ph->ncontext = d->ncontext;
+    ph->context = ph->ncontext ? xcalloc(ph->ncontext, sizeof *ph->context) : NULL;
+    for (size_t i = 0; i < ph->ncontext; i++) ph->context[i] = xstrdup(d->context[i]);
+    if (keep == 0) return;
+    if (d->ncontext == keep) {
+        free(d->context[0]);
+        memmove(d->context, d->context + 1, (keep - 1) * sizeof *d->context);
+        d->ncontext--;
+    }
+    d->context[d->ncontext++] = xstrdup(ph->text);
+}
+
 void stream_result(tolk_stream *s, const tolk_transcript *t) {
     if (!s || !s->open || !t) {
         log_msg(TOLK_LOG_DBG, "channel", "result for a closed stream ignored");
@@ -557,14 +828,18 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     direction *d = s->dir;
     core *c = d->ch->core;
     stage *st = &d->stt;
+    if (t->size < offsetof(tolk_transcript, end_sample) + sizeof t->end_sample) {
+        log_msg(TOLK_LOG_ERR, s->inst->who, "%s: result ignored: tolk_transcript.size %u is smaller than ABI 1.0's",
+                d->ch->id, t->size);
+        count_error(c, s->inst->name, "invalid", TOLK_SEV_HIGH);
+        return;
+    }
     ladder stt_recovered = {0};
     d->last_result = mono_now();
+    char *text = utf8_clean(t->text ? t->text : "", 4096);
+    publish_transcript(d, t, text);
     if (!t->is_final) {
-        if (log_enabled(TOLK_LOG_DBG)) {
-            char *txt = utf8_clean(t->text, 512);
-            log_msg(TOLK_LOG_DBG, "channel", "%s: partial: %s", d->ch->id, txt);
-            free(txt);
-        }
+        free(text);
         return;
     }
     health_record(c, s->inst, 1);
@@ -581,7 +856,7 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     replay_trim(d, end);
     if (d->speech_since) queue_depth(c, Q_STT, -1);
     d->speech_since = 0;
-    char *text = utf8_clean(t->text, 4096);
+    d->finalize_asked = 0;
     if (!*text) {
         free(text);
         return;
@@ -595,6 +870,7 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     ph->t_speech_end = arrival_time(d, ph->end_sample);
     ph->t_stt_final = mono_now();
     ph->stt_inst = s->inst;
+    context_push(d, ph);
     if (stt_recovered.last != TIER_NONE) note_recovery(c, ph, STAGE_STT, &stt_recovered, s->inst);
     observe_stage(d, "stt", ph->t_stt_final - ph->t_speech_end);
     observe_component(c, s->inst, "recognize", ph->t_stt_final - ph->t_speech_end);
@@ -607,7 +883,7 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     /* A phrase boundary is where a running call can go back to a recovered
      * primary: the stream is replaced from a timer, outside the plugin's
      * callback, and the new one hears the audio kept since this result. */
-    if (d->ch->gen->conf->recovery.failback_running && s->open && !d->input_ended &&
+    if (call_recovery(d)->failback_running && s->open && !d->input_ended &&
         chain_pick(st->chain) != st->idx && !ev_is_active(&st->retry)) {
         st->failback = 1;
         start_timer(c, &st->retry, 0);
@@ -621,18 +897,75 @@ void stream_flushed(tolk_stream *s) {
     schedule_finish(s->dir->ch);
 }
 
+/* ---- voice cloning: the speaker's first seconds, lent to the TTS ---- */
+
+static void clone_collect(direction *d, const int16_t *frame, int voiced) {
+    if (!d->ep || !d->ep->clone_voice || d->clone_state != 0 || !voiced || !d->tts.chain) return;
+    tolk_instance *tts = d->tts.chain->prov[d->tts.idx];
+    const tolk_tts *desc = tts_of(tts);
+    if (!DESC_FN(&desc->base, tolk_tts, voice_sample)) {
+        d->clone_state = -1;
+        return;
+    }
+    size_t want = (size_t)(d->ep->clone_seconds * TOLK_SAMPLE_RATE);
+    if (!d->clone_pcm) {
+        d->clone_cap = want;
+        d->clone_pcm = xmalloc(want * sizeof(int16_t));
+    }
+    size_t take = want - d->clone_n < TOLK_FRAME_SAMPLES ? want - d->clone_n : TOLK_FRAME_SAMPLES;
+    memcpy(d->clone_pcm + d->clone_n, frame, take * sizeof(int16_t));
+    d->clone_n += take;
+    if (d->clone_n < want) return;
+    char name[160];
+    snprintf(name, sizeof name, "clone:%s:%c", d->ch->id, d->src == TOLK_LEG_A ? 'a' : 'b');
+    tolk_voice_sample vs = {.size = sizeof vs, .voice = name, .pcm = d->clone_pcm, .n = d->clone_n,
+                            .language = d->from};
+    tolk_status r = desc->voice_sample(tts->self, &vs);
+    free(d->clone_pcm);
+    d->clone_pcm = NULL;
+    d->clone_cap = 0;
+    if (r == TOLK_OK) {
+        d->clone_state = 1;
+        d->clone_voice = xstrdup(name);
+        log_msg(TOLK_LOG_INFO, tts->who, "%s: cloning %s's voice from %.1f s of speech as %s", d->ch->id,
+                d->src == TOLK_LEG_A ? "A" : "B", (double)d->clone_n / TOLK_SAMPLE_RATE, name);
+    } else {
+        d->clone_state = -1;
+        log_msg(TOLK_LOG_VERB, tts->who, "%s: voice sample declined", d->ch->id);
+    }
+}
+
+/* A phrase that goes on past max_phrase_seconds is cut: the recogniser is
+ * asked for a final result now, so the listener does not wait for the
+ * speaker to pause. */
+static void maybe_finalize(direction *d) {
+    double max = d->ch->gen->conf->core.max_phrase_seconds;
+    if (max <= 0 || d->finalize_asked || !d->speech_since || !d->stream.open || !d->stream.ready) return;
+    if (d->samples_in - d->speech_start < (uint64_t)(max * TOLK_SAMPLE_RATE)) return;
+    const tolk_stt *stt = stt_of(d->stream.inst);
+    if (!DESC_FN(&stt->base, tolk_stt, finalize)) return;
+    d->finalize_asked = 1;
+    log_msg(TOLK_LOG_VERB, "channel", "%s: %s->%s: phrase longer than %.0f s: finalising", d->ch->id,
+            d->from, d->to, max);
+    tolk_status st = stt->finalize(d->stream.state);
+    if (st < 0 && d->stream.open) stream_recover(d, st, severity_of(st), "finalize failed");
+}
+
 void pipeline_frame(direction *d, const int16_t *frame) {
     core *c = d->ch->core;
     int voiced = frame_voiced(frame);
     replay_append(d, frame, voiced);
+    clone_collect(d, frame, voiced);
     double now = mono_now();
     if (voiced && !d->speech_since) {
         d->speech_since = now;
+        d->speech_start = d->samples_in - TOLK_FRAME_SAMPLES;
         queue_depth(c, Q_STT, 1);
     }
-    if (!d->stream.open) {
-        /* recovering: the frame waits in the replay buffer, which keeps
-         * at most replay_seconds; what falls out of it is not heard */
+    if (!d->stream.open || !d->stream.ready) {
+        /* recovering, or the stream is being set up: the frame waits in the
+         * replay buffer, which keeps at most replay_seconds; what falls out
+         * of it is not heard */
         size_t kept = d->replay.frames, was = d->unfed;
         d->unfed = d->unfed + 1 < kept ? d->unfed + 1 : kept;
         queue_depth(c, Q_INPUT, (double)d->unfed - (double)was);
@@ -644,23 +977,65 @@ void pipeline_frame(direction *d, const int16_t *frame) {
         stream_recover(d, st, TOLK_SEV_HIGH, "feed failed");
         return;
     }
+    maybe_finalize(d);
     /* a recogniser that hears speech and says nothing for this long hangs */
     double since = d->speech_since > d->last_result ? d->speech_since : d->last_result;
     if (d->speech_since && d->stream.open &&
-        now - since > d->ch->gen->conf->recovery.stt_timeout) {
+        now - since > call_recovery(d)->stt_timeout) {
         d->speech_since = now;
         stream_recover(d, TOLK_E_TIMEOUT, TOLK_SEV_MEDIUM, "no result for speech");
     }
 }
 
 void pipeline_input_end(direction *d) {
-    if (!d->stream.open) return;
+    if (!d->stream.open || !d->stream.ready) return;
     const tolk_stt *stt = stt_of(d->stream.inst);
     tolk_status st = DESC_FN(&stt->base, tolk_stt, flush) ? stt->flush(d->stream.state) : TOLK_OK;
     if (st == TOLK_PENDING)
         d->stream.flushing = 1;
     else
         d->stream.flushed = 1;
+}
+
+/* host->report() marked inst down: the streams it serves move to a backup
+ * now (deferred to the loop: the plugin is inside its report() call). */
+static void on_instance_down(struct ev_loop *loop, ev_timer *w, int revents);
+
+typedef struct down_note {
+    ev_timer timer;
+    core *c;
+    tolk_instance *inst;
+    tolk_status st;
+    tolk_severity sev;
+} down_note;
+
+void pipeline_instance_down(core *c, tolk_instance *inst, tolk_status st, tolk_severity sev,
+                            const char *why) {
+    if (inst->desc->kind != TOLK_KIND_STT) return; /* MT/TTS move at their next request */
+    down_note *n = xcalloc(1, sizeof *n);
+    n->c = c;
+    n->inst = inst;
+    n->st = st == TOLK_OK ? TOLK_E_BACKEND : st;
+    n->sev = sev;
+    inst->refs++; /* kept alive until the note runs */
+    ev_timer_init(&n->timer, on_instance_down, 0., 0.);
+    ev_timer_start(c->loop, &n->timer);
+}
+
+static void on_instance_down(struct ev_loop *loop, ev_timer *w, int revents) {
+    down_note *n = CONTAINER_OF(w, down_note, timer);
+    for (tolk_channel *chan = n->c->channels; chan; chan = chan->next) {
+        if (chan->ending || chan->closed) continue;
+        for (int i = 0; i < 2; i++) {
+            direction *d = &chan->dir[i];
+            if (d->translate && d->stream.open && d->stream.inst == n->inst) {
+                stream_recover(d, n->st, n->sev, "the provider reported trouble");
+                schedule_finish(chan);
+            }
+        }
+    }
+    instance_unref(n->inst);
+    free(n);
 }
 
 static void stage_init(stage *st, stage_kind kind, direction *d, chain *ch) {
@@ -691,7 +1066,10 @@ void pipeline_setup(direction *d) {
         return;
     }
     tolk_status why = TOLK_OK;
-    if (stream_open(d, &why) != 0) stream_recover(d, why, severity_of(why), "cannot open a stream");
+    if (stream_open(d, &why) != 0)
+        stream_fail_open(d, why);
+    else if (d->stream.ready)
+        stream_start(d, 0);
 }
 
 static void free_fifo(core *c, phrase_fifo_head *f, int q) {
@@ -711,14 +1089,7 @@ void pipeline_cancel(direction *d) {
         stage_stop_timers(st);
         st->wait_reset = NULL;
         st->wait_chain = NULL;
-        if (st->busy && st->busy->req.active) {
-            st->busy->req.active = 0;
-            tolk_instance *inst = st->busy->req.inst;
-            if (st->kind == STAGE_MT)
-                mt_of(inst)->cancel(inst->self, &st->busy->req);
-            else
-                tts_of(inst)->cancel(inst->self, &st->busy->req);
-        }
+        if (st->busy && st->busy->req.active) request_cancel(st, &st->busy->req);
     }
     free_fifo(c, &d->mt.q, Q_MT);
     free_fifo(c, &d->tts.q, Q_TTS);
@@ -752,4 +1123,13 @@ int pipeline_drained(direction *d) {
     }
     if (d->mt.q.head || d->mt.busy || d->tts.q.head || d->tts.busy || d->marks_head) return 0;
     return 1;
+}
+
+void pipeline_free(direction *d) {
+    for (size_t i = 0; i < d->ncontext; i++) free(d->context[i]);
+    d->ncontext = 0;
+    free(d->clone_pcm);
+    d->clone_pcm = NULL;
+    free(d->clone_voice);
+    d->clone_voice = NULL;
 }

@@ -27,5 +27,7 @@ void pipeline_input_end(direction *d);
 /* Stops every request and timer of the direction and frees its phrases. */
 void pipeline_cancel(direction *d);
 int pipeline_drained(direction *d);
+/* Frees what the direction's pipeline kept for the call (context, voice sample). */
+void pipeline_free(direction *d);
 
 #endif

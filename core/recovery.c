@@ -31,8 +31,7 @@ static double rand01(void) {
     return (double)(rng_state >> 11) / 9007199254740992.0;
 }
 
-double recovery_delay(core *c, const ladder *lad) {
-    const conf_recovery *rc = recovery_conf(c);
+double recovery_delay(const conf_recovery *rc, const ladder *lad) {
     double d = rc->soft_delay * pow(rc->backoff, lad->soft > 0 ? lad->soft - 1 : 0);
     return d * (1.0 + rc->jitter * (2.0 * rand01() - 1.0));
 }
@@ -104,9 +103,8 @@ static int chain_resettable(const chain *ch) {
     return 0;
 }
 
-tier recovery_next(core *c, ladder *lad, chain *ch, size_t *idx, tolk_status st,
-                   tolk_severity sev) {
-    const conf_recovery *rc = recovery_conf(c);
+tier recovery_next(core *c, const conf_recovery *rc, ladder *lad, chain *ch, size_t *idx,
+                   tolk_status st, tolk_severity sev) {
     tolk_instance *inst = ch->prov[*idx];
     double now = mono_now();
     if (lad->t_fail == 0) {
@@ -114,13 +112,15 @@ tier recovery_next(core *c, ladder *lad, chain *ch, size_t *idx, tolk_status st,
         lad->failed = inst;
     }
     if (st == TOLK_E_INVAL) return TIER_NONE; /* the request itself is wrong */
+    /* a bad key or a spent quota: retrying or resetting cannot help */
+    int permanent = sev == TOLK_SEV_PERMANENT;
     int transient = st == TOLK_E_AGAIN || st == TOLK_E_TIMEOUT || st == TOLK_E_BACKEND ||
                     st == TOLK_E_LIMIT || st == TOLK_E_NOMEM;
     if (transient && sev < TOLK_SEV_CRITICAL && lad->soft < rc->soft_retries) {
         lad->soft++;
         return TIER_SOFT;
     }
-    if (st != TOLK_DECLINED && rc->hard_reset && !lad->hard && inst->desc->reset) {
+    if (!permanent && st != TOLK_DECLINED && rc->hard_reset && !lad->hard && inst->desc->reset) {
         lad->hard = 1;
         return TIER_HARD;
     }
@@ -133,6 +133,13 @@ tier recovery_next(core *c, ladder *lad, chain *ch, size_t *idx, tolk_status st,
         *idx = j;
         lad->failovers++;
         return TIER_FAILOVER;
+    }
+    if (permanent) {
+        if (!inst->down) {
+            inst->down = 1;
+            update_health(c, inst, TOLK_HEALTHY);
+        }
+        return TIER_NONE;
     }
     if (!lad->reset && chain_resettable(ch) &&
         (ch->resetting || ch->last_reset == 0 || now - ch->last_reset >= rc->reset_cooldown)) {
@@ -197,7 +204,7 @@ void instance_reset_done(tolk_instance *inst, tolk_status st) {
     ev_timer_start(inst->core->loop, &inst->reset_timer);
 }
 
-void instance_reset(core *c, tolk_instance *inst) {
+void instance_reset(core *c, const conf_recovery *rc, tolk_instance *inst) {
     if (inst->resetting) return;
     inst->resetting = 1;
     ev_init(&inst->reset_timer, on_reset_timer);
@@ -212,7 +219,7 @@ void instance_reset(core *c, tolk_instance *inst) {
     tolk_status st = inst->desc->reset(inst->self);
     if (!inst->resetting || ev_is_active(&inst->reset_timer)) return; /* reset_done came inside */
     if (st == TOLK_PENDING) {
-        ev_timer_set(&inst->reset_timer, recovery_conf(c)->hard_timeout, 0.);
+        ev_timer_set(&inst->reset_timer, rc->hard_timeout, 0.);
     } else {
         inst->reset_ok = st == TOLK_OK;
         ev_timer_set(&inst->reset_timer, 0., 0.);
@@ -238,9 +245,8 @@ static chain *find_resetting_chain(core *c, tolk_instance *inst) {
 
 void recovery_forget_chain(chain *ch) { ptr_vec_remove(&g_resetting_chains, ch); }
 
-void chain_reset(core *c, chain *ch) {
+void chain_reset(core *c, const conf_recovery *rc, chain *ch) {
     if (ch->resetting) return;
-    const conf_recovery *rc = recovery_conf(c);
     ch->last_reset = mono_now();
     ch->reset_failed = 0;
     log_msg(TOLK_LOG_WARN, "recovery",
@@ -252,8 +258,31 @@ void chain_reset(core *c, chain *ch) {
         tolk_instance *inst = ch->prov[i];
         inst->down = 0;
         if (inst->resetting) continue; /* its end will count for this chain */
-        instance_reset(c, inst);
+        instance_reset(c, rc, inst);
     }
+}
+
+/* ---- trouble reported outside any request (host->report) ---- */
+
+void instance_report(core *c, tolk_instance *inst, tolk_status st, tolk_severity sev,
+                     const char *why) {
+    if ((int)sev < 0 || sev > TOLK_SEV_PERMANENT) sev = TOLK_SEV_MEDIUM;
+    tolk_kind kind = inst->desc->kind;
+    int provider = kind == TOLK_KIND_STT || kind == TOLK_KIND_MT || kind == TOLK_KIND_TTS;
+    int serious = sev >= TOLK_SEV_HIGH || st == TOLK_E_FATAL;
+    log_msg(serious ? TOLK_LOG_ERR : TOLK_LOG_WARN, inst->who, "reported trouble (%s): %s",
+            sev == TOLK_SEV_PERMANENT ? "permanent" : "transient", why ? why : "");
+    count_error(c, inst->name, "reported", sev);
+    if (!provider) return;
+    /* it counts as a failed operation, so the success rate sees it */
+    health_record(c, inst, 0);
+    if (!serious || inst->down) return;
+    inst->down = 1;
+    update_health(c, inst, TOLK_HEALTHY);
+    log_msg(TOLK_LOG_WARN, inst->who,
+            "marked down: new calls avoid it, running calls move to a backup at their next "
+            "request, until it is healthy again");
+    pipeline_instance_down(c, inst, st, sev, why);
 }
 
 /* ---- health probes ---- */
