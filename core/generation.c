@@ -29,7 +29,16 @@ tolk_instance *instance_new(core *c, const conf_instance *ci, conf_errors *errs)
     inst->desc = ci->lp->desc;
     snprintf(inst->who, sizeof inst->who, "%s/%s", inst->desc->name, ci->name);
     inst->settings = json_incref(ci->settings);
-    tolk_status st = inst->desc->create(&c->host, inst, inst->settings, &inst->self);
+    tolk_status st = loader_process_load(ci->lp, &c->host);
+    if (st != TOLK_OK) {
+        conf_error(errs, ci->file, ci->line, "instance '%s': plugin %s refused to set itself up in this process",
+                   ci->name, inst->desc->name);
+        json_decref(inst->settings);
+        free(inst->name);
+        free(inst);
+        return NULL;
+    }
+    st = inst->desc->create(&c->host, inst, inst->settings, &inst->self);
     if (st != TOLK_OK) {
         conf_error(errs, ci->file, ci->line, "instance '%s' (plugin %s) failed to start: %s",
                    ci->name, inst->desc->name, status_name(st));

@@ -2,6 +2,8 @@
 
 #include <ctype.h>
 #include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -70,6 +72,69 @@ static int check_options(const tolk_plugin *d, char *err, size_t errlen, const c
     return 0;
 }
 
+/* The data model of a fingerprint: "p8l8" from any version of the string
+ * ("p8l8o64-ev4-jansson2" from ABI 1.0/1.1 included). */
+static int data_model(const char *fp, unsigned *ptr, unsigned *lng) {
+    return fp && sscanf(fp, "p%ul%u", ptr, lng) == 2;
+}
+
+/* Libraries whose types cross the ABI: a plugin linked against another
+ * major of one of them would hand the core objects of another layout. */
+static const char *const abi_libs[] = {"libjansson.so.", "libev.so.", "libwebsockets.so."};
+
+/* Calls fn for each DT_NEEDED entry of a loaded object. glibc has already
+ * relocated the string table's address in the dynamic section. */
+static void each_needed(struct link_map *lm, void (*fn)(void *ud, const char *soname), void *ud) {
+    if (!lm || !lm->l_ld) return;
+    const char *strtab = NULL;
+    for (const ElfW(Dyn) *d = lm->l_ld; d->d_tag != DT_NULL; d++)
+        if (d->d_tag == DT_STRTAB) strtab = (const char *)d->d_un.d_ptr;
+    if (!strtab) return;
+    for (const ElfW(Dyn) *d = lm->l_ld; d->d_tag != DT_NULL; d++)
+        if (d->d_tag == DT_NEEDED) fn(ud, strtab + d->d_un.d_val);
+}
+
+typedef struct sonames {
+    char v[ARRAY_LEN(abi_libs)][64];
+} sonames;
+
+static void note_soname(void *ud, const char *soname) {
+    sonames *sn = ud;
+    for (size_t i = 0; i < ARRAY_LEN(abi_libs); i++)
+        if (!strncmp(soname, abi_libs[i], strlen(abi_libs[i])))
+            snprintf(sn->v[i], sizeof sn->v[i], "%s", soname);
+}
+
+/* What this process runs with: the sonames the loaded objects (tolkd, its
+ * libraries) were linked against. */
+static void process_sonames(sonames *sn) {
+    memset(sn, 0, sizeof *sn);
+    void *self = dlopen(NULL, RTLD_NOW);
+    struct link_map *lm = NULL;
+    if (self && dlinfo(self, RTLD_DI_LINKMAP, &lm) == 0) {
+        while (lm && lm->l_prev) lm = lm->l_prev;
+        for (; lm; lm = lm->l_next) each_needed(lm, note_soname, sn);
+    }
+    if (self) dlclose(self);
+}
+
+/* NULL, or why the plugin's libraries do not match the process's. */
+static const char *library_mismatch(void *dl, char *buf, size_t len) {
+    struct link_map *lm = NULL;
+    if (dlinfo(dl, RTLD_DI_LINKMAP, &lm) != 0 || !lm) return NULL;
+    sonames mine, theirs;
+    memset(&theirs, 0, sizeof theirs);
+    each_needed(lm, note_soname, &theirs);
+    process_sonames(&mine);
+    for (size_t i = 0; i < ARRAY_LEN(abi_libs); i++) {
+        if (!theirs.v[i][0] || !mine.v[i][0] || !strcmp(theirs.v[i], mine.v[i])) continue;
+        snprintf(buf, len, "linked against %s, but tolkd runs with %s (their types cross the plugin ABI): rebuild the plugin",
+                 theirs.v[i], mine.v[i]);
+        return buf;
+    }
+    return NULL;
+}
+
 const loaded_plugin *loader_open(const char *path, char *err, size_t errlen) {
     for (loaded_plugin *lp = g_loaded; lp; lp = lp->next)
         if (!strcmp(lp->path, path)) return lp;
@@ -90,7 +155,8 @@ const loaded_plugin *loader_open(const char *path, char *err, size_t errlen) {
     }
     const tolk_plugin *d = entry(TOLK_ABI_MAJOR, TOLK_ABI_MINOR);
     const char *why = NULL;
-    char buf[256];
+    char buf[320];
+    unsigned ptr_size = 0, long_size = 0;
     if (!d) {
         why = "its entry returned no descriptor";
     } else if (d->abi_major != TOLK_ABI_MAJOR) {
@@ -100,15 +166,19 @@ const loaded_plugin *loader_open(const char *path, char *err, size_t errlen) {
                  d->abi_major, d->abi_minor, TOLK_ABI_MAJOR, TOLK_ABI_MINOR);
         why = buf;
     } else if (d->abi_minor > TOLK_ABI_MINOR) {
+        /* a plugin that can run here says so by answering with our minor */
         snprintf(buf, sizeof buf,
-                 "built for plugin ABI %u.%u, newer than this tolkd's %u.%u: upgrade tolkd",
-                 d->abi_major, d->abi_minor, TOLK_ABI_MAJOR, TOLK_ABI_MINOR);
+                 "built for plugin ABI %u.%u, newer than this tolkd's %u.%u, and it does not offer "
+                 "to run on %u.%u (TOLK_PLUGIN_DEFINE_COMPAT): upgrade tolkd",
+                 d->abi_major, d->abi_minor, TOLK_ABI_MAJOR, TOLK_ABI_MINOR, TOLK_ABI_MAJOR,
+                 TOLK_ABI_MINOR);
         why = buf;
     } else if (d->size < sizeof(tolk_plugin)) {
         snprintf(buf, sizeof buf, "descriptor too short (%u bytes)", d->size);
         why = buf;
-    } else if (!d->build_abi || strcmp(d->build_abi, TOLK_BUILD_ABI)) {
-        snprintf(buf, sizeof buf, "build fingerprint '%s' does not match tolkd's '%s'",
+    } else if (!data_model(d->build_abi, &ptr_size, &long_size) ||
+               ptr_size != sizeof(void *) || long_size != sizeof(long)) {
+        snprintf(buf, sizeof buf, "build fingerprint '%s' does not match tolkd's '%s' (another data model)",
                  d->build_abi ? d->build_abi : "(none)", TOLK_BUILD_ABI);
         why = buf;
     } else if (d->kind < TOLK_KIND_TRANSPORT || d->kind > TOLK_KIND_METRICS) {
@@ -122,6 +192,8 @@ const loaded_plugin *loader_open(const char *path, char *err, size_t errlen) {
             snprintf(buf, sizeof buf, "%s plugin '%s' lacks the mandatory member '%s'",
                      loader_kind_name(d->kind), d->name, m);
             why = buf;
+        } else {
+            why = library_mismatch(dl, buf, sizeof buf);
         }
     }
     if (why) {
@@ -196,10 +268,36 @@ const loaded_plugin *loader_find(const char *name, const char *search_path, char
     return found;
 }
 
+/* The kind table's process hooks, if its table has them. */
+static const tolk_process_hooks *hooks_of(const tolk_plugin *d) {
+    const tolk_process_hooks *h = NULL;
+    switch (d->kind) {
+    case TOLK_KIND_TRANSPORT: h = DESC_HAS(d, tolk_transport, process) ? ((const tolk_transport *)d)->process : NULL; break;
+    case TOLK_KIND_STT: h = DESC_HAS(d, tolk_stt, process) ? ((const tolk_stt *)d)->process : NULL; break;
+    case TOLK_KIND_MT: h = DESC_HAS(d, tolk_mt, process) ? ((const tolk_mt *)d)->process : NULL; break;
+    case TOLK_KIND_TTS: h = DESC_HAS(d, tolk_tts, process) ? ((const tolk_tts *)d)->process : NULL; break;
+    case TOLK_KIND_METRICS: h = DESC_HAS(d, tolk_metrics, process) ? ((const tolk_metrics *)d)->process : NULL; break;
+    }
+    return h && h->size >= offsetof(tolk_process_hooks, unload) + sizeof h->unload ? h : NULL;
+}
+
+tolk_status loader_process_load(const loaded_plugin *clp, const tolk_host *host) {
+    loaded_plugin *lp = (loaded_plugin *)clp;
+    if (lp->process_state) return lp->process_state > 0 ? TOLK_OK : TOLK_E_FATAL;
+    const tolk_process_hooks *h = hooks_of(lp->desc);
+    tolk_status st = h && h->load ? h->load(host) : TOLK_OK;
+    lp->process_state = st == TOLK_OK ? 1 : -1;
+    if (st == TOLK_OK && h && h->load)
+        log_msg(TOLK_LOG_VERB, "loader", "%s: process set-up done", lp->name);
+    return st == TOLK_OK ? TOLK_OK : TOLK_E_FATAL;
+}
+
 void loader_unload_all(void) {
     while (g_loaded) {
         loaded_plugin *lp = g_loaded;
         g_loaded = lp->next;
+        const tolk_process_hooks *h = lp->process_state > 0 ? hooks_of(lp->desc) : NULL;
+        if (h && h->unload) h->unload();
         dlclose(lp->dl);
         free(lp->name);
         free(lp->path);

@@ -14,6 +14,7 @@ typedef struct loaded_plugin {
     char *path;
     void *dl;
     const tolk_plugin *desc;
+    int process_state; /* process hooks: 0 not run, 1 loaded, -1 refused */
 } loaded_plugin;
 
 /* Load one file and check it. NULL and a message in err on refusal. */
@@ -29,6 +30,10 @@ int loader_kind_parse(const char *name); /* -1 if unknown */
     ((desc)->size >= offsetof(type, member) + sizeof(((type *)0)->member))
 #define DESC_FN(desc, type, member) \
     (DESC_HAS(desc, type, member) ? ((const type *)(desc))->member : NULL)
+/* Runs the plugin's process-wide load hook once, before its first
+ * instance; TOLK_OK, or the plugin refused to start in this process. */
+tolk_status loader_process_load(const loaded_plugin *lp, const tolk_host *host);
+/* Runs unload hooks and dlclose()s everything (at exit). */
 void loader_unload_all(void);
 
 #endif

@@ -366,7 +366,7 @@ typedef struct tolk_tts_request {
 typedef struct tolk_voice_sample {
     uint32_t size;
     const char *voice;   /* the name later speak requests use for this voice */
-    const int16_t *pcm;  /* 16 kHz mono, borrowed for the duration of the call */
+    const int16_t *pcm;  /* 16 kHz mono, borrowed: copy what you keep */
     size_t n;
     const char *language;
 } tolk_voice_sample;
@@ -824,7 +824,7 @@ typedef struct tolk_tts {
     /** Optional. A party's own speech to clone a voice from, for endpoints
      * with clone_voice on: TOLK_OK if later requests may name sample->voice
      * (until it is ready the plugin speaks them in its default voice),
-     * TOLK_DECLINED if it clones nothing. The pcm is borrowed for the call. */
+     * TOLK_DECLINED if it clones nothing. */
     tolk_status (*voice_sample)(void *self, const tolk_voice_sample *sample);
 } tolk_tts;
 
