@@ -48,6 +48,7 @@ struct tolk_instance {
     tolk_health health;
     health_track track;
     int down;       /* failed over from: new calls avoid it until it is healthy */
+    int permanent;  /* failed permanently (bad key, quota): no retries until healthy */
     int resetting;  /* a reset() is under way */
     int reset_ok;   /* outcome of the last reset */
     ev_timer reset_timer; /* reset timeout, or the deferred end of a synchronous reset */

@@ -26,8 +26,14 @@ static slot *g_slots;
 static uint32_t g_nslots, g_cap, g_free_head = NO_SLOT, g_free_tail = NO_SLOT;
 static size_t g_live;
 
+/* A retired slot waits until this many others are free before it is used
+ * again, so a plugin that calls back late is still named in the log. */
+#define QUARANTINE 1024
+static uint32_t g_nfree;
+
 static uint32_t slot_take(void) {
-    if (g_free_head != NO_SLOT) {
+    if (g_free_head != NO_SLOT && g_nfree > QUARANTINE) {
+        g_nfree--;
         uint32_t i = g_free_head;
         g_free_head = g_slots[i].next_free;
         if (g_free_head == NO_SLOT) g_free_tail = NO_SLOT;
@@ -84,6 +90,7 @@ void handle_retire(const void *h) {
     else
         g_free_head = i;
     g_free_tail = i;
+    g_nfree++;
 }
 
 const tolk_plugin *handle_last_owner(const void *h) {
@@ -102,4 +109,5 @@ void handle_table_free(void) {
     g_nslots = g_cap = 0;
     g_free_head = g_free_tail = NO_SLOT;
     g_live = 0;
+    g_nfree = 0;
 }

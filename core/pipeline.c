@@ -944,10 +944,12 @@ static void maybe_finalize(direction *d) {
     if (d->samples_in - d->speech_start < (uint64_t)(max * TOLK_SAMPLE_RATE)) return;
     const tolk_stt *stt = stt_of(d->stream.inst);
     if (!DESC_FN(&stt->base, tolk_stt, finalize)) return;
-    d->finalize_asked = 1;
-    log_msg(TOLK_LOG_VERB, "channel", "%s: %s->%s: phrase longer than %.0f s: finalising", d->ch->id,
+    log_msg(TOLK_LOG_INFO, "channel", "%s: %s->%s: phrase longer than %.0f s: finalising", d->ch->id,
             d->from, d->to, max);
+    /* the next cut is max_phrase_seconds later, whenever this final comes */
+    d->speech_start = d->samples_in;
     tolk_status st = stt->finalize(d->stream.state);
+    if (st == TOLK_DECLINED) d->finalize_asked = 1; /* it cannot: wait for the pause */
     if (st < 0 && d->stream.open) stream_recover(d, st, severity_of(st), "finalize failed");
 }
 

@@ -113,10 +113,10 @@ tier recovery_next(core *c, const conf_recovery *rc, ladder *lad, chain *ch, siz
     }
     if (st == TOLK_E_INVAL) return TIER_NONE; /* the request itself is wrong */
     /* a bad key or a spent quota: retrying or resetting cannot help */
-    int permanent = sev == TOLK_SEV_PERMANENT;
+    int permanent = sev == TOLK_SEV_PERMANENT || inst->permanent;
     int transient = st == TOLK_E_AGAIN || st == TOLK_E_TIMEOUT || st == TOLK_E_BACKEND ||
                     st == TOLK_E_LIMIT || st == TOLK_E_NOMEM;
-    if (transient && sev < TOLK_SEV_CRITICAL && lad->soft < rc->soft_retries) {
+    if (!permanent && transient && sev < TOLK_SEV_CRITICAL && lad->soft < rc->soft_retries) {
         lad->soft++;
         return TIER_SOFT;
     }
@@ -135,6 +135,7 @@ tier recovery_next(core *c, const conf_recovery *rc, ladder *lad, chain *ch, siz
         return TIER_FAILOVER;
     }
     if (permanent) {
+        inst->permanent = 1;
         if (!inst->down) {
             inst->down = 1;
             update_health(c, inst, TOLK_HEALTHY);
@@ -170,6 +171,7 @@ static void reset_finish(tolk_instance *inst, tolk_status st) {
         /* a fresh start: its error history and health are cleared */
         memset(&inst->track, 0, sizeof inst->track);
         inst->down = 0;
+        inst->permanent = 0;
         inst->health = TOLK_HEALTHY;
         publish_health(c, inst, 1.0);
         log_msg(TOLK_LOG_INFO, inst->who, "reset done");
@@ -276,6 +278,7 @@ void instance_report(core *c, tolk_instance *inst, tolk_status st, tolk_severity
     if (!provider) return;
     /* it counts as a failed operation, so the success rate sees it */
     health_record(c, inst, 0);
+    if (sev == TOLK_SEV_PERMANENT) inst->permanent = 1;
     if (!serious || inst->down) return;
     inst->down = 1;
     update_health(c, inst, TOLK_HEALTHY);
@@ -296,6 +299,7 @@ static void on_health(struct ev_loop *loop, ev_timer *w, int revents) {
         if (inst->desc->health) pv = inst->desc->health(inst->self, NULL);
         if (inst->down && inst->desc->health && pv == TOLK_HEALTHY && !inst->resetting) {
             inst->down = 0;
+            inst->permanent = 0;
             log_msg(TOLK_LOG_INFO, inst->who, "healthy again: new calls use it again");
         }
         update_health(c, inst, pv);

@@ -7,6 +7,9 @@
  *   fail_every   every Nth request fails (0 = off)
  *   fail_after   after N good requests every request fails, until reset
  *   fail_status  status of injected failures: backend, again, fatal, timeout
+ *   fail_severity  severity they carry where the ABI has one (stt_failed,
+ *                report): auto (from the status), low, medium, high,
+ *                critical or permanent (a bad key: fail over at once)
  *   hang         accept requests, never answer
  *   garbage      answer with garbage (what that means is the mock's own)
  *
@@ -27,6 +30,7 @@
 typedef struct fault_cfg {
     int64_t fail_every, fail_after;
     tolk_status fail_status;
+    int fail_severity; /* -1: from the status */
     int hang, garbage;
 } fault_cfg;
 
@@ -54,6 +58,34 @@ static inline int fail_status_parse(const char *s, tolk_status *st)
     return -1;
 }
 
+static inline int fail_severity_parse(const char *s, int *sev)
+{
+    static const char *const names[] = {"low", "medium", "high", "critical", "permanent"};
+    if (!s || !strcmp(s, "auto")) {
+        *sev = -1;
+        return 0;
+    }
+    for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++) {
+        if (!strcmp(s, names[i])) {
+            *sev = i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* The severity of an injected failure of this status. */
+static inline tolk_severity fault_severity(const fault_cfg *f, tolk_status st)
+{
+    if (f->fail_severity >= 0) return (tolk_severity)f->fail_severity;
+    switch (st) {
+    case TOLK_E_AGAIN: return TOLK_SEV_LOW;
+    case TOLK_E_TIMEOUT: return TOLK_SEV_MEDIUM;
+    case TOLK_E_FATAL: return TOLK_SEV_CRITICAL;
+    default: return TOLK_SEV_HIGH;
+    }
+}
+
 /* For check_config(): there is no host there, so the jansson object is
  * read directly. */
 static inline tolk_status fault_check_config(const json_t *cfg, tolk_config_error *err)
@@ -64,6 +96,14 @@ static inline tolk_status fault_check_config(const json_t *cfg, tolk_config_erro
         err->key = "fail_status";
         snprintf(err->message, sizeof err->message,
                  "must be \"backend\", \"again\", \"fatal\" or \"timeout\"");
+        return TOLK_E_INVAL;
+    }
+    int sev;
+    v = json_object_get(cfg, "fail_severity");
+    if (v && fail_severity_parse(json_string_value(v), &sev)) {
+        err->key = "fail_severity";
+        snprintf(err->message, sizeof err->message,
+                 "must be \"auto\", \"low\", \"medium\", \"high\", \"critical\" or \"permanent\"");
         return TOLK_E_INVAL;
     }
     return TOLK_OK;
@@ -78,6 +118,10 @@ static inline int fault_read(const tolk_host *host, tolk_instance *inst, const j
     f->garbage = host->cfg_bool(cfg, "garbage");
     if (fail_status_parse(host->cfg_string(cfg, "fail_status"), &f->fail_status)) {
         host->log(inst, TOLK_LOG_ERR, "fail_status: unknown value");
+        return -1;
+    }
+    if (fail_severity_parse(host->cfg_string(cfg, "fail_severity"), &f->fail_severity)) {
+        host->log(inst, TOLK_LOG_ERR, "fail_severity: unknown value");
         return -1;
     }
     return 0;

@@ -59,6 +59,9 @@ static const tolk_option mt_mock_options[] = {
      .help = "after N successful requests every request fails, until reset; 0 = off"},
     {.key = "fail_status", .type = TOLK_OPT_STRING, .default_value = "backend",
      .help = "status of injected failures: backend, again, fatal or timeout"},
+    {.key = "fail_severity", .type = TOLK_OPT_STRING, .default_value = "auto",
+     .help = "permanent: injected failures are also reported as permanent (host->report), as a "
+             "provider refusing a bad key would"},
     {.key = "hang", .type = TOLK_OPT_BOOL, .default_value = "false",
      .help = "accept requests but never answer them"},
     {.key = "garbage", .type = TOLK_OPT_BOOL, .default_value = "false",
@@ -318,6 +321,8 @@ static tolk_status mt_mock_translate(void *self, tolk_request *r, const char *te
         }
     } else if (fate == FATE_FAIL) {
         j->st = m->fault.fail_status;
+        if (m->fault.fail_severity == TOLK_SEV_PERMANENT && TOLK_HOST_HAS(m->host, stt_ready))
+            m->host->report(m->inst, j->st, TOLK_SEV_PERMANENT, "mt_mock: injected permanent failure");
     }
 
     if (fate != FATE_HANG) {

@@ -32,6 +32,16 @@
  *   hang           bool  false        take audio, never answer
  *   garbage        bool  false        transcripts are invalid UTF-8
  *   drop_after_ms  int   0            the stream breaks after this much audio
+ *   fail_severity  str   "auto"       severity of injected failures (see mock_fault.h)
+ *   open_delay_ms  int   0            open() is asynchronous: ready after this long
+ *   report_after_ms int  0            host->report() trouble this long after create
+ *
+ * ABI 1.2: partial results carry a stability (k/(k+1) for the k-th partial of
+ * a phrase); finalize() ends the phrase being heard now (its final comes
+ * after latency_ms, an empty one when nothing is being heard); health()
+ * shows the last stream's parameters (channel, leg, target language), how
+ * many streams opened asynchronously, how many finalize() calls came, and
+ * any feed() before a stream was ready (a core bug).
  *
  * Faults. A "request" is a phrase that reached its end. A failing phrase
  * breaks its stream: host->stt_failed(fail_status) after latency_ms, with a
@@ -86,6 +96,12 @@ static const tolk_option stt_mock_options[] = {
      .help = "transcripts contain invalid UTF-8"},
     {.key = "drop_after_ms", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1e9,
      .help = "the stream breaks (TOLK_E_BACKEND) after this much audio; 0 = off"},
+    {.key = "fail_severity", .type = TOLK_OPT_STRING, .default_value = "auto",
+     .help = "severity of injected failures: auto, low, medium, high, critical, permanent"},
+    {.key = "open_delay_ms", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 600000,
+     .help = "open() returns PENDING and the stream is ready this much later (0: at once)"},
+    {.key = "report_after_ms", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1e9,
+     .help = "report trouble outside any request (host->report) this long after create; 0 = off"},
     {.key = "choose", .type = TOLK_OPT_STRING, .default_value = "sequence",
      .help = "which phrase a segment gets: sequence (the script in order) or audio (picked by "
              "the segment's sound, so any stream given the same audio says the same)"},
@@ -105,6 +121,7 @@ typedef struct stt_event {
     uint64_t start, end;
     tolk_status st;
     tolk_severity sev;
+    double stability; /* partials */
     char *text; /* transcript, or why the stream failed */
 } stt_event;
 
@@ -132,6 +149,8 @@ typedef struct stt_stream {
     stt_event *head, *tail;
     tolk_timer *timer; /* armed for head, NULL while none or while it fires */
     int busy;          /* inside a host callback */
+    int ready;         /* open() completed (at once or after open_delay_ms) */
+    tolk_timer *ready_timer;
     int flushing;      /* flush() returned PENDING: stt_flushed() when the queue empties */
     int closed;        /* close() came during a host callback: free on return */
 } stt_stream;
@@ -140,6 +159,11 @@ struct stt_mock {
     const tolk_host *host;
     tolk_instance *inst;
     int64_t threshold, silence_ms, min_speech_ms, partial_ms, latency_ms, drop_after_ms;
+    int64_t open_delay_ms, report_after_ms;
+    tolk_timer *report_timer;
+    uint64_t async_opens, finalizes, early_feeds, reports;
+    char last_channel[96], last_target[16];
+    int last_leg;
     int choose_audio;
     char **phrases;
     size_t nphrases;
@@ -280,6 +304,7 @@ static void stream_timer_cb(void *ud)
             .confidence = e->kind == EV_FINAL ? FINAL_CONFIDENCE : PARTIAL_CONFIDENCE,
             .start_sample = e->start,
             .end_sample = e->end,
+            .stability = e->kind == EV_FINAL ? 1.0 : e->stability,
         };
         h->stt_result(s->stream, &t);
     }
@@ -307,16 +332,6 @@ static void stream_timer_cb(void *ud)
 
 /* ------------------------------------------------------------------ */
 /* Detection                                                           */
-
-static tolk_severity fail_severity(tolk_status st)
-{
-    switch (st) {
-    case TOLK_E_AGAIN: return TOLK_SEV_LOW;
-    case TOLK_E_TIMEOUT: return TOLK_SEV_MEDIUM;
-    case TOLK_E_FATAL: return TOLK_SEV_CRITICAL;
-    default: return TOLK_SEV_HIGH;
-    }
-}
 
 static void stream_break(stt_stream *s, tolk_status st, tolk_severity sev, double delay_s,
                          const char *why)
@@ -347,8 +362,8 @@ static void phrase_end(stt_stream *s)
     case FATE_HANG:
         break;
     case FATE_FAIL:
-        stream_break(s, m->fault.fail_status, fail_severity(m->fault.fail_status), latency,
-                     "stt_mock: injected phrase failure");
+        stream_break(s, m->fault.fail_status, fault_severity(&m->fault, m->fault.fail_status),
+                     latency, "stt_mock: injected phrase failure");
         break;
     case FATE_OK:
         if (stream_push(s, EV_FINAL, latency, m->fault.garbage ? garble(line) : strdup(line),
@@ -377,6 +392,8 @@ static void partial_maybe(stt_stream *s)
     if (stream_push(s, EV_PARTIAL, 0, words, s->phrase_start, s->phrase_end, TOLK_OK,
                     TOLK_SEV_LOW))
         m->host->log(m->inst, TOLK_LOG_ERR, "out of memory: a partial result is lost");
+    else
+        s->tail->stability = (double)s->npartials / (double)(s->npartials + 1);
 }
 
 static void frame_analyse(stt_stream *s, const int16_t *pcm)
@@ -424,6 +441,17 @@ static void frame_analyse(stt_stream *s, const int16_t *pcm)
 /* ------------------------------------------------------------------ */
 /* Stream functions                                                    */
 
+static void stream_ready_cb(void *ud)
+{
+    stt_stream *s = ud;
+    s->ready_timer = NULL;
+    s->ready = 1;
+    s->busy++;
+    s->m->host->stt_ready(s->stream);
+    s->busy--;
+    if (s->closed && !s->busy) stream_free(s);
+}
+
 static tolk_status stt_mock_open(void *self, tolk_stream *stream, const tolk_stt_params *p,
                                  void **state)
 {
@@ -443,12 +471,26 @@ static tolk_status stt_mock_open(void *self, tolk_stream *stream, const tolk_stt
     m->streams = s;
     m->nstreams++;
     *state = s;
+    if (p && TOLK_HAS(p, tolk_stt_params, call_options)) {
+        snprintf(m->last_channel, sizeof m->last_channel, "%s", p->channel_id ? p->channel_id : "");
+        snprintf(m->last_target, sizeof m->last_target, "%s",
+                 p->target_language ? p->target_language : "");
+        m->last_leg = (int)p->leg;
+    }
+    if (m->open_delay_ms > 0 && TOLK_HOST_HAS(m->host, stt_ready)) {
+        m->async_opens++;
+        s->ready_timer = m->host->timer_start(m->inst, (double)m->open_delay_ms / 1000.0, 0,
+                                              stream_ready_cb, s);
+        if (s->ready_timer) return TOLK_PENDING;
+    }
+    s->ready = 1;
     return TOLK_OK;
 }
 
 static tolk_status stt_mock_feed(void *state, const int16_t *pcm, size_t n)
 {
     stt_stream *s = state;
+    if (!s->ready) s->m->early_feeds++;
     while (n > 0 && !s->broken) {
         if (s->nacc == 0 && n >= TOLK_FRAME_SAMPLES) {
             frame_analyse(s, pcm);
@@ -476,11 +518,28 @@ static tolk_status stt_mock_flush(void *state)
 {
     stt_stream *s = state;
     if (s->in_phrase && !s->broken) phrase_end(s);
-    /* Results still on their way (latency_ms): the core waits for them. */
-    if (s->head && !s->broken) {
+    /* Results still on their way (latency_ms), or the failure of a broken
+     * stream: the core waits for them. */
+    if (s->head) {
         s->flushing = 1;
         return TOLK_PENDING;
     }
+    return TOLK_OK;
+}
+
+/* ABI 1.2: the phrase being heard ends now. */
+static tolk_status stt_mock_finalize(void *state)
+{
+    stt_stream *s = state;
+    s->m->finalizes++;
+    if (s->broken) return TOLK_DECLINED;
+    if (s->in_phrase) {
+        phrase_end(s);
+        return TOLK_OK;
+    }
+    if (stream_push(s, EV_FINAL, (double)s->m->latency_ms / 1000.0, strdup(""), s->pos, s->pos,
+                    TOLK_OK, TOLK_SEV_LOW))
+        return TOLK_E_NOMEM;
     return TOLK_OK;
 }
 
@@ -488,6 +547,10 @@ static void stt_mock_close(void *state)
 {
     stt_stream *s = state;
     stt_mock *m = s->m;
+    if (s->ready_timer) {
+        m->host->timer_stop(s->ready_timer);
+        s->ready_timer = NULL;
+    }
     if (s->timer) {
         m->host->timer_stop(s->timer);
         s->timer = NULL;
@@ -528,11 +591,24 @@ static void stt_mock_destroy(void *self)
         stt_stream *s = m->streams;
         m->streams = s->next;
         if (s->timer) m->host->timer_stop(s->timer);
+        if (s->ready_timer) m->host->timer_stop(s->ready_timer);
         stream_free(s);
     }
+    if (m->report_timer) m->host->timer_stop(m->report_timer);
     for (size_t i = 0; i < m->nphrases; i++) free(m->phrases[i]);
     free(m->phrases);
     free(m);
+}
+
+static void report_cb(void *ud)
+{
+    stt_mock *m = ud;
+    m->report_timer = NULL;
+    m->reports++;
+    tolk_severity sev = m->fault.fail_severity >= 0 ? (tolk_severity)m->fault.fail_severity
+                                                    : TOLK_SEV_HIGH;
+    m->host->report(m->inst, TOLK_E_BACKEND, sev,
+                    "stt_mock: connection to the provider lost while idle (report_after_ms)");
 }
 
 static tolk_status stt_mock_create(const tolk_host *host, tolk_instance *inst, const json_t *cfg,
@@ -548,6 +624,8 @@ static tolk_status stt_mock_create(const tolk_host *host, tolk_instance *inst, c
     m->partial_ms = host->cfg_int(cfg, "partial_ms");
     m->latency_ms = host->cfg_int(cfg, "latency_ms");
     m->drop_after_ms = host->cfg_int(cfg, "drop_after_ms");
+    m->open_delay_ms = host->cfg_int(cfg, "open_delay_ms");
+    m->report_after_ms = host->cfg_int(cfg, "report_after_ms");
     m->choose_audio = !strcmp(host->cfg_string(cfg, "choose"), "audio");
     if (fault_read(host, inst, cfg, &m->fault)) {
         free(m);
@@ -571,6 +649,8 @@ static tolk_status stt_mock_create(const tolk_host *host, tolk_instance *inst, c
              "threshold %lld, silence %lld ms, latency %lld ms, %zu phrase(s)",
              (long long)m->threshold, (long long)m->silence_ms, (long long)m->latency_ms,
              m->nphrases);
+    if (m->report_after_ms > 0)
+        m->report_timer = host->timer_start(inst, (double)m->report_after_ms / 1000.0, 0, report_cb, m);
     *self = m;
     return TOLK_OK;
 
@@ -592,11 +672,14 @@ static tolk_health stt_mock_health(void *self, json_t **detail_new)
     stt_mock *m = self;
     int failing = fault_failing(&m->fault, &m->count);
     if (detail_new)
-        *detail_new = json_pack("{s:I, s:I, s:I, s:I, s:I, s:b}", "requests",
-                                (json_int_t)m->count.requests, "failures",
-                                (json_int_t)m->count.failures, "drops", (json_int_t)m->drops,
-                                "noise", (json_int_t)m->noise, "streams",
-                                (json_int_t)m->nstreams, "failing", failing);
+        *detail_new = json_pack(
+            "{s:I, s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:I, s:s, s:s, s:i}", "requests",
+            (json_int_t)m->count.requests, "failures", (json_int_t)m->count.failures, "drops",
+            (json_int_t)m->drops, "noise", (json_int_t)m->noise, "streams", (json_int_t)m->nstreams,
+            "failing", failing, "async_opens", (json_int_t)m->async_opens, "finalizes",
+            (json_int_t)m->finalizes, "early_feeds", (json_int_t)m->early_feeds, "reports",
+            (json_int_t)m->reports, "last_channel", m->last_channel, "last_target", m->last_target,
+            "last_leg", m->last_leg);
     return failing ? TOLK_FAILED : TOLK_HEALTHY;
 }
 
@@ -619,6 +702,7 @@ static const tolk_stt stt_mock_desc = {
     .feed = stt_mock_feed,
     .flush = stt_mock_flush,
     .close = stt_mock_close,
+    .finalize = stt_mock_finalize,
 };
 
 TOLK_PLUGIN_DEFINE(stt_mock_desc)

@@ -160,6 +160,10 @@ struct tts_mock {
     size_t nvoices;
     uint64_t clones;
     tolk_series *voices_s;
+    /* ABI 1.2: voice samples lent by the core, and the last request's hints */
+    uint64_t voice_samples;
+    char last_voice[160], sampled_voice[160];
+    double last_rate;
     /* amplitude * 2^SINE_Q * sin(2 pi i / SINE_SIZE), plus a guard entry
      * (= entry 0) for the interpolation at the last index. */
     int32_t sine[SINE_SIZE + 1];
@@ -485,6 +489,29 @@ static tolk_status tts_mock_speak(void *self, tolk_request *r, const char *text,
     return TOLK_PENDING;
 }
 
+/* ABI 1.2: the request struct carries a rate hint; the mock notes it (its
+ * audio length does not change) and the voice asked for. */
+static tolk_status tts_mock_speak_req(void *self, tolk_request *r, const tolk_tts_request *req)
+{
+    tts_mock *m = self;
+    if (!req || !TOLK_HAS(req, tolk_tts_request, rate)) return TOLK_E_INVAL;
+    m->last_rate = req->rate;
+    snprintf(m->last_voice, sizeof m->last_voice, "%s", req->voice ? req->voice : "");
+    return tts_mock_speak(self, r, req->text, req->language, req->voice);
+}
+
+/* ABI 1.2: a party's speech to clone. The mock makes the embedding at once
+ * (it keeps the voice as a profile, as if cloned) and accepts. */
+static tolk_status tts_mock_voice_sample(void *self, const tolk_voice_sample *vs)
+{
+    tts_mock *m = self;
+    if (!vs || !vs->voice || !vs->pcm || vs->n == 0) return TOLK_E_INVAL;
+    m->voice_samples++;
+    snprintf(m->sampled_voice, sizeof m->sampled_voice, "%s", vs->voice);
+    voice_use(m, vs->voice);
+    return TOLK_OK;
+}
+
 static void tts_mock_cancel(void *self, tolk_request *r)
 {
     tts_mock *m = self;
@@ -578,11 +605,13 @@ static tolk_health tts_mock_health(void *self, json_t **detail_new)
     tts_mock *m = self;
     int failing = fault_failing(&m->fault, &m->count);
     if (detail_new)
-        *detail_new = json_pack("{s:I, s:I, s:I, s:I, s:b, s:I, s:I}", "requests",
-                                (json_int_t)m->count.requests, "failures",
-                                (json_int_t)m->count.failures, "drops", (json_int_t)m->drops,
-                                "pending", (json_int_t)m->npending, "failing", failing,
-                                "voices", (json_int_t)m->nvoices, "clones", (json_int_t)m->clones);
+        *detail_new = json_pack(
+            "{s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:s, s:s, s:f}", "requests",
+            (json_int_t)m->count.requests, "failures", (json_int_t)m->count.failures, "drops",
+            (json_int_t)m->drops, "pending", (json_int_t)m->npending, "failing", failing, "voices",
+            (json_int_t)m->nvoices, "clones", (json_int_t)m->clones, "voice_samples",
+            (json_int_t)m->voice_samples, "sampled_voice", m->sampled_voice, "last_voice",
+            m->last_voice, "last_rate", m->last_rate);
     return failing ? TOLK_FAILED : TOLK_HEALTHY;
 }
 
@@ -603,6 +632,8 @@ static const tolk_tts tts_mock_desc = {
         },
     .speak = tts_mock_speak,
     .cancel = tts_mock_cancel,
+    .speak_req = tts_mock_speak_req,
+    .voice_sample = tts_mock_voice_sample,
 };
 
 TOLK_PLUGIN_DEFINE(tts_mock_desc)
