@@ -118,21 +118,35 @@ static void process_sonames(sonames *sn) {
     if (self) dlclose(self);
 }
 
+typedef struct needed_check {
+    sonames mine;
+    char *buf;
+    size_t len;
+    int bad;
+} needed_check;
+
+static void check_soname(void *ud, const char *soname) {
+    needed_check *nc = ud;
+    for (size_t i = 0; i < ARRAY_LEN(abi_libs) && !nc->bad; i++) {
+        if (strncmp(soname, abi_libs[i], strlen(abi_libs[i])) || !nc->mine.v[i][0] ||
+            !strcmp(soname, nc->mine.v[i]))
+            continue;
+        snprintf(nc->buf, nc->len,
+                 "linked against %s, but tolkd runs with %s (their types cross the plugin ABI): "
+                 "rebuild the plugin",
+                 soname, nc->mine.v[i]);
+        nc->bad = 1;
+    }
+}
+
 /* NULL, or why the plugin's libraries do not match the process's. */
 static const char *library_mismatch(void *dl, char *buf, size_t len) {
     struct link_map *lm = NULL;
     if (dlinfo(dl, RTLD_DI_LINKMAP, &lm) != 0 || !lm) return NULL;
-    sonames mine, theirs;
-    memset(&theirs, 0, sizeof theirs);
-    each_needed(lm, note_soname, &theirs);
-    process_sonames(&mine);
-    for (size_t i = 0; i < ARRAY_LEN(abi_libs); i++) {
-        if (!theirs.v[i][0] || !mine.v[i][0] || !strcmp(theirs.v[i], mine.v[i])) continue;
-        snprintf(buf, len, "linked against %s, but tolkd runs with %s (their types cross the plugin ABI): rebuild the plugin",
-                 theirs.v[i], mine.v[i]);
-        return buf;
-    }
-    return NULL;
+    needed_check nc = {.buf = buf, .len = len};
+    process_sonames(&nc.mine);
+    each_needed(lm, check_soname, &nc);
+    return nc.bad ? buf : NULL;
 }
 
 const loaded_plugin *loader_open(const char *path, char *err, size_t errlen) {
