@@ -342,7 +342,10 @@ static void test_running_call_keeps_its_recovery_settings(void **state) {
 
 /* ---- MT requests ---- */
 
-static const char *mt12_conf = "instance: { name = \"mt-x\"; plugin = \"fx_mt12\"; };\n";
+/* Two instances of fx_mt12: its process load hook runs once, before the
+ * first create() (its create() refuses otherwise). */
+static const char *mt12_conf = "instances = ( { name = \"mt-x\"; plugin = \"fx_mt12\"; },\n"
+                               "  { name = \"mt-y\"; plugin = \"fx_mt12\"; } );\n";
 static const char *mt12_chains =
     "chains = ( { name = \"stt\"; kind = \"stt\"; providers = [ \"stt-a\" ]; },\n"
     "  { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-x\" ]; },\n"

@@ -250,6 +250,20 @@ static const tolk_transport desc = {
     .start = tr_start, .stop = tr_stop, .play = tr_play, .hangup = tr_hangup};
 
 #elif defined(FX_MT12)
+/* Process hooks: create() refuses to run before load(), and health() tells
+ * how often load() ran (once per process, however many instances). */
+static int g_loads;
+static tolk_status mt12_load(const tolk_host *host) {
+    g_loads++;
+    return TOLK_OK;
+}
+static void mt12_unload(void) { g_loads = 0; }
+static const tolk_process_hooks mt12_hooks = {.size = sizeof mt12_hooks, .load = mt12_load,
+                                              .unload = mt12_unload};
+static tolk_status mt12_create(const tolk_host *host, tolk_instance *inst, const json_t *cfg,
+                               void **self) {
+    return g_loads == 1 ? fx_create(host, inst, cfg, self) : TOLK_E_FATAL;
+}
 typedef struct pend {
     fx *f;
     tolk_request *r;
@@ -292,9 +306,9 @@ static void mt_cancel(void *self, tolk_request *r) {}
 static void late_fire(void *ud) { free(ud); }
 static const tolk_mt desc = {
     .base = {TOLK_PLUGIN_INIT(tolk_mt, TOLK_KIND_MT), .name = FX_NAME, .version = "1",
-             .create = fx_create, .destroy = fx_destroy},
-    .translate = mt_translate, .cancel = mt_cancel, .translate_req = mt_req,
-    .mt_flags = TOLK_MT_USES_CONTEXT};
+             .create = mt12_create, .destroy = fx_destroy},
+    .translate = mt_translate, .cancel = mt_cancel, .process = &mt12_hooks,
+    .translate_req = mt_req, .mt_flags = TOLK_MT_USES_CONTEXT};
 
 #elif defined(FX_COMPAT)
 static tolk_status mt_translate(void *self, tolk_request *r, const char *text, const char *from,
