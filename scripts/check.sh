@@ -1,7 +1,8 @@
 #!/bin/sh
 # The whole test suite, as CI runs it:
 #   1. build with -Werror and run `make check`;
-#   2. build again with ASan+UBSan and run `make check` (any report fails);
+#   2. build again with ASan+UBSan and --enable-debug (a late plugin callback
+#      aborts) and run `make check` (any report fails);
 #   3. `make distcheck`.
 # Run from the top of a checkout, after scripts/setup-debian.sh.
 set -eu
@@ -37,7 +38,7 @@ cd "$top"
 echo "== build and test under AddressSanitizer + UndefinedBehaviorSanitizer =="
 rm -rf _build/asan && mkdir -p _build/asan && cd _build/asan
 san="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
-"$top/configure" --enable-werror CFLAGS="-O1 -g $san" LDFLAGS="$san" >/dev/null
+"$top/configure" --enable-werror --enable-debug CFLAGS="-O1 -g $san" LDFLAGS="$san" >/dev/null
 make -j"$jobs" >/dev/null
 # Plugins are dlopen()ed by sanitized programs, so the runtime is already
 # loaded; the SDK test builds its own plugin without sanitizers.
