@@ -130,9 +130,11 @@ static int ended(void *ud) {
 
 #define DICT "dictionary: { hello = \"HOLA\"; world = \"MUNDO\"; thank = \"GRACIAS\"; you = \"AMIGO\"; good = \"BUENOS\"; morning = \"DIAS\"; };"
 
-/* deepl_settings: the inside of mt-deepl's settings group. */
-static rec *run(const char *deepl_settings) {
+/* deepl_settings: the inside of mt-deepl's settings group; plan: the
+ * fake's first answers (NULL: normal service). */
+static rec *run(const char *deepl_settings, const char *plan) {
     free(fake_http("POST", "/_fake/reset", ""));
+    if (plan) fake_plan(plan);
     rec *R = xcalloc(1, sizeof *R);
     R->dir = tu_tmpdir();
     tu_log_capture();
@@ -195,7 +197,7 @@ static void assert_from_deepl(rec *R) {
 /* ---- tests ---- */
 
 static void test_translates_with_the_documented_request(void **state) {
-    rec *R = run(settings(NULL));
+    rec *R = run(settings(NULL), NULL);
     assert_from_deepl(R);
     json_t *seen = fake_seen();
     assert_int_equal(json_array_size(seen), 3);
@@ -228,8 +230,7 @@ static void test_translates_with_the_documented_request(void **state) {
 }
 
 static void test_429_and_5xx_are_retried(void **state) {
-    fake_plan("[{\"status\": 429}, {\"status\": 529}, {\"status\": 500}]");
-    rec *R = run(settings("max_retries = 3;"));
+    rec *R = run(settings("max_retries = 3;"), "[{\"status\": 429}, {\"status\": 529}, {\"status\": 500}]");
     assert_from_deepl(R);
     json_t *seen = fake_seen();
     assert_int_equal(json_array_size(seen), 6);
@@ -239,8 +240,7 @@ static void test_429_and_5xx_are_retried(void **state) {
 }
 
 static void test_retry_after_is_honoured(void **state) {
-    fake_plan("[{\"status\": 429, \"retry_after\": 1}]");
-    rec *R = run(settings(NULL));
+    rec *R = run(settings(NULL), "[{\"status\": 429, \"retry_after\": 1}]");
     assert_from_deepl(R);
     /* the backoff alone would be 50 ms */
     assert_true(R->mt_ms[0] >= 1000);
@@ -248,8 +248,7 @@ static void test_retry_after_is_honoured(void **state) {
 }
 
 static void test_garbage_and_a_reset_answer_are_retried(void **state) {
-    fake_plan("[{\"status\": 200, \"body\": \"<html>not json</html>\"}, {\"reset\": true}]");
-    rec *R = run(settings("max_retries = 2;"));
+    rec *R = run(settings("max_retries = 2;"), "[{\"status\": 200, \"body\": \"<html>not json</html>\"}, {\"reset\": true}]");
     assert_from_deepl(R);
     assert_int_equal(tu_health_int(R->c, "mt-deepl", "retries"), 2);
     done(R);
@@ -258,8 +257,7 @@ static void test_garbage_and_a_reset_answer_are_retried(void **state) {
 /* Quota used up: no retry (neither here nor by the core), the backup
  * translates at once, and the rest of the call stays on it. */
 static void test_quota_fails_over_at_once(void **state) {
-    fake_plan("[{\"status\": 456}]");
-    rec *R = run(settings(NULL));
+    rec *R = run(settings(NULL), "[{\"status\": 456}]");
     assert_int_equal(R->n, 3);
     assert_string_equal(R->tr[0], "HOLA MUNDO");
     for (size_t i = 0; i < 3; i++) assert_string_equal(R->mt[i], "mt-b");
@@ -274,7 +272,7 @@ static void test_quota_fails_over_at_once(void **state) {
 static void test_refused_key_fails_over_at_once(void **state) {
     char s[256];
     snprintf(s, sizeof s, "url = \"http://127.0.0.1:%d\"; auth_key = \"invalid\"; backoff_initial = 0.05;", g_port);
-    rec *R = run(s);
+    rec *R = run(s, NULL);
     assert_int_equal(R->n, 3);
     for (size_t i = 0; i < 3; i++) assert_string_equal(R->mt[i], "mt-b");
     json_t *seen = fake_seen();
@@ -286,8 +284,7 @@ static void test_refused_key_fails_over_at_once(void **state) {
 
 /* 400: the request is wrong; sending it again would not help. */
 static void test_bad_request_is_not_retried(void **state) {
-    fake_plan("[{\"status\": 400}]");
-    rec *R = run(settings(NULL));
+    rec *R = run(settings(NULL), "[{\"status\": 400}]");
     assert_int_equal(R->n, 3);
     assert_false(R->ok[0]);
     assert_true(R->ok[1] && R->ok[2]);
@@ -301,7 +298,7 @@ static void test_bad_request_is_not_retried(void **state) {
 /* The network is gone: retries, then the core's recovery moves to the
  * backup; every phrase is translated once. */
 static void test_no_server_fails_over(void **state) {
-    rec *R = run("url = \"http://127.0.0.1:1\"; auth_key = \"" KEY "\"; backoff_initial = 0.01; max_retries = 1;");
+    rec *R = run("url = \"http://127.0.0.1:1\"; auth_key = \"" KEY "\"; backoff_initial = 0.01; max_retries = 1;", NULL);
     assert_int_equal(R->n, 3);
     for (size_t i = 0; i < 3; i++) {
         assert_true(R->ok[i]);
