@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "http.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -157,6 +158,9 @@ void host_init(core *c, tolk_host *h) {
         .tts_audio = request_tts_audio,
         .tts_done = request_tts_done,
         .metrics_visit_families = metrics_visit_families,
+        .http_request = http_request,
+        .http_cancel = http_cancel,
+        .http_header = http_header,
     };
 }
 
