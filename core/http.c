@@ -168,6 +168,12 @@ static void finish(tolk_http *h, CURLcode rc) {
 
 /* ---- libcurl callbacks (inside curl_multi_socket_action) ---- */
 
+/* idle_timeout is our own timer, re-armed on every byte that moves, and
+ * not libcurl's CURLOPT_LOW_SPEED_LIMIT/TIME: those take whole seconds and
+ * judge an average rate over that window, while a streaming TTS needs "no
+ * byte for 0.5 s" to mean exactly that. It runs from the moment the request
+ * starts, so it also bounds the wait for the first byte of the answer;
+ * upload progress counts, so a long body being sent is not "idle". */
 static void rearm_idle(tolk_http *h) {
     if (h->idle_timeout > 0) ev_timer_again(g_http->loop, &h->idle);
 }
