@@ -38,7 +38,7 @@ typedef enum req_state {
     REQ_QUEUED,   /* made inside a libcurl callback: added after it returns */
     REQ_ACTIVE,   /* in the multi handle */
     REQ_DOOMED,   /* cancelled inside a libcurl callback: freed after it returns */
-    REQ_FINISHING /* on_done is running */
+    REQ_FINISHING /* finish() runs: cancel only silences what is still to come */
 } req_state;
 
 struct tolk_http {
@@ -60,6 +60,8 @@ struct tolk_http {
     char *body;
     size_t body_len, body_cap;
     int responded;
+    int silenced; /* cancelled from the late on_response finish() gave */
+    int in_on_done;
     tolk_status fail; /* why we stopped the transfer ourselves, or TOLK_OK */
     char fail_msg[96];
     char errbuf[CURL_ERROR_SIZE];
@@ -142,8 +144,15 @@ static void respond(tolk_http *h) {
  * it): on_done once, then the handle is freed. */
 static void finish(tolk_http *h, CURLcode rc) {
     ev_timer_stop(g_http->loop, &h->idle);
+    h->state = REQ_FINISHING;
     tolk_status st = h->fail != TOLK_OK ? h->fail : status_of(rc);
-    if (st == TOLK_OK && !h->responded) respond(h); /* a response without header block */
+    if (st == TOLK_OK && !h->responded) {
+        respond(h); /* a response that ended without a header block */
+        if (h->silenced) {
+            req_free(h);
+            return;
+        }
+    }
     long code = 0;
     curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, &code);
     tolk_http_result res = {.size = sizeof res, .status = st, .http_status = (int)code};
@@ -161,7 +170,7 @@ static void finish(tolk_http *h, CURLcode rc) {
         log_msg(TOLK_LOG_DBG, req_who(h), "%s: %d, status %d, %zu bytes in %.3f s%s%s", h->what,
                 (int)st, (int)code, h->body_len, mono_now() - h->t_start, *res.error ? ": " : "",
                 res.error);
-    h->state = REQ_FINISHING;
+    h->in_on_done = 1;
     h->on_done(h->ud, h, &res);
     req_free(h);
 }
@@ -517,7 +526,11 @@ tolk_http *http_request(tolk_instance *inst, const tolk_http_request *req) {
     curl_easy_setopt(e, CURLOPT_URL, r.url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)h);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075500 /* 7.85 deprecated the bit mask */
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
     /* Redirects are the plugin's business: a 3xx comes back as a response
      * (Location readable with http_header), and an Authorization header is
      * never replayed to a host the plugin did not name. */
@@ -560,7 +573,11 @@ tolk_http *http_request(tolk_instance *inst, const tolk_http_request *req) {
 }
 
 void http_cancel(tolk_http *h) {
-    if (!h || !g_http || h->state == REQ_DOOMED || h->state == REQ_FINISHING) return;
+    if (!h || !g_http || h->state == REQ_DOOMED) return;
+    if (h->state == REQ_FINISHING) {
+        h->silenced = !h->in_on_done; /* inside on_done it is already the end */
+        return;
+    }
     ev_timer_stop(g_http->loop, &h->idle);
     h->inst = NULL;
     if (h->state == REQ_QUEUED) {
