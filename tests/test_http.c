@@ -137,6 +137,7 @@ typedef struct call {
     int stop_in_body;   /* on_body returns non-zero */
     int cancel_in_body; /* on_body cancels its own request */
     int cancel_in_response;
+    struct call *victim; /* on_body cancels this other request */
     const char *gate;   /* /stream: release the next chunk from on_body */
     struct call *releases;
     int nreleased;
@@ -172,6 +173,10 @@ static int on_body_cb(void *ud, tolk_http *h, const void *data, size_t n) {
     if (c->cancel_in_body) {
         H->http_cancel(h);
         return 0;
+    }
+    if (c->victim && c->victim->h) {
+        H->http_cancel(c->victim->h);
+        c->victim->h = NULL;
     }
     if (c->gate) {
         /* Ask for the next chunk from inside the callback: a request made
@@ -221,7 +226,9 @@ static call *start(call *c, const char *method, const char *url, const char *con
     r.body = body;
     r.body_len = body ? strlen(body) : 0;
     r.on_response = on_response;
-    r.on_body = c->stream || c->stop_in_body || c->cancel_in_body || c->gate ? on_body_cb : NULL;
+    r.on_body = c->stream || c->stop_in_body || c->cancel_in_body || c->gate || c->victim
+                    ? on_body_cb
+                    : NULL;
     r.on_done = on_done;
     r.ud = c;
     c->h = H->http_request(inst(), &r);
@@ -447,7 +454,17 @@ static void test_cancel(void **state) {
     get(&c, "/bytes?n=500000", NULL);
     call d = {.cancel_in_response = 1};
     get(&d, "/say?t=hello", NULL);
+    /* Another request's, from inside an on_body. */
+    call v = {0};
+    get(&v, "/stall?hold=20", NULL);
+    assert_true(tu_run_until(C, responded, &v, WAIT));
+    call e = {.victim = &v};
+    get(&e, "/say?t=killer", NULL);
+    wait_done(&e);
+    assert_int_equal(e.status, TOLK_OK);
     sentinel();
+    assert_int_equal(v.done, 0);
+    assert_null(v.h);
     assert_int_equal(a.done + a.responses, 0);
     assert_int_equal(b.done, 0);
     assert_int_equal(c.bodies, 1);
@@ -458,6 +475,8 @@ static void test_cancel(void **state) {
     call_free(&b);
     call_free(&c);
     call_free(&d);
+    call_free(&e);
+    call_free(&v);
 }
 
 static int stats_connections(void) {
