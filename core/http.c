@@ -8,7 +8,14 @@
  * request is only queued and a cancelled one only marked; both are settled
  * right after libcurl returns (after_curl()). on_done is always called from
  * there or from a loop callback, never from inside libcurl or from inside
- * http_request(). */
+ * http_request().
+ *
+ * Choices plugin.h leaves open: redirects are not followed (a 3xx is a
+ * response like any other); at most HTTP_MAX_HOST_CONNECTIONS connections
+ * per host, more requests queue for a free one; idle_timeout also bounds
+ * the wait for the first byte; the environment's proxy variables are
+ * honoured, as by curl(1); "Expect: 100-continue" is never sent; the
+ * User-Agent is tolk/VERSION unless the plugin sets one. */
 #include "config.h"
 
 #include "http.h"
