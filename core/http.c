@@ -366,8 +366,9 @@ static void after_curl(void) {
         if (m->msg != CURLMSG_DONE) continue;
         CURL *easy = m->easy_handle;
         CURLcode rc = m->data.result; /* m dies with remove_handle */
-        tolk_http *h = NULL;
-        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&h);
+        char *priv = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
+        tolk_http *h = (tolk_http *)(void *)priv;
         curl_multi_remove_handle(g_http->multi, easy);
         if (h->state == REQ_DOOMED) {
             g_http->doomed--;
