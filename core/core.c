@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "http.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -275,6 +276,7 @@ void core_free(core *c) {
     workers_stop(c->workers);
     c->workers = NULL;
     if (g) generation_unref(g);
+    http_shutdown();
     playback_free(c);
     host_free();
     free(c->confdir);

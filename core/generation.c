@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "http.h"
 #include "log.h"
 #include "mtcache.h"
 
@@ -58,6 +59,7 @@ void instance_unref(tolk_instance *inst) {
     if (inst->desc->kind == TOLK_KIND_TRANSPORT && inst->started)
         ((const tolk_transport *)inst->desc)->stop(inst->self);
     inst->desc->destroy(inst->self);
+    http_forget_instance(inst);
     log_msg(TOLK_LOG_VERB, inst->who, "destroyed");
     json_decref(inst->settings);
     mtcache_free(inst->mtcache);

@@ -6,6 +6,7 @@
 
 #include "core.h"
 #include "handle.h"
+#include "http.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -263,6 +264,9 @@ void host_init(core *c, tolk_host *h) {
         .metrics_visit_families = metrics_visit_families,
         .stt_ready = h_stt_ready,
         .mt_result = h_mt_result,
+        .http_request = http_request,
+        .http_cancel = http_cancel,
+        .http_header = http_header,
     };
 }
 
