@@ -10,6 +10,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "ws.h"
 
 static void on_uptime(struct ev_loop *loop, ev_timer *w, int revents) {
     core *c = CONTAINER_OF(w, core, uptime_timer);
@@ -275,6 +276,8 @@ void core_free(core *c) {
     workers_stop(c->workers);
     c->workers = NULL;
     if (g) generation_unref(g);
+    /* after the instances: exporters destroy their vhosts on the context */
+    ws_shutdown();
     playback_free(c);
     free(c->confdir);
     free(c->plugin_path);

@@ -5,6 +5,7 @@
 #include "core.h"
 #include "log.h"
 #include "mtcache.h"
+#include "ws.h"
 
 static const char *status_name(tolk_status st) {
     switch (st) {
@@ -49,6 +50,7 @@ void instance_unref(tolk_instance *inst) {
     if (inst->desc->kind == TOLK_KIND_TRANSPORT && inst->started)
         ((const tolk_transport *)inst->desc)->stop(inst->self);
     inst->desc->destroy(inst->self);
+    ws_forget_instance(inst);
     log_msg(TOLK_LOG_VERB, inst->who, "destroyed");
     json_decref(inst->settings);
     mtcache_free(inst->mtcache);

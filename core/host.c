@@ -7,6 +7,7 @@
 #include "core.h"
 #include "log.h"
 #include "metrics.h"
+#include "ws.h"
 
 /* One core per process: signals and the default loop are process-wide. */
 static core *g_core;
@@ -109,6 +110,7 @@ static const char *h_channel_id(tolk_channel *ch) { return ch ? ch->id : ""; }
 
 void host_init(core *c, tolk_host *h) {
     g_core = c;
+    ws_attach(c);
     *h = (tolk_host){
         .size = sizeof(tolk_host),
         .abi_major = TOLK_ABI_MAJOR,
@@ -157,6 +159,12 @@ void host_init(core *c, tolk_host *h) {
         .tts_audio = request_tts_audio,
         .tts_done = request_tts_done,
         .metrics_visit_families = metrics_visit_families,
+        .ws_connect = ws_connect,
+        .ws_send = ws_send,
+        .ws_buffered = ws_buffered,
+        .ws_close = ws_close,
+        .ws_cancel = ws_cancel,
+        .lws_context = ws_lws_context,
     };
 }
 
