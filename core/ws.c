@@ -85,11 +85,12 @@ static struct {
 /* lws's log and the context                                           */
 
 /* lws's own errors are about one connection, and the service reports what
- * matters to the plugin that owns it: lws's lines go one level lower. */
+ * matters to the plugin that owns it: lws's lines go one level lower.
+ * Only errors and warnings are asked for: lws formats every line at the
+ * levels it is given before anyone can drop it, and Debian's libev glue
+ * logs a notice per I/O event. */
 static void lws_emit(int level, const char *line) {
-    tolk_log_level tl = (level & LLL_ERR)    ? TOLK_LOG_WARN
-                        : (level & LLL_WARN) ? TOLK_LOG_VERB
-                                             : TOLK_LOG_DBG;
+    tolk_log_level tl = (level & LLL_ERR) ? TOLK_LOG_WARN : TOLK_LOG_VERB;
     if (!log_enabled(tl)) return;
     size_t n = strlen(line);
     while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
@@ -153,7 +154,7 @@ static struct lws_vhost *client_vhost(const char *ca_file) {
 
 struct lws_context *ws_lws_context(void) {
     if (g.ctx || !g.loop) return g.ctx;
-    lws_set_log_level(LLL_ERR | LLL_WARN | LLL_NOTICE, lws_emit);
+    lws_set_log_level(LLL_ERR | LLL_WARN, lws_emit);
     struct lws_context_creation_info ci;
     memset(&ci, 0, sizeof ci);
     void *loops[1] = {g.loop};

@@ -12,7 +12,9 @@
  *   other paths    404; other methods 405 (Allow: GET, HEAD)
  *
  * HTTP runs on the core's libev loop through libwebsockets 4.1 with the
- * libev event-lib plugin on a foreign loop. The plugin owns the listening
+ * libev event-lib plugin on a foreign loop, as a vhost of the process's one
+ * lws context (host->lws_context(), ABI 1.2; the core sets lws's log level
+ * and routes its lines to tolk's log). The plugin owns the listening
  * socket (an ev_io) and hands each accepted connection to lws with
  * lws_adopt_descriptor_vhost_via_info(); lws parses requests and writes
  * responses, all non-blocking on the loop thread. Owning the listener, not
@@ -22,15 +24,15 @@
  * core creates the new instance while the old one still listens on the
  * port, and the new one takes over once the old one is destroyed.
  *
- * Signals and the loop: with a foreign loop lws starts no signal watcher
- * (the core keeps SIGINT/SIGTERM/SIGHUP); info.signal_cb is set anyway, to
- * a no-op, so lws could never ev_break the core's loop. lws's watchers are
- * ordinary referenced watchers that it stops again in
- * lws_context_destroy(), which with the libev event lib completes inside
- * the call (no loop iterations needed, unlike libuv): destroy() checks that
- * lws cleared the context pointer (info.pcontext) and logs if not. The
- * tests check that the loop's watcher count is intact afterwards and that
- * SIGHUP/SIGTERM still reach the core.
+ * destroy() destroys only the vhost, which closes its connections; the
+ * context is the core's. On an older host (ABI < 1.2) the instance creates
+ * a context of its own on host->loop, as before: with a foreign loop lws
+ * starts no signal watcher (the core keeps SIGINT/SIGTERM/SIGHUP), and
+ * info.signal_cb is a no-op anyway, so lws could never ev_break the core's
+ * loop; lws_context_destroy() with the libev event lib completes inside the
+ * call, and destroy() checks that lws cleared the context pointer
+ * (info.pcontext). The tests check that the loop's watcher count is intact
+ * afterwards and that SIGHUP/SIGTERM still reach the core.
  *
  * A slow client cannot stall anything: sockets are non-blocking, a
  * response is rendered once and written in 16 KiB pieces as the socket
@@ -258,8 +260,11 @@ typedef struct prom {
     unsigned bind_failures;
     char bind_error[128];
 
-    struct lws_context *ctx;
+    struct lws_context *ctx; /* the core's (shared_ctx), or an older host's own */
+    int shared_ctx;
     struct lws_vhost *vh;
+    struct lws **wsis; /* open connections */
+    size_t nwsis, capwsis;
     ev_timer kick; /* runs while connections are open, see kick_lws() */
     int conns;
     uint64_t accepted, refused, requests[3], render_count;
@@ -713,10 +718,49 @@ static int on_writeable(prom *P, struct lws *wsi, conn *c) {
     return next_request(P, wsi);
 }
 
+/* The instance's connections, so destroy() can close them itself: the
+ * context (the core's) outlives the instance, and lws_vhost_destroy()
+ * leaves a connection in the middle of a response to the context's end. */
+static int track_conn(prom *P, struct lws *wsi) {
+    if (P->nwsis == P->capwsis) {
+        size_t cap = P->capwsis ? P->capwsis * 2 : 16;
+        struct lws **v = realloc(P->wsis, cap * sizeof *v);
+        if (!v) return -1;
+        P->wsis = v;
+        P->capwsis = cap;
+    }
+    P->wsis[P->nwsis++] = wsi;
+    if (P->conns++ == 0) ev_timer_again(P->host->loop, &P->kick);
+    return 0;
+}
+
+static void forget_conn(prom *P, struct lws *wsi) {
+    for (size_t i = 0; i < P->nwsis; i++) {
+        if (P->wsis[i] != wsi) continue;
+        P->wsis[i] = P->wsis[--P->nwsis];
+        if (--P->conns == 0) ev_timer_stop(P->host->loop, &P->kick);
+        return;
+    }
+}
+
+/* Closes every connection now; lws calls back with no instance for them. */
+static void close_conns(prom *P) {
+    while (P->nwsis) {
+        struct lws *wsi = P->wsis[--P->nwsis];
+        P->conns--;
+        lws_set_opaque_user_data(wsi, NULL);
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+    }
+    free(P->wsis);
+    P->wsis = NULL;
+    P->capwsis = 0;
+}
+
 static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                    size_t len) {
-    struct lws_context *ctx = lws_get_context(wsi);
-    prom *P = ctx ? lws_context_user(ctx) : NULL;
+    /* each connection carries its instance (adopted with .opaque = P);
+     * destroy() clears it before it closes the connection */
+    prom *P = lws_get_opaque_user_data(wsi);
     conn *c = user;
     switch (reason) {
     case LWS_CALLBACK_HTTP:
@@ -746,8 +790,7 @@ static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
         }
         return 0;
     case LWS_CALLBACK_WSI_DESTROY:
-        if (P && lws_get_opaque_user_data(wsi) == P && --P->conns == 0)
-            ev_timer_stop(P->host->loop, &P->kick);
+        if (P) forget_conn(P, wsi);
         return 0;
     default:
         break;
@@ -809,7 +852,11 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
             TOLK_LOG(P->host, P->inst, TOLK_LOG_WARN, "lws could not adopt a connection");
             continue;
         }
-        if (P->conns++ == 0) ev_timer_again(P->host->loop, &P->kick);
+        if (track_conn(P, wsi) != 0) {
+            lws_set_opaque_user_data(wsi, NULL);
+            lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+            continue;
+        }
         P->accepted++;
         /* until the first request arrives */
         set_idle(P, wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE);
@@ -887,6 +934,56 @@ static void retry_bind(void *ud) {
 /* ------------------------------------------------------------------ */
 /* Lifecycle                                                           */
 
+/* The vhost this instance serves from. On a 1.2 host it lives on the
+ * process's one lws context (host->lws_context()), which the core created
+ * on its loop with its log routing; on an older host the instance makes a
+ * context of its own, as before. */
+static tolk_status attach_lws(prom *P) {
+    const tolk_host *host = P->host;
+    struct lws_context_creation_info ci;
+    memset(&ci, 0, sizeof ci);
+    if (TOLK_HOST_HAS(host, lws_context)) P->ctx = host->lws_context();
+    if (P->ctx) {
+        P->shared_ctx = 1;
+    } else {
+        void *loops[1] = {host->loop};
+        ci.options = LWS_SERVER_OPTION_LIBEV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+        ci.foreign_loops = loops;
+        ci.signal_cb = ignore_signal;
+        ci.pcontext = &P->ctx;
+        ci.gid = -1;
+        ci.uid = -1;
+        ci.server_string = "tolkd";
+        /* a small fd table: lws otherwise sizes it by the process's fd limit */
+        ci.fd_limit_per_thread = (unsigned)P->max_conns + 16;
+        P->ctx = lws_create_context(&ci);
+        if (!P->ctx) {
+            host->log(P->inst, TOLK_LOG_ERR,
+                      "libwebsockets could not create its context on the core's libev loop (is "
+                      "the package libwebsockets-evlib-ev installed?)");
+            return TOLK_E_FATAL;
+        }
+        memset(&ci, 0, sizeof ci);
+    }
+    unsigned idle = (unsigned)P->idle_timeout;
+    ci.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+    ci.protocols = protocols;
+    ci.vhost_name = "metrics";
+    ci.user = P; /* lws_vhost_user() in http_cb */
+    ci.gid = -1;
+    ci.uid = -1;
+    ci.server_string = "tolkd";
+    ci.keepalive_timeout = (int)idle;
+    ci.timeout_secs = idle;
+    ci.timeout_secs_ah_idle = idle;
+    P->vh = lws_create_vhost(P->ctx, &ci);
+    if (!P->vh) {
+        host->log(P->inst, TOLK_LOG_ERR, "libwebsockets could not create its vhost");
+        return TOLK_E_FATAL;
+    }
+    return TOLK_OK;
+}
+
 static tolk_status check_config(const json_t *cfg, tolk_config_error *err) {
     const char *bind = json_string_value(json_object_get(cfg, "bind"));
     struct sockaddr_storage ss;
@@ -942,40 +1039,7 @@ static tolk_status create(const tolk_host *host, tolk_instance *inst, const json
                                       sizeof render_b / sizeof render_b[0]);
     P->s_render = host->metric_series(P->m_render, NULL);
 
-    /* lws logs to stderr; its notices (context creation) are noise here.
-     * The level is process-wide in lws. */
-    lws_set_log_level(LLL_ERR | LLL_WARN, NULL);
-    struct lws_context_creation_info ci;
-    memset(&ci, 0, sizeof ci);
-    void *loops[1] = {host->loop};
-    ci.options = LWS_SERVER_OPTION_LIBEV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
-    ci.foreign_loops = loops;
-    ci.signal_cb = ignore_signal;
-    ci.pcontext = &P->ctx;
-    ci.user = P;
-    ci.gid = -1;
-    ci.uid = -1;
-    ci.server_string = "tolkd";
-    /* a small fd table: lws otherwise sizes it by the process's fd limit */
-    ci.fd_limit_per_thread = (unsigned)P->max_conns + 16;
-    P->ctx = lws_create_context(&ci);
-    if (!P->ctx) {
-        host->log(inst, TOLK_LOG_ERR,
-                  "libwebsockets could not create its context on the core's libev loop (is the "
-                  "package libwebsockets-evlib-ev installed?)");
-        free(P);
-        return TOLK_E_FATAL;
-    }
-    unsigned idle = (unsigned)P->idle_timeout;
-    ci.port = CONTEXT_PORT_NO_LISTEN_SERVER;
-    ci.protocols = protocols;
-    ci.vhost_name = "metrics";
-    ci.keepalive_timeout = (int)idle;
-    ci.timeout_secs = idle;
-    ci.timeout_secs_ah_idle = idle;
-    P->vh = lws_create_vhost(P->ctx, &ci);
-    if (!P->vh) {
-        host->log(inst, TOLK_LOG_ERR, "libwebsockets could not create its vhost");
+    if (attach_lws(P) != TOLK_OK) {
         destroy(P);
         return TOLK_E_FATAL;
     }
@@ -1008,10 +1072,13 @@ static void destroy(void *self) {
         ev_io_stop(P->host->loop, &P->accept_w);
         close(P->lfd);
     }
-    if (P->ctx) {
-        /* closes every connection (their conn buffers are freed in
-         * CLOSED_HTTP) and stops lws's watchers on the core's loop; with
-         * libev this finishes inside the call and clears P->ctx */
+    close_conns(P); /* their conn buffers are freed in CLOSED_HTTP */
+    if (P->shared_ctx) {
+        /* lws frees the vhost itself later */
+        if (P->vh) lws_vhost_destroy(P->vh);
+    } else if (P->ctx) {
+        /* closes every connection and stops lws's watchers on the core's
+         * loop; with libev this finishes inside the call and clears P->ctx */
         lws_context_destroy(P->ctx);
         if (P->ctx)
             P->host->log(P->inst, TOLK_LOG_WARN,

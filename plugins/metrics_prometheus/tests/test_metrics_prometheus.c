@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <libwebsockets.h>
+
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
@@ -824,6 +826,53 @@ static void test_destroy_with_open_connections(void **state) {
     assert_true(fired);
 }
 
+/* One lws context per process: the exporter is a vhost of the core's, and
+ * lws's own lines (here about a request whose headers do not fit) reach
+ * tolk's log, never stderr directly. */
+static void test_shared_lws_context(void **state) {
+    fx *F = *state;
+    struct lws_context *ctx = F->c->host.lws_context();
+    assert_non_null(ctx);
+    assert_non_null(lws_get_vhost_by_name(ctx, "metrics"));
+
+    char errpath[] = "/tmp/tolk-stderr-XXXXXX";
+    int errfd = mkstemp(errpath);
+    assert_true(errfd >= 0);
+    fflush(stderr);
+    tolk_log_level level = log_get_level();
+    log_set_level(TOLK_LOG_DBG); /* every lws line lws_emit passes on */
+    int saved = dup(2);
+    dup2(errfd, 2);
+    static char raw[16384];
+    int off = snprintf(raw, sizeof raw, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    memset(raw + off, 'a', sizeof raw - (size_t)off - 8);
+    memcpy(raw + sizeof raw - 8, "\r\n\r\n", 5);
+    req q;
+    memset(&q, 0, sizeof q);
+    q.port = F->port;
+    q.raw = raw;
+    q.read_all = 1;
+    run_req(F->c, &q);
+    httpc_free(&q.r);
+    fflush(stderr);
+    log_set_level(level);
+    dup2(saved, 2);
+    close(saved);
+    /* every line there is one of tolk's: "YYYY-MM-DD HH:MM:SS.mmm LEVEL [who] ..." */
+    FILE *f = fdopen(errfd, "r");
+    rewind(f);
+    char line[4096];
+    int lines = 0;
+    while (fgets(line, sizeof line, f)) {
+        int y, mo, d;
+        assert_int_equal(sscanf(line, "%4d-%2d-%2d ", &y, &mo, &d), 3);
+        lines += strstr(line, "[lws] ") != NULL;
+    }
+    fclose(f);
+    unlink(errpath);
+    assert_true(lines > 0); /* lws had something to say, through tolk's log */
+}
+
 /* lws must leave the core's signals alone: SIGHUP still reloads (the
  * unchanged exporter is kept and serves on), SIGTERM still drains and ends
  * the loop. */
@@ -940,6 +989,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_render_1000_series, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy_with_open_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signals_still_reach_the_core, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_lws_context, setup, teardown),
         cmocka_unit_test(test_reload_same_port),
         cmocka_unit_test(test_bad_bind_is_a_config_error),
         cmocka_unit_test(test_ipv6_loopback),
