@@ -57,6 +57,7 @@ struct tolk_ws {
     unsigned char *rx;
     size_t rx_len, rx_cap;
     int rx_binary;
+    int rx_refused; /* closed with 1009: the rest is not wanted */
     ev_tstamp last_data;
     ev_timer connect_timer, ping_timer, idle_timer, close_timer, report_timer;
     /* re-entrancy */
@@ -396,13 +397,16 @@ static int on_writeable(tolk_ws *ws, struct lws *wsi) {
 static int on_receive(tolk_ws *ws, struct lws *wsi, const void *in, size_t len) {
     ws->ping_unanswered = 0;
     ws->last_data = ev_now(g.loop);
-    if (ws->state == WS_CLOSING) return 0; /* nobody wants it any more */
+    /* after ws_close() messages still arrive until the peer's close frame
+     * (a recogniser's last results come then) */
+    if (ws->rx_refused) return 0;
     if (ws->rx_len == 0) ws->rx_binary = lws_frame_is_binary(wsi);
     if (len > ws->max_message - ws->rx_len) {
         char why[96];
         snprintf(why, sizeof why, "message over max_message (%zu bytes)", ws->max_message);
         log_msg(TOLK_LOG_WARN, ws->inst ? ws->inst->who : "ws", "WebSocket closed with 1009: %s", why);
         ws->rx_len = 0;
+        ws->rx_refused = 1;
         start_close(ws, 1009, why);
         return send_close_frame(ws, wsi);
     }

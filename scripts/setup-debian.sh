@@ -8,7 +8,7 @@ apt-get install -y --no-install-recommends \
     libev-dev libconfig-dev libjansson-dev libcurl4-openssl-dev libwebsockets-dev \
     libwebsockets-evlib-ev \
     libcmocka-dev libspeexdsp-dev \
-    valgrind python3 time \
+    valgrind python3 time openssl \
     libpocketsphinx-dev pocketsphinx-en-us pocketsphinx-testdata \
     apertium apertium-eng-spa \
     libespeak-ng-dev espeak-ng-data flite \

@@ -59,12 +59,15 @@ static int fake_expect(fake *f, const char *prefix, char *line, size_t cap, doub
     return 0;
 }
 
-static int group_setup(void **state) {
+/* Starts tests/wsfake.py with args (NULL-terminated, may be NULL). */
+static int fake_start(fake *f, const char *const *args) {
     int in[2], out[2];
     if (pipe(in) || pipe(out)) return -1;
     const char *srcdir = getenv("top_srcdir");
     char script[4096];
     snprintf(script, sizeof script, "%s/tests/wsfake.py", srcdir ? srcdir : "..");
+    const char *argv[8] = {"python3", script};
+    for (size_t i = 0; args && args[i] && i + 3 < ARRAY_LEN(argv); i++) argv[i + 2] = args[i];
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
@@ -72,35 +75,72 @@ static int group_setup(void **state) {
         dup2(out[1], 1);
         close(in[1]);
         close(out[0]);
-        execlp("python3", "python3", script, (char *)NULL);
+        execvp("python3", (char *const *)argv);
         _exit(127);
     }
     close(in[0]);
     close(out[1]);
     fcntl(in[1], F_SETFD, FD_CLOEXEC);
     fcntl(out[0], F_SETFD, FD_CLOEXEC);
-    g_fake = (fake){.pid = pid, .to_fd = in[1], .from_fd = out[0]};
+    *f = (fake){.pid = pid, .to_fd = in[1], .from_fd = out[0]};
     char line[128];
-    if (!fake_line(&g_fake, line, sizeof line, 20) || sscanf(line, "port %d", &g_fake.port) != 1) {
-        fprintf(stderr, "tests/wsfake.py did not start\n");
+    if (!fake_line(f, line, sizeof line, 20) || sscanf(line, "port %d", &f->port) != 1) {
+        fprintf(stderr, "tests/wsfake.py %s did not start\n", args && args[0] ? args[0] : "");
         return -1;
     }
+    return 0;
+}
+
+static void fake_stop(fake *f) {
+    if (!f->pid) return;
+    close(f->to_fd); /* it exits when its stdin closes */
+    int reaped = 0;
+    for (int i = 0; i < 100 && !reaped; i++) {
+        reaped = waitpid(f->pid, NULL, WNOHANG) == f->pid;
+        if (!reaped) usleep(50000);
+    }
+    if (!reaped) {
+        kill(f->pid, SIGKILL);
+        waitpid(f->pid, NULL, 0);
+    }
+    close(f->from_fd);
+    f->pid = 0;
+}
+
+/* wss://: a self-signed certificate for 127.0.0.1, made for the run */
+static fake g_tls;
+static char *g_tls_dir, g_cert[512];
+
+static void tls_start(void) {
+    g_tls_dir = tu_tmpdir();
+    char cmd[2048], key[512];
+    snprintf(g_cert, sizeof g_cert, "%s/cert.pem", g_tls_dir);
+    snprintf(key, sizeof key, "%s/key.pem", g_tls_dir);
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout '%s' -out '%s' -days 2 -subj /CN=127.0.0.1 "
+             "-addext subjectAltName=DNS:127.0.0.1,IP:127.0.0.1 >/dev/null 2>&1",
+             key, g_cert);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "openssl could not make a test certificate: wss:// is not tested\n");
+        return;
+    }
+    const char *args[] = {"--tls", g_cert, key, NULL};
+    if (fake_start(&g_tls, args) != 0) g_tls.pid = 0;
+}
+
+static int group_setup(void **state) {
     signal(SIGPIPE, SIG_IGN);
+    if (fake_start(&g_fake, NULL) != 0) return -1;
+    tls_start();
     return 0;
 }
 
 static int group_teardown(void **state) {
-    close(g_fake.to_fd); /* it exits when its stdin closes */
-    for (int i = 0; i < 100; i++) {
-        if (waitpid(g_fake.pid, NULL, WNOHANG) == g_fake.pid) {
-            close(g_fake.from_fd);
-            return 0;
-        }
-        usleep(50000);
-    }
-    kill(g_fake.pid, SIGKILL);
-    waitpid(g_fake.pid, NULL, 0);
-    close(g_fake.from_fd);
+    fake_stop(&g_fake);
+    fake_stop(&g_tls);
+    if (g_tls_dir) tu_rm_rf(g_tls_dir);
+    free(g_tls_dir);
     return 0;
 }
 
@@ -323,6 +363,7 @@ static void test_client_close_with_code(void **state) {
     assert_true(tu_run_until(c, is_open, &r, HANG_GUARD));
     assert_int_equal(ws_send(r.ws, "last words", 10, 0), TOLK_OK);
     ws_close(r.ws, 4000, "switching provider");
+    ws_close(r.ws, 1000, "again"); /* ignored: already closing */
     /* closing: nothing more may be sent */
     assert_int_equal(ws_send(r.ws, "more", 4, 0), TOLK_E_INVAL);
     assert_true(tu_run_until(c, is_closed, &r, HANG_GUARD));
@@ -330,6 +371,9 @@ static void test_client_close_with_code(void **state) {
     assert_int_equal(r.info.code, 4000);
     assert_string_equal(r.info.reason, "switching provider");
     assert_int_equal(r.info.by_peer, 0);
+    /* what arrives before the peer's close frame is still delivered */
+    assert_int_equal(r.messages, 1);
+    assert_string_equal(r.msg[0], "last words");
     char line[256];
     assert_true(fake_expect(&g_fake, "close 4000 ", line, sizeof line, HANG_GUARD));
     assert_string_equal(line, "close 4000 switching provider");
@@ -598,6 +642,39 @@ static void test_cancel_means_no_callback(void **state) {
     rec_free(&e);
 }
 
+/* wss://: verified against ca_file, or not at all with insecure; a
+ * certificate nobody vouches for is refused. */
+static void test_wss_verification(void **state) {
+    if (!g_tls.pid) skip();
+    core *c = new_core();
+    static const struct {
+        int use_ca, insecure, works;
+    } cases[] = {{1, 0, 1}, {0, 1, 1}, {0, 0, 0}};
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        rec r = {0};
+        tolk_ws_params p = params(&r, "/echo");
+        snprintf(g_url, sizeof g_url, "wss://127.0.0.1:%d/echo", g_tls.port);
+        p.ca_file = cases[i].use_ca ? g_cert : NULL;
+        p.insecure = cases[i].insecure;
+        assert_non_null(connect_rec(&r, &p));
+        assert_int_equal(ws_send(r.ws, "over tls", 8, 0), TOLK_OK);
+        assert_true(tu_run_until(c, one_message, &r, HANG_GUARD));
+        if (cases[i].works) {
+            assert_int_equal(r.messages, 1);
+            assert_string_equal(r.msg[0], "over tls");
+            ws_close(r.ws, 1000, "");
+            assert_true(tu_run_until(c, is_closed, &r, HANG_GUARD));
+            assert_int_equal(r.info.status, TOLK_OK);
+        } else {
+            assert_int_equal(r.closed, 1);
+            assert_int_equal(r.opened, 0);
+            assert_int_equal(r.info.status, TOLK_E_BACKEND);
+        }
+        rec_free(&r);
+    }
+    end_core(c);
+}
+
 static void noop_destroy(void *self) {}
 
 static void test_instance_destroyed_with_open_connection(void **state) {
@@ -663,6 +740,7 @@ int main(void) {
         cmocka_unit_test(test_max_message),
         cmocka_unit_test(test_cancel_means_no_callback),
         cmocka_unit_test(test_instance_destroyed_with_open_connection),
+        cmocka_unit_test(test_wss_verification),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -4,7 +4,7 @@ the tests control every byte, including the misbehaviour a real server
 library would not allow.
 
 It listens on 127.0.0.1 (an ephemeral port), prints "port N", and serves
-until its stdin closes. The request path picks the behaviour:
+until its stdin closes. With "--tls CERT KEY" it speaks TLS (wss://). The request path picks the behaviour:
 
   /echo                 echoes every message (same type), answers pings
   /headers              first sends a text message: JSON of the request's
@@ -30,6 +30,7 @@ import hashlib
 import json
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -134,8 +135,10 @@ def echo(sock, answer_pings=True):
         sock.sendall(frame(opcode, data))
 
 
-def serve(sock):
+def serve(sock, tls):
     try:
+        if tls:
+            sock = tls.wrap_socket(sock, server_side=True)
         method, target, headers = read_request(sock)
         url = urllib.parse.urlsplit(target)
         query = dict(urllib.parse.parse_qsl(url.query))
@@ -193,13 +196,17 @@ def serve(sock):
                     total += len(data)
         else:
             echo(sock)
-    except (EOFError, ConnectionError, OSError):
+    except (EOFError, ConnectionError, OSError, ssl.SSLError):
         pass
     finally:
         sock.close()
 
 
 def main():
+    tls = None
+    if len(sys.argv) == 4 and sys.argv[1] == "--tls":
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(sys.argv[2], sys.argv[3])
     signal.signal(signal.SIGUSR1, lambda *_: resume.set())
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -210,7 +217,7 @@ def main():
     def accept_loop():
         while True:
             conn, _ = listener.accept()
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+            threading.Thread(target=serve, args=(conn, tls), daemon=True).start()
 
     threading.Thread(target=accept_loop, daemon=True).start()
     # the test ends us by closing our stdin (or by dying)
