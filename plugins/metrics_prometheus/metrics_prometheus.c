@@ -78,6 +78,8 @@
 #define CHUNK (16 * 1024)        /* bytes handed to lws_write() at once */
 #define BIND_RETRY_S 1.0         /* a failed bind is retried this often */
 #define BIND_RETRY_LOG_EVERY 60  /* ...and logged again every so many tries */
+#define ACCEPT_PAUSE_S 0.5       /* accept() failed (out of fds): stop taking connections */
+#define ACCEPT_LOG_EVERY_S 60.0  /* ...and say so at most this often */
 
 static const tolk_option options[] = {
     {"bind", TOLK_OPT_STRING, 0, "127.0.0.1", 0, 0,
@@ -258,6 +260,9 @@ typedef struct prom {
     ev_io accept_w;
     tolk_timer *retry;
     unsigned bind_failures;
+    tolk_timer *accept_pause; /* accept() failed: the listener rests until it fires */
+    uint64_t accept_errors, accept_errors_unlogged;
+    double accept_logged_at;
     char bind_error[128];
 
     struct lws_context *ctx; /* the core's (shared_ctx), or an older host's own */
@@ -826,14 +831,47 @@ static void kick_lws(struct ev_loop *loop, ev_timer *w, int revents) {
     if (P->ctx) lws_cancel_service(P->ctx);
 }
 
+static void resume_accept(void *ud) {
+    prom *P = ud;
+    P->accept_pause = NULL; /* a one-shot timer frees itself */
+    if (P->lfd >= 0) ev_io_start(P->host->loop, &P->accept_w);
+}
+
+/* accept() failed for a reason that does not go away by itself (no file
+ * descriptors left): the pending connection keeps the listener readable,
+ * so retrying at once would spin. Rest a while; log once per interval. */
+static void pause_accept(prom *P, int err) {
+    P->accept_errors++;
+    double now = P->host->now();
+    if (P->accept_errors == 1 || now - P->accept_logged_at >= ACCEPT_LOG_EVERY_S) {
+        if (P->accept_errors_unlogged)
+            P->host->log(P->inst, TOLK_LOG_WARN,
+                         "accept: %s: not accepting for %.1f s (%" PRIu64
+                         " more failures since the last message)",
+                         strerror(err), ACCEPT_PAUSE_S, P->accept_errors_unlogged);
+        else
+            P->host->log(P->inst, TOLK_LOG_WARN, "accept: %s: not accepting for %.1f s",
+                         strerror(err), ACCEPT_PAUSE_S);
+        P->accept_logged_at = now;
+        P->accept_errors_unlogged = 0;
+    } else {
+        P->accept_errors_unlogged++;
+    }
+    ev_io_stop(P->host->loop, &P->accept_w);
+    if (!P->accept_pause)
+        P->accept_pause = P->host->timer_start(P->inst, ACCEPT_PAUSE_S, 0, resume_accept, P);
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
     prom *P = w->data;
     for (;;) {
         int fd = accept4(P->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED)
-                TOLK_LOG(P->host, P->inst, TOLK_LOG_WARN, "accept: %s", strerror(errno));
+            /* nothing waiting, or a client that gave up: carry on */
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED &&
+                errno != EPROTO && errno != EPERM)
+                pause_accept(P, errno);
             return;
         }
         if (P->conns >= P->max_conns) {
@@ -1068,6 +1106,7 @@ static void destroy(void *self) {
     prom *P = self;
     if (!P) return;
     if (P->retry) P->host->timer_stop(P->retry);
+    if (P->accept_pause) P->host->timer_stop(P->accept_pause);
     if (P->lfd >= 0) {
         ev_io_stop(P->host->loop, &P->accept_w);
         close(P->lfd);
@@ -1103,6 +1142,7 @@ static tolk_health health(void *self, json_t **detail_new) {
                               "max_render_seconds", P->max_render_s, "last_body_bytes",
                               (json_int_t)P->last_body_bytes);
         if (d && P->bind_error[0]) json_object_set_new(d, "bind_error", json_string(P->bind_error));
+        if (d) json_object_set_new(d, "accept_errors", json_integer((json_int_t)P->accept_errors));
         *detail_new = d;
     }
     return listening ? TOLK_HEALTHY : TOLK_UNHEALTHY;

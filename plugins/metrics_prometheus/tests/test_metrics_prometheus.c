@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -826,6 +827,51 @@ static void test_destroy_with_open_connections(void **state) {
     assert_true(fired);
 }
 
+/* Out of file descriptors, with connections waiting in the backlog: the
+ * exporter stops accepting for a while and says so once, instead of
+ * spinning on accept() and logging every failure (issue 11, item 4); once
+ * descriptors are free again it accepts the waiting connections. */
+static void test_out_of_fds_backs_off(void **state) {
+    fx *F = *state;
+    long long accepted = tu_health_int(F->c, "prom", "accepted");
+    struct rlimit old, tight;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+    int lowest = dup(0);
+    assert_true(lowest >= 0);
+    close(lowest);
+    tight = old;
+    tight.rlim_cur = (rlim_t)lowest + 6;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &tight), 0);
+    /* the test's own sockets take the last descriptors; each one's
+     * connection waits in the exporter's backlog */
+    int fds[16], n = 0;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)F->port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    while (n < 16) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) break;
+        assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+        fds[n++] = fd;
+    }
+    assert_true(n > 0 && n < 16);
+    tu_log_clear();
+    tu_run_until(F->c, NULL, NULL, 1.0); /* the loop turns on, calls go on */
+    int lines = tu_log_count("accept: Too many open files");
+    for (int i = 0; i < n; i++) close(fds[i]);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+    assert_int_equal(lines, 1);
+    /* descriptors are back: the waiting connections are taken */
+    long long want = accepted + n;
+    double t0 = now_s();
+    while (tu_health_int(F->c, "prom", "accepted") < want && now_s() - t0 < 15)
+        tu_run_until(F->c, NULL, NULL, 0.05);
+    assert_true(tu_health_int(F->c, "prom", "accepted") >= want);
+    req q;
+    get(F, "/healthz", &q);
+    assert_int_equal(q.r.status, 200);
+    httpc_free(&q.r);
+}
+
 /* One lws context per process: the exporter is a vhost of the core's, and
  * lws's own lines (here about a request whose headers do not fit) reach
  * tolk's log, never stderr directly. */
@@ -990,6 +1036,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_destroy_with_open_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signals_still_reach_the_core, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_lws_context, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_out_of_fds_backs_off, setup, teardown),
         cmocka_unit_test(test_reload_same_port),
         cmocka_unit_test(test_bad_bind_is_a_config_error),
         cmocka_unit_test(test_ipv6_loopback),
