@@ -651,6 +651,17 @@ static void test_wss_verification(void **state) {
         int use_ca, insecure, works;
     } cases[] = {{1, 0, 1}, {0, 1, 1}, {0, 0, 0}};
     for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        /* lws has something to say about the untrusted one: it must reach
+         * stderr only as a line of tolk's log */
+        char errpath[] = "/tmp/tolk-stderr-XXXXXX";
+        int errfd = -1, saved = -1;
+        if (!cases[i].works) {
+            errfd = mkstemp(errpath);
+            assert_true(errfd >= 0);
+            fflush(stderr);
+            saved = dup(2);
+            dup2(errfd, 2);
+        }
         rec r = {0};
         tolk_ws_params p = params(&r, "/echo");
         snprintf(g_url, sizeof g_url, "wss://127.0.0.1:%d/echo", g_tls.port);
@@ -666,9 +677,24 @@ static void test_wss_verification(void **state) {
             assert_true(tu_run_until(c, is_closed, &r, HANG_GUARD));
             assert_int_equal(r.info.status, TOLK_OK);
         } else {
+            fflush(stderr);
+            dup2(saved, 2);
+            close(saved);
             assert_int_equal(r.closed, 1);
             assert_int_equal(r.opened, 0);
             assert_int_equal(r.info.status, TOLK_E_BACKEND);
+            FILE *f = fdopen(errfd, "r");
+            rewind(f);
+            char line[4096];
+            int from_lws = 0;
+            while (fgets(line, sizeof line, f)) {
+                int y, mo, d; /* "YYYY-MM-DD HH:MM:SS.mmm LEVEL [who] ..." */
+                assert_int_equal(sscanf(line, "%4d-%2d-%2d ", &y, &mo, &d), 3);
+                from_lws += strstr(line, "[lws] ") != NULL;
+            }
+            fclose(f);
+            unlink(errpath);
+            assert_true(from_lws > 0);
         }
         rec_free(&r);
     }
