@@ -168,6 +168,9 @@ struct lws_context *ws_lws_context(void) {
     ci.uid = -1;
     ci.server_string = "tolkd";
     ci.fd_limit_per_thread = fd_table_size();
+    /* a cloud provider's upgrade response or a scrape's request: lws's
+     * 4 KiB header table is tight for either */
+    ci.max_http_header_data = 8192;
     g.ctx = lws_create_context(&ci);
     if (!g.ctx && !g.create_failed_logged) {
         g.create_failed_logged = 1;

@@ -24,6 +24,7 @@ until its stdin closes. With "--tls CERT KEY" it speaks TLS (wss://). The reques
 
 Events the tests check are printed on stdout, one line each:
   "close C R"   the client's close frame (C = 1005 when it had no code)
+  "ping"        a ping from the client
 """
 import base64
 import hashlib
@@ -112,6 +113,7 @@ def messages(sock, answer_pings=True):
     while True:
         fin, opcode, payload = read_frame(sock)
         if opcode == 0x9:
+            say("ping")
             if answer_pings:
                 sock.sendall(frame(0xA, payload))
             continue

@@ -1217,6 +1217,7 @@ static tolk_status attach_lws(prom *P) {
         ci.server_string = "tolkd";
         /* a small fd table: lws otherwise sizes it by the process's fd limit */
         ci.fd_limit_per_thread = (unsigned)P->max_conns + 16;
+        ci.max_http_header_data = 8192; /* as the core's: the gate passes 6 KiB heads */
         P->ctx = lws_create_context(&ci);
         if (!P->ctx) {
             host->log(P->inst, TOLK_LOG_ERR,
