@@ -15,7 +15,7 @@
 
 #define DEFAULT_CONNECT_TIMEOUT 10.0
 #define DEFAULT_MAX_MESSAGE (1024 * 1024)
-#define CLOSE_HANDSHAKE_TIMEOUT 5.0 /* our close sent, waiting for the peer's */
+#define CLOSE_TIMEOUT 10.0 /* ws_close() to the peer's close frame: queue, ours, theirs */
 #define CLIENT_PROTOCOL "tolk-ws"
 
 typedef enum ws_state { WS_CONNECTING, WS_OPEN, WS_CLOSING, WS_DONE } ws_state;
@@ -304,11 +304,13 @@ static void on_idle_tick(struct ev_loop *loop, ev_timer *w, int revents) {
     fail_now(ws, TOLK_E_TIMEOUT, why);
 }
 
+/* The peer did not take the rest of the queue, or did not answer our close
+ * frame: it failed, whoever started the close. */
 static void on_close_timeout(struct ev_loop *loop, ev_timer *w, int revents) {
     tolk_ws *ws = CONTAINER_OF(w, tolk_ws, close_timer);
-    struct lws *wsi = ws->wsi;
-    finish(ws, TOLK_OK, 0, ws->close_code, ws->close_reason, 0);
-    kill_wsi(wsi);
+    char why[96];
+    snprintf(why, sizeof why, "close handshake not finished within %.0f s", CLOSE_TIMEOUT);
+    fail_now(ws, TOLK_E_TIMEOUT, why);
 }
 
 /* ------------------------------------------------------------------ */
@@ -364,13 +366,13 @@ static void start_close(tolk_ws *ws, int code, const char *reason) {
     if (n == sizeof ws->close_reason - 1)
         while (n && ((unsigned char)ws->close_reason[n] & 0xc0) == 0x80) ws->close_reason[n--] = 0;
     ws->state = WS_CLOSING;
+    ev_timer_set(&ws->close_timer, CLOSE_TIMEOUT, 0.);
+    ev_timer_start(g.loop, &ws->close_timer);
 }
 
 static int send_close_frame(tolk_ws *ws, struct lws *wsi) {
     lws_close_reason(wsi, (enum lws_close_status)ws->close_code, (unsigned char *)ws->close_reason,
                      strlen(ws->close_reason));
-    ev_timer_set(&ws->close_timer, CLOSE_HANDSHAKE_TIMEOUT, 0.);
-    ev_timer_start(g.loop, &ws->close_timer);
     return -1; /* lws sends the frame and waits for the peer's */
 }
 

@@ -12,7 +12,9 @@
  *    idle timeout watches the application, the ping the transport.
  *  - by_peer is 0 only when this side chose to end it: ws_close(), or a
  *    message over max_message (closed with 1009, status TOLK_OK). Refusals,
- *    failures and timeouts of the far side say 1.
+ *    failures and timeouts of the far side say 1, and so does a close that
+ *    is not finished 10 s after ws_close() (the peer did not take the
+ *    queue or did not answer the close frame: TOLK_E_TIMEOUT).
  *  - A close frame without a status code is reported as 1005 (RFC 6455
  *    7.1.5); 1006 means no close frame at all.
  *  - ws_buffered() counts the messages still in the core's queue; lws keeps
