@@ -11,6 +11,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "ws.h"
 
 static void on_uptime(struct ev_loop *loop, ev_timer *w, int revents) {
     core *c = CONTAINER_OF(w, core, uptime_timer);
@@ -277,6 +278,8 @@ void core_free(core *c) {
     c->workers = NULL;
     if (g) generation_unref(g);
     http_shutdown();
+    /* after the instances: exporters destroy their vhosts on the context */
+    ws_shutdown();
     playback_free(c);
     host_free();
     free(c->confdir);

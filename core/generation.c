@@ -6,6 +6,7 @@
 #include "http.h"
 #include "log.h"
 #include "mtcache.h"
+#include "ws.h"
 
 static const char *status_name(tolk_status st) {
     switch (st) {
@@ -60,6 +61,7 @@ void instance_unref(tolk_instance *inst) {
         ((const tolk_transport *)inst->desc)->stop(inst->self);
     inst->desc->destroy(inst->self);
     http_forget_instance(inst);
+    ws_forget_instance(inst);
     log_msg(TOLK_LOG_VERB, inst->who, "destroyed");
     json_decref(inst->settings);
     mtcache_free(inst->mtcache);

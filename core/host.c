@@ -9,6 +9,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "ws.h"
 
 /* One core per process: signals and the default loop are process-wide. */
 static core *g_core;
@@ -214,6 +215,7 @@ void host_free(void) {
 
 void host_init(core *c, tolk_host *h) {
     g_core = c;
+    ws_attach(c);
     *h = (tolk_host){
         .size = sizeof(tolk_host),
         .abi_major = TOLK_ABI_MAJOR,
@@ -267,6 +269,12 @@ void host_init(core *c, tolk_host *h) {
         .http_request = http_request,
         .http_cancel = http_cancel,
         .http_header = http_header,
+        .ws_connect = ws_connect,
+        .ws_send = ws_send,
+        .ws_buffered = ws_buffered,
+        .ws_close = ws_close,
+        .ws_cancel = ws_cancel,
+        .lws_context = ws_lws_context,
     };
 }
 

@@ -12,7 +12,9 @@
  *   other paths    404; other methods 405 (Allow: GET, HEAD)
  *
  * HTTP runs on the core's libev loop through libwebsockets 4.1 with the
- * libev event-lib plugin on a foreign loop. The plugin owns the listening
+ * libev event-lib plugin on a foreign loop, as a vhost of the process's one
+ * lws context (host->lws_context(), ABI 1.2; the core sets lws's log level
+ * and routes its lines to tolk's log). The plugin owns the listening
  * socket (an ev_io) and hands each accepted connection to lws with
  * lws_adopt_descriptor_vhost_via_info(); lws parses requests and writes
  * responses, all non-blocking on the loop thread. Owning the listener, not
@@ -22,15 +24,15 @@
  * core creates the new instance while the old one still listens on the
  * port, and the new one takes over once the old one is destroyed.
  *
- * Signals and the loop: with a foreign loop lws starts no signal watcher
- * (the core keeps SIGINT/SIGTERM/SIGHUP); info.signal_cb is set anyway, to
- * a no-op, so lws could never ev_break the core's loop. lws's watchers are
- * ordinary referenced watchers that it stops again in
- * lws_context_destroy(), which with the libev event lib completes inside
- * the call (no loop iterations needed, unlike libuv): destroy() checks that
- * lws cleared the context pointer (info.pcontext) and logs if not. The
- * tests check that the loop's watcher count is intact afterwards and that
- * SIGHUP/SIGTERM still reach the core.
+ * destroy() destroys only the vhost, which closes its connections; the
+ * context is the core's. On an older host (ABI < 1.2) the instance creates
+ * a context of its own on host->loop, as before: with a foreign loop lws
+ * starts no signal watcher (the core keeps SIGINT/SIGTERM/SIGHUP), and
+ * info.signal_cb is a no-op anyway, so lws could never ev_break the core's
+ * loop; lws_context_destroy() with the libev event lib completes inside the
+ * call, and destroy() checks that lws cleared the context pointer
+ * (info.pcontext). The tests check that the loop's watcher count is intact
+ * afterwards and that SIGHUP/SIGTERM still reach the core.
  *
  * A slow client cannot stall anything: sockets are non-blocking, a
  * response is rendered once and written in 16 KiB pieces as the socket
@@ -41,7 +43,9 @@
  *
  * Settings: bind ("127.0.0.1"), port (9090; 0 = any free port),
  * idle_timeout (10 s, whole seconds), max_connections (64),
- * process_metrics (true). Binding beyond loopback is the operator's
+ * max_connections_per_client (8), header_timeout (5 s), process_metrics
+ * (true). A new connection passes the request-head gate (see gate_start())
+ * before lws sees it. Binding beyond loopback is the operator's
  * explicit choice and is logged as a warning: the endpoint has no
  * authentication.
  *
@@ -76,6 +80,10 @@
 #define CHUNK (16 * 1024)        /* bytes handed to lws_write() at once */
 #define BIND_RETRY_S 1.0         /* a failed bind is retried this often */
 #define BIND_RETRY_LOG_EVERY 60  /* ...and logged again every so many tries */
+#define GATE_LINE_MAX 2048 /* request line; longer: 414 */
+#define GATE_HEAD_MAX 6144 /* request line and headers; longer: 431 (lws holds 8 KiB of them) */
+#define ACCEPT_PAUSE_S 0.5       /* accept() failed (out of fds): stop taking connections */
+#define ACCEPT_LOG_EVERY_S 60.0  /* ...and say so at most this often */
 
 static const tolk_option options[] = {
     {"bind", TOLK_OPT_STRING, 0, "127.0.0.1", 0, 0,
@@ -85,6 +93,10 @@ static const tolk_option options[] = {
      "seconds a connection may sit idle (no request, or not reading the response)"},
     {"max_connections", TOLK_OPT_INT, 0, "64", 1, 4096,
      "connections at once; more are accepted and closed at once"},
+    {"max_connections_per_client", TOLK_OPT_INT, 0, "8", 1, 4096,
+     "connections at once from one client address, so one client cannot take every slot"},
+    {"header_timeout", TOLK_OPT_INT, 0, "5", 1, 3600,
+     "seconds a client has to send a whole request head (at most idle_timeout)"},
     {"process_metrics", TOLK_OPT_BOOL, 0, "true", 0, 0,
      "add process_* metrics (CPU, memory, fds, start time) read from /proc"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
@@ -247,7 +259,8 @@ typedef struct prom {
     char bind[INET6_ADDRSTRLEN];
     int port_cfg, port;  /* configured; bound (differs with port 0) */
     int idle_timeout;
-    int max_conns;
+    int max_conns, max_per_client;
+    int header_timeout;
     int process_metrics;
 
     struct sockaddr_storage addr;
@@ -256,10 +269,19 @@ typedef struct prom {
     ev_io accept_w;
     tolk_timer *retry;
     unsigned bind_failures;
+    tolk_timer *accept_pause; /* accept() failed: the listener rests until it fires */
+    uint64_t accept_errors, accept_errors_unlogged;
+    double accept_logged_at;
     char bind_error[128];
 
-    struct lws_context *ctx;
+    struct lws_context *ctx; /* the core's (shared_ctx), or an older host's own */
+    int shared_ctx;
     struct lws_vhost *vh;
+    struct conn_slot *wsis; /* connections lws serves */
+    size_t nwsis, capwsis;
+    struct gate *gates; /* connections whose request head is not complete yet */
+    int ngates;
+    uint64_t refused_per_client, header_timeouts, heads_refused;
     ev_timer kick; /* runs while connections are open, see kick_lws() */
     int conns;
     uint64_t accepted, refused, requests[3], render_count;
@@ -269,6 +291,12 @@ typedef struct prom {
     tolk_metric *m_requests, *m_render;
     tolk_series *s_render;
 } prom;
+
+/* A connection lws serves, and its client's address (IPv4 as v4-mapped). */
+typedef struct conn_slot {
+    struct lws *wsi;
+    struct in6_addr addr;
+} conn_slot;
 
 /* Per-connection state (lws allocates it per wsi, zeroed). */
 typedef struct conn {
@@ -713,10 +741,49 @@ static int on_writeable(prom *P, struct lws *wsi, conn *c) {
     return next_request(P, wsi);
 }
 
+/* The instance's connections, so destroy() can close them itself: the
+ * context (the core's) outlives the instance, and lws_vhost_destroy()
+ * leaves a connection in the middle of a response to the context's end. */
+static int track_conn(prom *P, struct lws *wsi, const struct in6_addr *addr) {
+    if (P->nwsis == P->capwsis) {
+        size_t cap = P->capwsis ? P->capwsis * 2 : 16;
+        conn_slot *v = realloc(P->wsis, cap * sizeof *v);
+        if (!v) return -1;
+        P->wsis = v;
+        P->capwsis = cap;
+    }
+    P->wsis[P->nwsis++] = (conn_slot){.wsi = wsi, .addr = *addr};
+    if (P->conns++ == 0) ev_timer_again(P->host->loop, &P->kick);
+    return 0;
+}
+
+static void forget_conn(prom *P, struct lws *wsi) {
+    for (size_t i = 0; i < P->nwsis; i++) {
+        if (P->wsis[i].wsi != wsi) continue;
+        P->wsis[i] = P->wsis[--P->nwsis];
+        if (--P->conns == 0) ev_timer_stop(P->host->loop, &P->kick);
+        return;
+    }
+}
+
+/* Closes every connection now; lws calls back with no instance for them. */
+static void close_conns(prom *P) {
+    while (P->nwsis) {
+        struct lws *wsi = P->wsis[--P->nwsis].wsi;
+        P->conns--;
+        lws_set_opaque_user_data(wsi, NULL);
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+    }
+    free(P->wsis);
+    P->wsis = NULL;
+    P->capwsis = 0;
+}
+
 static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                    size_t len) {
-    struct lws_context *ctx = lws_get_context(wsi);
-    prom *P = ctx ? lws_context_user(ctx) : NULL;
+    /* each connection carries its instance (adopted with .opaque = P);
+     * destroy() clears it before it closes the connection */
+    prom *P = lws_get_opaque_user_data(wsi);
     conn *c = user;
     switch (reason) {
     case LWS_CALLBACK_HTTP:
@@ -746,8 +813,7 @@ static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
         }
         return 0;
     case LWS_CALLBACK_WSI_DESTROY:
-        if (P && lws_get_opaque_user_data(wsi) == P && --P->conns == 0)
-            ev_timer_stop(P->host->loop, &P->kick);
+        if (P) forget_conn(P, wsi);
         return 0;
     default:
         break;
@@ -783,36 +849,278 @@ static void kick_lws(struct ev_loop *loop, ev_timer *w, int revents) {
     if (P->ctx) lws_cancel_service(P->ctx);
 }
 
+/* ------------------------------------------------------------------ */
+/* The request-head gate                                               */
+
+/* A new connection waits here, outside lws, until its request head is
+ * complete: lws 4.1 closes a connection whose URL or headers overflow its
+ * header table without a word, answers methods it does not know with 403
+ * (and CONNECT not at all), and gives a client that sends its head a byte
+ * at a time until its idle timeout. The gate answers 414, 431 and 405
+ * (Allow: GET, HEAD) itself, and holds a head to header_timeout. It reads
+ * with MSG_PEEK, so lws later reads the whole request itself, and waits
+ * for more bytes with SO_RCVLOWAT instead of polling. */
+typedef struct gate {
+    struct gate *prev, *next;
+    prom *P;
+    int fd;
+    struct in6_addr addr;
+    ev_io io;
+    ev_timer timer; /* header deadline; after a refusal, the lingering close */
+    ssize_t peeked;
+    int answered;
+} gate;
+
+static struct in6_addr addr_key(const struct sockaddr_storage *ss) {
+    struct in6_addr a;
+    if (ss->ss_family == AF_INET6) return ((const struct sockaddr_in6 *)ss)->sin6_addr;
+    memset(&a, 0, sizeof a);
+    a.s6_addr[10] = a.s6_addr[11] = 0xff;
+    if (ss->ss_family == AF_INET) memcpy(&a.s6_addr[12], &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    return a;
+}
+
+static int clients_from(const prom *P, const struct in6_addr *a) {
+    int n = 0;
+    for (size_t i = 0; i < P->nwsis; i++) n += !memcmp(&P->wsis[i].addr, a, sizeof *a);
+    for (const gate *g = P->gates; g; g = g->next) n += !memcmp(&g->addr, a, sizeof *a);
+    return n;
+}
+
+static void gate_free(gate *g, int close_fd) {
+    prom *P = g->P;
+    ev_io_stop(P->host->loop, &g->io);
+    ev_timer_stop(P->host->loop, &g->timer);
+    if (g->prev)
+        g->prev->next = g->next;
+    else
+        P->gates = g->next;
+    if (g->next) g->next->prev = g->prev;
+    P->ngates--;
+    if (close_fd) close(g->fd);
+    free(g);
+}
+
+/* Methods lws parses and on_request() answers (405 for all but GET and
+ * HEAD, keeping the connection); anything else is the gate's. */
+static int lws_knows(const char *m, size_t n) {
+    static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strlen(known[i]) == n && !memcmp(m, known[i], n)) return 1;
+    return 0;
+}
+
+/* 0: a complete head for lws; -1: incomplete; else the status to refuse with. */
+static int gate_verdict(const char *buf, size_t n) {
+    const char *eol = memchr(buf, '\n', n);
+    size_t line = eol ? (size_t)(eol - buf) : n;
+    if (line > GATE_LINE_MAX) return 414;
+    const char *sp = memchr(buf, ' ', line);
+    if (sp && !lws_knows(buf, (size_t)(sp - buf))) return 405;
+    if (!sp && line > 16) return 405; /* no method is that long */
+    if (!eol) return -1;
+    /* the head ends at an empty line: "\n\r\n" or "\n\n" */
+    for (const char *p = eol; p; p = memchr(p + 1, '\n', (size_t)(buf + n - (p + 1)))) {
+        const char *q = p + 1;
+        if (q < buf + n && *q == '\r') q++;
+        if (q < buf + n && *q == '\n') return 0;
+    }
+    return n > GATE_HEAD_MAX ? 431 : -1;
+}
+
+static void set_lowat(int fd, int bytes) {
+    setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof bytes);
+}
+
+static void gate_drain(gate *g) {
+    char buf[4096];
+    ssize_t r;
+    while ((r = recv(g->fd, buf, sizeof buf, 0)) > 0) {}
+    if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) gate_free(g, 1);
+}
+
+static void gate_refuse(gate *g, int code) {
+    prom *P = g->P;
+    const char *what = code == 405 ? "Method Not Allowed"
+                       : code == 414 ? "URI Too Long"
+                                     : "Request Header Fields Too Large";
+    const char *body = code == 405 ? "405 method not allowed: use GET or HEAD\n"
+                       : code == 414 ? "414 URI too long\n"
+                                     : "431 request header fields too large\n";
+    char resp[512];
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 %d %s\r\nserver: tolkd\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                     "content-length: %zu\r\ncache-control: no-store\r\n%sconnection: close\r\n\r\n%s",
+                     code, what, strlen(body), code == 405 ? "allow: GET, HEAD\r\n" : "", body);
+    /* a fresh socket's buffer takes a few hundred bytes */
+    if (send(g->fd, resp, (size_t)n, MSG_NOSIGNAL) != n) {
+        gate_free(g, 1);
+        return;
+    }
+    count_request(P, H_OTHER, code);
+    P->heads_refused++;
+    TOLK_LOG(P->host, P->inst, TOLK_LOG_VERB, "request refused with %d before lws", code);
+    /* lingering close: read what the client still sends, so the kernel
+     * does not answer it with a reset that could discard the response */
+    shutdown(g->fd, SHUT_WR);
+    g->answered = 1;
+    set_lowat(g->fd, 1);
+    ev_timer_stop(P->host->loop, &g->timer);
+    ev_timer_set(&g->timer, 2.0, 0.);
+    ev_timer_start(P->host->loop, &g->timer);
+    gate_drain(g);
+}
+
+static void gate_adopt(gate *g) {
+    prom *P = g->P;
+    int fd = g->fd;
+    struct in6_addr addr = g->addr;
+    set_lowat(fd, 1);
+    gate_free(g, 0);
+    lws_adopt_desc_t ad = {.vh = P->vh,
+                           .type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP,
+                           .fd = {.sockfd = fd},
+                           .opaque = P};
+    struct lws *wsi = lws_adopt_descriptor_vhost_via_info(&ad);
+    if (!wsi) { /* lws closed the fd */
+        TOLK_LOG(P->host, P->inst, TOLK_LOG_WARN, "lws could not adopt a connection");
+        return;
+    }
+    if (track_conn(P, wsi, &addr) != 0) {
+        lws_set_opaque_user_data(wsi, NULL);
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+        return;
+    }
+    /* until the request is read and between keep-alive requests */
+    set_idle(P, wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE);
+}
+
+static void gate_readable(struct ev_loop *loop, ev_io *w, int revents) {
+    gate *g = w->data;
+    if (g->answered) {
+        gate_drain(g);
+        return;
+    }
+    char buf[GATE_HEAD_MAX + 1];
+    ssize_t n = recv(g->fd, buf, sizeof buf, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    /* gone, or readable with nothing new: the client shut down its side
+     * before the head was complete */
+    if (n <= 0 || n == g->peeked) {
+        gate_free(g, 1);
+        return;
+    }
+    g->peeked = n;
+    int v = gate_verdict(buf, (size_t)n);
+    if (v == 0)
+        gate_adopt(g);
+    else if (v > 0)
+        gate_refuse(g, v);
+    else
+        set_lowat(g->fd, (int)n + 1); /* wake when more has come */
+}
+
+static void gate_timeout(struct ev_loop *loop, ev_timer *w, int revents) {
+    gate *g = w->data;
+    if (!g->answered) {
+        g->P->header_timeouts++;
+        TOLK_LOG(g->P->host, g->P->inst, TOLK_LOG_VERB,
+                 "closing a connection: no complete request head within %d s",
+                 g->P->header_timeout);
+    }
+    gate_free(g, 1);
+}
+
+static void gate_start(prom *P, int fd, const struct in6_addr *addr) {
+    gate *g = calloc(1, sizeof *g);
+    if (!g) {
+        close(fd);
+        return;
+    }
+    g->P = P;
+    g->fd = fd;
+    g->addr = *addr;
+    ev_io_init(&g->io, gate_readable, fd, EV_READ);
+    g->io.data = g;
+    int secs = P->header_timeout < P->idle_timeout ? P->header_timeout : P->idle_timeout;
+    ev_timer_init(&g->timer, gate_timeout, (double)secs, 0.);
+    g->timer.data = g;
+    g->next = P->gates;
+    if (P->gates) P->gates->prev = g;
+    P->gates = g;
+    P->ngates++;
+    ev_io_start(P->host->loop, &g->io);
+    ev_timer_start(P->host->loop, &g->timer);
+}
+
+static void close_gates(prom *P) {
+    while (P->gates) gate_free(P->gates, 1);
+}
+
+static void resume_accept(void *ud) {
+    prom *P = ud;
+    P->accept_pause = NULL; /* a one-shot timer frees itself */
+    if (P->lfd >= 0) ev_io_start(P->host->loop, &P->accept_w);
+}
+
+/* accept() failed for a reason that does not go away by itself (no file
+ * descriptors left): the pending connection keeps the listener readable,
+ * so retrying at once would spin. Rest a while; log once per interval. */
+static void pause_accept(prom *P, int err) {
+    P->accept_errors++;
+    double now = P->host->now();
+    if (P->accept_errors == 1 || now - P->accept_logged_at >= ACCEPT_LOG_EVERY_S) {
+        if (P->accept_errors_unlogged)
+            P->host->log(P->inst, TOLK_LOG_WARN,
+                         "accept: %s: not accepting for %.1f s (%" PRIu64
+                         " more failures since the last message)",
+                         strerror(err), ACCEPT_PAUSE_S, P->accept_errors_unlogged);
+        else
+            P->host->log(P->inst, TOLK_LOG_WARN, "accept: %s: not accepting for %.1f s",
+                         strerror(err), ACCEPT_PAUSE_S);
+        P->accept_logged_at = now;
+        P->accept_errors_unlogged = 0;
+    } else {
+        P->accept_errors_unlogged++;
+    }
+    ev_io_stop(P->host->loop, &P->accept_w);
+    if (!P->accept_pause)
+        P->accept_pause = P->host->timer_start(P->inst, ACCEPT_PAUSE_S, 0, resume_accept, P);
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
     prom *P = w->data;
     for (;;) {
-        int fd = accept4(P->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(P->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED)
-                TOLK_LOG(P->host, P->inst, TOLK_LOG_WARN, "accept: %s", strerror(errno));
+            /* nothing waiting, or a client that gave up: carry on */
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED &&
+                errno != EPROTO && errno != EPERM)
+                pause_accept(P, errno);
             return;
         }
-        if (P->conns >= P->max_conns) {
+        P->accepted++;
+        if (P->conns + P->ngates >= P->max_conns) {
             P->refused++;
             TOLK_LOG(P->host, P->inst, TOLK_LOG_VERB,
-                     "refusing a connection: %d open (max_connections)", P->conns);
+                     "refusing a connection: %d open (max_connections)", P->conns + P->ngates);
             close(fd);
             continue;
         }
-        lws_adopt_desc_t ad = {.vh = P->vh,
-                               .type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP,
-                               .fd = {.sockfd = fd},
-                               .opaque = P};
-        struct lws *wsi = lws_adopt_descriptor_vhost_via_info(&ad);
-        if (!wsi) { /* lws closed the fd */
-            TOLK_LOG(P->host, P->inst, TOLK_LOG_WARN, "lws could not adopt a connection");
+        struct in6_addr addr = addr_key(&ss);
+        if (clients_from(P, &addr) >= P->max_per_client) {
+            P->refused++;
+            P->refused_per_client++;
+            TOLK_LOG(P->host, P->inst, TOLK_LOG_VERB,
+                     "refusing a connection: its address has %d open (max_connections_per_client)",
+                     P->max_per_client);
+            close(fd);
             continue;
         }
-        if (P->conns++ == 0) ev_timer_again(P->host->loop, &P->kick);
-        P->accepted++;
-        /* until the first request arrives */
-        set_idle(P, wsi, PENDING_TIMEOUT_HTTP_KEEPALIVE_IDLE);
+        gate_start(P, fd, &addr);
     }
 }
 
@@ -887,6 +1195,57 @@ static void retry_bind(void *ud) {
 /* ------------------------------------------------------------------ */
 /* Lifecycle                                                           */
 
+/* The vhost this instance serves from. On a 1.2 host it lives on the
+ * process's one lws context (host->lws_context()), which the core created
+ * on its loop with its log routing; on an older host the instance makes a
+ * context of its own, as before. */
+static tolk_status attach_lws(prom *P) {
+    const tolk_host *host = P->host;
+    struct lws_context_creation_info ci;
+    memset(&ci, 0, sizeof ci);
+    if (TOLK_HOST_HAS(host, lws_context)) P->ctx = host->lws_context();
+    if (P->ctx) {
+        P->shared_ctx = 1;
+    } else {
+        void *loops[1] = {host->loop};
+        ci.options = LWS_SERVER_OPTION_LIBEV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+        ci.foreign_loops = loops;
+        ci.signal_cb = ignore_signal;
+        ci.pcontext = &P->ctx;
+        ci.gid = -1;
+        ci.uid = -1;
+        ci.server_string = "tolkd";
+        /* a small fd table: lws otherwise sizes it by the process's fd limit */
+        ci.fd_limit_per_thread = (unsigned)P->max_conns + 16;
+        ci.max_http_header_data = 8192; /* as the core's: the gate passes 6 KiB heads */
+        P->ctx = lws_create_context(&ci);
+        if (!P->ctx) {
+            host->log(P->inst, TOLK_LOG_ERR,
+                      "libwebsockets could not create its context on the core's libev loop (is "
+                      "the package libwebsockets-evlib-ev installed?)");
+            return TOLK_E_FATAL;
+        }
+        memset(&ci, 0, sizeof ci);
+    }
+    unsigned idle = (unsigned)P->idle_timeout;
+    ci.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+    ci.protocols = protocols;
+    ci.vhost_name = "metrics";
+    ci.user = P; /* lws_vhost_user() in http_cb */
+    ci.gid = -1;
+    ci.uid = -1;
+    ci.server_string = "tolkd";
+    ci.keepalive_timeout = (int)idle;
+    ci.timeout_secs = idle;
+    ci.timeout_secs_ah_idle = idle;
+    P->vh = lws_create_vhost(P->ctx, &ci);
+    if (!P->vh) {
+        host->log(P->inst, TOLK_LOG_ERR, "libwebsockets could not create its vhost");
+        return TOLK_E_FATAL;
+    }
+    return TOLK_OK;
+}
+
 static tolk_status check_config(const json_t *cfg, tolk_config_error *err) {
     const char *bind = json_string_value(json_object_get(cfg, "bind"));
     struct sockaddr_storage ss;
@@ -919,6 +1278,10 @@ static tolk_status create(const tolk_host *host, tolk_instance *inst, const json
     if (P->idle_timeout <= 0) P->idle_timeout = 10;
     P->max_conns = (int)host->cfg_int(cfg, "max_connections");
     if (P->max_conns <= 0) P->max_conns = 64;
+    P->max_per_client = (int)host->cfg_int(cfg, "max_connections_per_client");
+    if (P->max_per_client <= 0) P->max_per_client = 8;
+    P->header_timeout = (int)host->cfg_int(cfg, "header_timeout");
+    if (P->header_timeout <= 0) P->header_timeout = 5;
     P->process_metrics = host->cfg_bool(cfg, "process_metrics");
     if (parse_addr(P->bind, P->port_cfg, &P->addr, &P->addrlen) != 0) {
         host->log(inst, TOLK_LOG_ERR, "bind: '%s' is not an IPv4 or IPv6 address", P->bind);
@@ -942,40 +1305,7 @@ static tolk_status create(const tolk_host *host, tolk_instance *inst, const json
                                       sizeof render_b / sizeof render_b[0]);
     P->s_render = host->metric_series(P->m_render, NULL);
 
-    /* lws logs to stderr; its notices (context creation) are noise here.
-     * The level is process-wide in lws. */
-    lws_set_log_level(LLL_ERR | LLL_WARN, NULL);
-    struct lws_context_creation_info ci;
-    memset(&ci, 0, sizeof ci);
-    void *loops[1] = {host->loop};
-    ci.options = LWS_SERVER_OPTION_LIBEV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
-    ci.foreign_loops = loops;
-    ci.signal_cb = ignore_signal;
-    ci.pcontext = &P->ctx;
-    ci.user = P;
-    ci.gid = -1;
-    ci.uid = -1;
-    ci.server_string = "tolkd";
-    /* a small fd table: lws otherwise sizes it by the process's fd limit */
-    ci.fd_limit_per_thread = (unsigned)P->max_conns + 16;
-    P->ctx = lws_create_context(&ci);
-    if (!P->ctx) {
-        host->log(inst, TOLK_LOG_ERR,
-                  "libwebsockets could not create its context on the core's libev loop (is the "
-                  "package libwebsockets-evlib-ev installed?)");
-        free(P);
-        return TOLK_E_FATAL;
-    }
-    unsigned idle = (unsigned)P->idle_timeout;
-    ci.port = CONTEXT_PORT_NO_LISTEN_SERVER;
-    ci.protocols = protocols;
-    ci.vhost_name = "metrics";
-    ci.keepalive_timeout = (int)idle;
-    ci.timeout_secs = idle;
-    ci.timeout_secs_ah_idle = idle;
-    P->vh = lws_create_vhost(P->ctx, &ci);
-    if (!P->vh) {
-        host->log(inst, TOLK_LOG_ERR, "libwebsockets could not create its vhost");
+    if (attach_lws(P) != TOLK_OK) {
         destroy(P);
         return TOLK_E_FATAL;
     }
@@ -1004,14 +1334,19 @@ static void destroy(void *self) {
     prom *P = self;
     if (!P) return;
     if (P->retry) P->host->timer_stop(P->retry);
+    if (P->accept_pause) P->host->timer_stop(P->accept_pause);
     if (P->lfd >= 0) {
         ev_io_stop(P->host->loop, &P->accept_w);
         close(P->lfd);
     }
-    if (P->ctx) {
-        /* closes every connection (their conn buffers are freed in
-         * CLOSED_HTTP) and stops lws's watchers on the core's loop; with
-         * libev this finishes inside the call and clears P->ctx */
+    close_gates(P);
+    close_conns(P); /* their conn buffers are freed in CLOSED_HTTP */
+    if (P->shared_ctx) {
+        /* lws frees the vhost itself later */
+        if (P->vh) lws_vhost_destroy(P->vh);
+    } else if (P->ctx) {
+        /* closes every connection and stops lws's watchers on the core's
+         * loop; with libev this finishes inside the call and clears P->ctx */
         lws_context_destroy(P->ctx);
         if (P->ctx)
             P->host->log(P->inst, TOLK_LOG_WARN,
@@ -1027,7 +1362,7 @@ static tolk_health health(void *self, json_t **detail_new) {
     if (detail_new) {
         json_t *d = json_pack("{s:s, s:i, s:b, s:i, s:I, s:I, s:{s:I, s:I, s:I}, s:I, s:f, s:f, s:I}",
                               "bind", P->bind, "port", P->port, "listening", listening, "connections",
-                              P->conns, "accepted", (json_int_t)P->accepted, "refused",
+                              P->conns + P->ngates, "accepted", (json_int_t)P->accepted, "refused",
                               (json_int_t)P->refused, "requests", "metrics",
                               (json_int_t)P->requests[H_METRICS], "healthz",
                               (json_int_t)P->requests[H_HEALTHZ], "other",
@@ -1036,6 +1371,13 @@ static tolk_health health(void *self, json_t **detail_new) {
                               "max_render_seconds", P->max_render_s, "last_body_bytes",
                               (json_int_t)P->last_body_bytes);
         if (d && P->bind_error[0]) json_object_set_new(d, "bind_error", json_string(P->bind_error));
+        if (d) {
+            json_object_set_new(d, "accept_errors", json_integer((json_int_t)P->accept_errors));
+            json_object_set_new(d, "refused_per_client",
+                                json_integer((json_int_t)P->refused_per_client));
+            json_object_set_new(d, "header_timeouts", json_integer((json_int_t)P->header_timeouts));
+            json_object_set_new(d, "heads_refused", json_integer((json_int_t)P->heads_refused));
+        }
         *detail_new = d;
     }
     return listening ? TOLK_HEALTHY : TOLK_UNHEALTHY;

@@ -10,9 +10,12 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <libwebsockets.h>
 
 #include "httpc.h"
 #include "log.h"
@@ -824,6 +827,166 @@ static void test_destroy_with_open_connections(void **state) {
     assert_true(fired);
 }
 
+/* Out of file descriptors, with connections waiting in the backlog: the
+ * exporter stops accepting for a while and says so once, instead of
+ * spinning on accept() and logging every failure (issue 11, item 4); once
+ * descriptors are free again it accepts the waiting connections. */
+static void test_out_of_fds_backs_off(void **state) {
+    fx *F = *state;
+    long long accepted = tu_health_int(F->c, "prom", "accepted");
+    struct rlimit old, tight;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+    int lowest = dup(0);
+    assert_true(lowest >= 0);
+    close(lowest);
+    tight = old;
+    tight.rlim_cur = (rlim_t)lowest + 6;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &tight), 0);
+    /* the test's own sockets take the last descriptors; each one's
+     * connection waits in the exporter's backlog */
+    int fds[16], n = 0;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)F->port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    while (n < 16) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) break;
+        assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+        fds[n++] = fd;
+    }
+    assert_true(n > 0 && n < 16);
+    tu_log_clear();
+    tu_run_until(F->c, NULL, NULL, 1.0); /* the loop turns on, calls go on */
+    int lines = tu_log_count("accept: Too many open files");
+    for (int i = 0; i < n; i++) close(fds[i]);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+    assert_int_equal(lines, 1);
+    /* descriptors are back: the waiting connections are taken */
+    long long want = accepted + n;
+    double t0 = now_s();
+    while (tu_health_int(F->c, "prom", "accepted") < want && now_s() - t0 < 15)
+        tu_run_until(F->c, NULL, NULL, 0.05);
+    assert_true(tu_health_int(F->c, "prom", "accepted") >= want);
+    req q;
+    get(F, "/healthz", &q);
+    assert_int_equal(q.r.status, 200);
+    httpc_free(&q.r);
+}
+
+/* One lws context per process: the exporter is a vhost of the core's. */
+static void test_shared_lws_context(void **state) {
+    fx *F = *state;
+    struct lws_context *ctx = F->c->host.lws_context();
+    assert_non_null(ctx);
+    assert_non_null(lws_get_vhost_by_name(ctx, "metrics"));
+}
+
+/* Issue 11, item 11: an over-long URL gets 414, over-long headers 431, a
+ * method other than GET or HEAD 405 with Allow (lws alone closed the first
+ * two without a word, answered TRACE and unknown methods 403 and CONNECT
+ * not at all). */
+static void test_http_answers_for_bad_heads(void **state) {
+    fx *F = *state;
+    static char longurl[6000], longhdr[16384];
+    int off = snprintf(longurl, sizeof longurl, "GET /");
+    memset(longurl + off, 'u', 3000);
+    snprintf(longurl + off + 3000, sizeof longurl - (size_t)off - 3000, " HTTP/1.1\r\nHost: x\r\n\r\n");
+    off = snprintf(longhdr, sizeof longhdr, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    memset(longhdr + off, 'h', sizeof longhdr - (size_t)off - 8);
+    memcpy(longhdr + sizeof longhdr - 8, "\r\n\r\n", 5);
+    static const struct {
+        const char *raw;
+        int status;
+    } cases[] = {
+        {longurl, 414},
+        {longhdr, 431},
+        {"TRACE /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 405},
+        {"BREW /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 405},
+        {"CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: x\r\n\r\n", 405},
+        {"OPTIONS /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        req q;
+        memset(&q, 0, sizeof q);
+        q.port = F->port;
+        q.raw = cases[i].raw;
+        run_req(F->c, &q);
+        assert_int_equal(q.rc, 0);
+        assert_int_equal(q.r.status, cases[i].status);
+        if (cases[i].status == 405) {
+            char *allow = httpc_header(&q.r, "allow");
+            assert_non_null(allow);
+            assert_string_equal(allow, "GET, HEAD");
+            free(allow);
+        }
+        httpc_free(&q.r);
+    }
+    /* a head just under the gate's limit is lws's to serve */
+    static char bighead[6144];
+    off = snprintf(bighead, sizeof bighead, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for (int i = 0; off < 5600; i++)
+        off += snprintf(bighead + off, sizeof bighead - (size_t)off, "X-Filler-%d: %0200d\r\n", i, i);
+    snprintf(bighead + off, sizeof bighead - (size_t)off, "\r\n");
+    req q;
+    memset(&q, 0, sizeof q);
+    q.port = F->port;
+    q.raw = bighead;
+    run_req(F->c, &q);
+    assert_int_equal(q.rc, 0);
+    assert_int_equal(q.r.status, 200);
+    httpc_free(&q.r);
+    /* and the exporter serves on */
+    get(F, "/metrics", &q);
+    assert_int_equal(q.r.status, 200);
+    httpc_free(&q.r);
+}
+
+/* A connection from 127.0.0.2 (loopback answers the whole 127/8) that sent
+ * the start of a request and then nothing. */
+static int slow_client(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in src = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "127.0.0.2", &src.sin_addr);
+    assert_int_equal(bind(fd, (struct sockaddr *)&src, sizeof src), 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(send(fd, "GET /metr", 9, MSG_NOSIGNAL), 9);
+    return fd;
+}
+
+static int health_at_least(void *ud) {
+    void **a = ud;
+    return tu_health_int(a[0], "prom", a[1]) >= (long long)(intptr_t)a[2];
+}
+
+/* Issue 11, item 10 (slowloris): one client address holds at most
+ * max_connections_per_client connections, so others are still served, and
+ * a connection that has not sent its whole request head within
+ * header_timeout is closed, well before idle_timeout. */
+static void test_slow_clients_cannot_starve_scrapes(void **state) {
+    fx F = {0};
+    tu_log_capture();
+    start_core(&F, "port = 0; idle_timeout = 30; header_timeout = 1; max_connections = 8; "
+                   "max_connections_per_client = 3;", NULL);
+    int fds[5];
+    for (int i = 0; i < 5; i++) fds[i] = slow_client(F.port);
+    void *refused[] = {F.c, "refused_per_client", (void *)(intptr_t)2};
+    assert_true(tu_run_until(F.c, health_at_least, refused, 10));
+    assert_int_equal(tu_health_int(F.c, "prom", "connections"), 3);
+    /* another client is served meanwhile */
+    req q;
+    get(&F, "/metrics", &q);
+    assert_int_equal(q.r.status, 200);
+    httpc_free(&q.r);
+    /* the three slow heads are cut off at header_timeout */
+    void *timeouts[] = {F.c, "header_timeouts", (void *)(intptr_t)3};
+    assert_true(tu_run_until(F.c, health_at_least, timeouts, 15));
+    assert_int_equal(tu_health_int(F.c, "prom", "connections"), 0);
+    for (int i = 0; i < 5; i++) close(fds[i]);
+    stop_core(&F);
+    tu_log_clear();
+}
+
 /* lws must leave the core's signals alone: SIGHUP still reloads (the
  * unchanged exporter is kept and serves on), SIGTERM still drains and ends
  * the loop. */
@@ -940,6 +1103,10 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_render_1000_series, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy_with_open_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signals_still_reach_the_core, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_lws_context, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_out_of_fds_backs_off, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_answers_for_bad_heads, setup, teardown),
+        cmocka_unit_test(test_slow_clients_cannot_starve_scrapes),
         cmocka_unit_test(test_reload_same_port),
         cmocka_unit_test(test_bad_bind_is_a_config_error),
         cmocka_unit_test(test_ipv6_loopback),
