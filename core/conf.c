@@ -262,6 +262,8 @@ static const tolk_option core_opts[] = {
     {"workers", TOLK_OPT_INT, 0, "2", 1, 256, "threads for blocking engines"},
     {"plugin_path", TOLK_OPT_STRING, 0, NULL, 0, 0, "colon-separated plugin directories"},
     {"translation_cache", TOLK_OPT_INT, 0, "1000", 0, 1000000, "translations remembered per MT provider (0: off)"},
+    {"max_backlog_seconds", TOLK_OPT_DOUBLE, 0, "30", 1, 3600,
+     "unfinished audio a direction of a call may hold before its input waits or sheds"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
 static const tolk_option defaults_opts[] = {
@@ -404,6 +406,7 @@ static void load_core(load_ctx *lc, config_setting_t *s, const char *file) {
     c->drain_timeout = json_number_value(json_object_get(v, "drain_timeout"));
     c->workers = (int)json_integer_value(json_object_get(v, "workers"));
     c->translation_cache = (int)json_integer_value(json_object_get(v, "translation_cache"));
+    c->max_backlog_seconds = json_number_value(json_object_get(v, "max_backlog_seconds"));
     const char *lvl = json_string_value(json_object_get(v, "log_level"));
     int l = log_level_parse(lvl);
     if (l < 0)
@@ -723,6 +726,7 @@ conf_set *conf_new_empty(void) {
     cs->core.log_level = TOLK_LOG_INFO;
     cs->core.workers = 2;
     cs->core.translation_cache = 1000;
+    cs->core.max_backlog_seconds = 30;
     cs->defaults.mode = TOLK_MODE_BIDIRECTIONAL;
     cs->defaults.caller_language = xstrdup("en");
     cs->defaults.callee_language = xstrdup("es");

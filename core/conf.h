@@ -25,6 +25,7 @@ typedef struct conf_core {
     int workers;
     char *plugin_path; /* NULL: default */
     int translation_cache; /* entries per MT instance; 0: off */
+    double max_backlog_seconds; /* unfinished audio per direction of a call */
 } conf_core;
 
 typedef struct conf_defaults {

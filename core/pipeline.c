@@ -434,9 +434,24 @@ static int frame_voiced(const int16_t *f) {
 
 /* Keeps the audio a new stream would need: from the last final result on,
  * without long leading silence, at most replay_seconds; in whole frames. */
+void pipeline_replay_drop(direction *d, size_t frames) {
+    if (frames > d->replay.frames) frames = d->replay.frames;
+    framebuf_drop(&d->replay, frames);
+    d->replay_start += (uint64_t)frames * TOLK_FRAME_SAMPLES;
+    /* speech no final result covers: lost if the recogniser fails now */
+    if (d->replay_voiced) d->replay_dropped += (uint64_t)frames * TOLK_FRAME_SAMPLES;
+}
+
 static void replay_append(direction *d, const int16_t *frame, int voiced) {
     const conf_recovery *rc = &d->ch->gen->conf->recovery;
     size_t max = (size_t)(rc->replay_seconds * TOLK_SAMPLE_RATE) / TOLK_FRAME_SAMPLES;
+    /* A pull channel's input waits at the backlog bound (backlog.c), so
+     * everything up to it is kept: a file fed faster than the recogniser
+     * decodes loses nothing when the recogniser fails. */
+    if (d->ch->flags & TOLK_CHAN_PULL) {
+        size_t bound = (size_t)(backlog_bound(d->ch) / TOLK_FRAME_SAMPLES) + REPLAY_PREROLL;
+        if (bound > max) max = bound;
+    }
     if (max == 0) {
         d->replay_start = d->samples_in;
         return;
@@ -444,11 +459,7 @@ static void replay_append(direction *d, const int16_t *frame, int voiced) {
     if (voiced) d->replay_voiced = 1;
     size_t keep = d->replay_voiced ? max : REPLAY_PREROLL;
     if (keep > max) keep = max;
-    if (d->replay.frames + 1 > keep) {
-        size_t drop = d->replay.frames + 1 - keep;
-        framebuf_drop(&d->replay, drop);
-        d->replay_start += (uint64_t)drop * TOLK_FRAME_SAMPLES;
-    }
+    if (d->replay.frames + 1 > keep) pipeline_replay_drop(d, d->replay.frames + 1 - keep);
     framebuf_push(&d->replay, frame);
 }
 
@@ -457,6 +468,7 @@ static void replay_append(direction *d, const int16_t *frame, int voiced) {
 static void replay_trim(direction *d, uint64_t upto) {
     if (upto <= d->replay_start) return;
     d->replay_voiced = 0;
+    d->replay_dropped = 0; /* the result covered what fell out */
     size_t drop = (size_t)((upto - d->replay_start) / TOLK_FRAME_SAMPLES);
     if (drop > d->replay.frames) drop = d->replay.frames;
     framebuf_drop(&d->replay, drop);
@@ -475,7 +487,7 @@ static int stream_open(direction *d, tolk_status *why) {
         return -1;
     }
     s->open = 1;
-    d->last_result = mono_now();
+    d->last_result = d->last_final = mono_now();
     return 0;
 }
 
@@ -490,6 +502,10 @@ static void stream_reopen(direction *d) {
     core *c = ch->core;
     /* the new stream starts where the kept audio starts */
     d->stream_base = d->replay_start;
+    if (d->replay_dropped) {
+        backlog_audio_lost(d, d->replay_dropped, "replay");
+        d->replay_dropped = 0;
+    }
     log_msg(TOLK_LOG_INFO, "recovery", "%s: %s->%s: stream reopened on %s, replaying %.2f s of audio",
             ch->id, d->from, d->to, d->stream.inst->name, (double)d->replay.frames * TOLK_FRAME_SECONDS);
     /* by position, not by pointer: a result delivered from inside feed()
@@ -568,6 +584,7 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
         return;
     }
     health_record(c, s->inst, 1);
+    d->last_final = d->last_result;
     if (st->lad.last != TIER_NONE) {
         recovery_count(c, s->inst, st->lad.last, 1);
         log_msg(TOLK_LOG_INFO, "recovery", "%s: %s->%s recognition recovered by %s (tier %s) after %.0f ms",
@@ -601,6 +618,8 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     metrics_observe(c->m.qwait[Q_STT], (ph->t_stt_final - ph->t_speech_end) * 1000.0);
     metrics_add(c->m.words_s, (double)count_words(text));
     ph->t_enq = ph->t_stt_final;
+    ph->backlog = ph->end_sample > ph->start_sample ? ph->end_sample - ph->start_sample : 0;
+    d->phrase_samples += ph->backlog;
     fifo_push(&d->mt.q, ph);
     queue_depth(c, Q_MT, 1);
     stage_pump(&d->mt);
@@ -644,7 +663,12 @@ void pipeline_frame(direction *d, const int16_t *frame) {
         stream_recover(d, st, TOLK_SEV_HIGH, "feed failed");
         return;
     }
+    pipeline_check_stall(d);
+}
+
+void pipeline_check_stall(direction *d) {
     /* a recogniser that hears speech and says nothing for this long hangs */
+    double now = mono_now();
     double since = d->speech_since > d->last_result ? d->speech_since : d->last_result;
     if (d->speech_since && d->stream.open &&
         now - since > d->ch->gen->conf->recovery.stt_timeout) {
