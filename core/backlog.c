@@ -119,8 +119,10 @@ static uint64_t outbuf_shed(core *c, outbuf *ob, uint64_t samples) {
     return n;
 }
 
-static void shed(direction *d, uint64_t bound) {
+void backlog_shed(direction *d) {
     tolk_channel *ch = d->ch;
+    if (ch->flags & TOLK_CHAN_PULL) return; /* its input waits instead */
+    uint64_t bound = backlog_bound(ch);
     core *c = ch->core;
     outbuf *ob = &ch->out[d->dst];
     /* the replay buffer is bounded by recovery.replay_seconds on its own */
@@ -231,7 +233,7 @@ tolk_status backlog_admit(tolk_channel *ch, tolk_leg leg) {
     direction *d = &ch->dir[leg];
     uint64_t bound = backlog_bound(ch);
     if (!(ch->flags & TOLK_CHAN_PULL)) {
-        shed(d, bound);
+        backlog_shed(d);
         return TOLK_OK;
     }
     if (d->refused) return TOLK_E_AGAIN;

@@ -380,6 +380,9 @@ void backlog_stop(tolk_channel *ch);
  * pull channel that is full (input_ready() follows from the loop). A live
  * channel that is full sheds its oldest audio instead. */
 tolk_status backlog_admit(tolk_channel *ch, tolk_leg leg);
+/* A live channel over its bound drops its oldest audio (channel_audio()
+ * and TTS audio call it; a pull channel's input waits instead). */
+void backlog_shed(direction *d);
 /* A number that grows while the channel gets work done. */
 uint64_t backlog_progress(const tolk_channel *ch);
 /* Every phrase still in the direction's pipeline is reported lost. */

@@ -388,6 +388,8 @@ void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
         d->marks_tail = ph;
     }
     outbuf_push(ch->core, &ch->out[d->dst], pcm, n);
+    /* a synthesiser far ahead of a live call's playback must not grow it for ever */
+    backlog_shed(d);
     deliver_now(ch, d->dst);
 }
 

@@ -64,7 +64,8 @@ static double shed_seconds(const char *reason) {
  * and phrases of 1 s of speech:
  *   - playback: 10 s of audio plus one phrase's synthesis (< 3 s) per call,
  *     i.e. 5 * 13 * 50 = 3250 frames;
- *   - MT + TTS queues: at most 10 phrases of 1 s per call: 50;
+ *   - MT + TTS queues: phrases of about 1 s of speech each, at most 10 s
+ *     of them per call: 100 with room to spare;
  *   - heap growth: 2 MiB per call (10 MiB): a replay buffer of 10 s
  *     (320 KiB), a playback ring of at most twice 13 s (832 KiB), the
  *     phrases, the mocks' pending results.
@@ -88,7 +89,7 @@ static void test_fast_calls_stay_bounded(void **state) {
            W.max_depth[Q_TTS], W.max_depth[Q_PLAYBACK],
            ((double)W.heap_max - (double)W.heap0) / 1048576.0);
     assert_true(W.max_depth[Q_PLAYBACK] <= CALLS * (BACKLOG_SECONDS + 3) * 50);
-    assert_true(W.max_depth[Q_MT] + W.max_depth[Q_TTS] <= CALLS * BACKLOG_SECONDS);
+    assert_true(W.max_depth[Q_MT] + W.max_depth[Q_TTS] <= 2 * CALLS * BACKLOG_SECONDS);
     /* the calls were fed ahead of real time up to the bound, then waited */
     assert_true(sent >= CALLS * BACKLOG_SECONDS * 50);
     assert_true(waits > 0);
@@ -129,8 +130,8 @@ static void test_live_call_sheds_oldest(void **state) {
     printf("# live call: %.2f s shed, max playback depth %.0f frames\n",
            shed_seconds("backlog") - shed0, W.max_depth[Q_PLAYBACK]);
     assert_true(shed_seconds("backlog") - shed0 > 1.0);
-    /* 1 s bound plus one chunk of synthesis arriving at once */
-    assert_true(W.max_depth[Q_PLAYBACK] <= (1 + 5) * 50);
+    /* cut back to the 1 s bound as the synthesis arrives (room for rounding) */
+    assert_true(W.max_depth[Q_PLAYBACK] <= 2 * 50);
     /* never refused: a live source cannot wait */
     assert_int_equal(tu_health_int(c, "calls", "audio_waits"), 0);
     assert_int_equal(tu_log_count("shedding the oldest"), 1);
