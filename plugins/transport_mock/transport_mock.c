@@ -578,6 +578,7 @@ static int call_needs_finish(const mock *m, const mock_call *c) {
     for (int L = 0; L < 2; L++) {
         const leg_state *lg = &c->leg[L];
         if (lg->rejected) return 0; /* the core is ending it; wait for hangup() */
+        if (lg->waiting) return 0;  /* frames left to send after input_ready() */
         if (m->hangup == HANGUP_END && lg->talking && !lg->input_ended) return 1;
     }
     return m->hangup == HANGUP_CLOSE;
