@@ -434,8 +434,6 @@ static int frame_voiced(const int16_t *f) {
     return e > (int64_t)VOICED_RMS * VOICED_RMS * TOLK_FRAME_SAMPLES;
 }
 
-/* Keeps the audio a new stream would need: from the last final result on,
- * without long leading silence, at most replay_seconds; in whole frames. */
 void pipeline_replay_drop(direction *d, size_t frames) {
     if (frames > d->replay.frames) frames = d->replay.frames;
     framebuf_drop(&d->replay, frames);
@@ -443,6 +441,9 @@ void pipeline_replay_drop(direction *d, size_t frames) {
     /* speech no final result covers: lost if the recogniser fails now */
     if (d->replay_voiced) d->replay_dropped += (uint64_t)frames * TOLK_FRAME_SAMPLES;
 }
+
+/* Keeps the audio a new stream would need: from the last final result on,
+ * without long leading silence, at most replay_seconds; in whole frames. */
 
 static void replay_append(direction *d, const int16_t *frame, int voiced) {
     const conf_recovery *rc = &d->ch->gen->conf->recovery;
