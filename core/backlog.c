@@ -223,6 +223,13 @@ static void on_input_guard(struct ev_loop *loop, ev_timer *w, int revents) {
 
 void backlog_init(tolk_channel *ch, const tolk_channel_info *info) {
     ch->flags = info && TOLK_HAS(info, tolk_channel_info, flags) ? info->flags : 0;
+    if ((ch->flags & TOLK_CHAN_PULL) && !DESC_FN(ch->transport->desc, tolk_transport, input_ready)) {
+        /* refused audio would never be asked for again: treat it as live */
+        log_msg(TOLK_LOG_WARN, ch->transport->who,
+                "%s: TOLK_CHAN_PULL without input_ready(): the call is treated as a live source",
+                info->id ? info->id : "call");
+        ch->flags &= ~TOLK_CHAN_PULL;
+    }
     ev_check_init(&ch->input_resume, on_resume_check);
     ev_timer_init(&ch->input_guard, on_input_guard, GUARD_PERIOD, GUARD_PERIOD);
 }
