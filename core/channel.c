@@ -71,6 +71,7 @@ phrase *fifo_pop(phrase_fifo_head *f) {
 }
 
 void phrase_free(phrase *ph) {
+    ph->dir->phrase_samples -= ph->backlog;
     for (size_t i = 0; i < ph->ncontext; i++) free(ph->context[i]);
     free(ph->context);
     free(ph->cache_key);
@@ -204,6 +205,8 @@ tolk_status channel_audio(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, si
         return TOLK_E_INVAL;
     direction *d = &ch->dir[leg];
     if (d->input_ended) return TOLK_E_INVAL;
+    tolk_status admit = backlog_admit(ch, leg);
+    if (admit != TOLK_OK) return admit;
     d->spoke = 1;
     while (n > 0) {
         size_t take = TOLK_FRAME_SAMPLES - d->nin;
@@ -272,6 +275,7 @@ tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel
     ch->t_open = mono_now();
     ev_init(&ch->finish, on_finish);
     ev_init(&ch->drain_deadline, on_drain_deadline);
+    backlog_init(ch, info);
     set_state(ch, CH_RINGING);
 
     const conf_set *cs = g->conf;
@@ -337,6 +341,7 @@ static void channel_destroy(tolk_channel *ch) {
     core *c = ch->core;
     ev_timer_stop(c->loop, &ch->finish);
     ev_timer_stop(c->loop, &ch->drain_deadline);
+    backlog_stop(ch);
     if (ch->prev)
         ch->prev->next = ch->next;
     else
@@ -387,8 +392,19 @@ static void on_finish(struct ev_loop *loop, ev_timer *w, int revents) {
     if (channel_drained(ch)) channel_end(ch, "finished");
 }
 
+/* The deadline after the input ended guards against work that never
+ * finishes (a provider that hangs), not against work that takes long: a
+ * call that got something done since it was armed gets another period. */
 static void on_drain_deadline(struct ev_loop *loop, ev_timer *w, int revents) {
     tolk_channel *ch = CONTAINER_OF(w, tolk_channel, drain_deadline);
+    uint64_t now_progress = backlog_progress(ch);
+    if (now_progress != ch->drain_progress) {
+        ch->drain_progress = now_progress;
+        ev_timer_again(loop, w);
+        return;
+    }
+    log_msg(TOLK_LOG_WARN, "channel", "%s: nothing finished for %.0f s after the input ended "
+            "(core.drain_timeout): the pending work is dropped", ch->id, w->repeat);
     channel_end(ch, "drain timeout: pending work dropped");
 }
 
@@ -405,7 +421,8 @@ void channel_input_end(tolk_channel *ch, tolk_leg leg) {
     if (d->translate) pipeline_input_end(d);
     double dt = ch->gen->conf->core.drain_timeout;
     if (dt > 0 && !ev_is_active(&ch->drain_deadline)) {
-        ev_timer_set(&ch->drain_deadline, dt, 0.);
+        ch->drain_progress = backlog_progress(ch);
+        ev_timer_set(&ch->drain_deadline, dt, dt);
         ev_timer_start(ch->core->loop, &ch->drain_deadline);
     }
     schedule_finish(ch);
@@ -425,6 +442,14 @@ void channel_end(tolk_channel *ch, const char *why) {
     if (!ch || ch->ending) return;
     ch->ending = 1;
     log_msg(TOLK_LOG_VERB, "channel", "%s: ending: %s", ch->id, why);
+    if (strcmp(why, "finished") != 0) {
+        /* cut short: what it still held is lost, and said so */
+        ch->end_reason = why;
+        if (!ch->closed) {
+            backlog_report_pending_lost(&ch->dir[0]);
+            backlog_report_pending_lost(&ch->dir[1]);
+        }
+    }
     if (!ch->closed) set_state(ch, CH_DISCONNECTING);
     cancel_all(ch);
     if (!ch->closed) {

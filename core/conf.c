@@ -264,6 +264,8 @@ static const tolk_option core_opts[] = {
     {"translation_cache", TOLK_OPT_INT, 0, "1000", 0, 1000000, "translations remembered per MT provider (0: off)"},
     {"mt_context", TOLK_OPT_INT, 0, "2", 0, 10, "earlier phrases sent as context to MT providers that use it"},
     {"max_phrase_seconds", TOLK_OPT_DOUBLE, 0, "20", 0, 600, "a phrase this long is finalised by the recogniser (0: never)"},
+    {"max_backlog_seconds", TOLK_OPT_DOUBLE, 0, "30", 1, 3600,
+     "unfinished audio a direction of a call may hold before its input waits or sheds"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
 static const tolk_option defaults_opts[] = {
@@ -412,6 +414,7 @@ static void load_core(load_ctx *lc, config_setting_t *s, const char *file) {
     c->translation_cache = (int)json_integer_value(json_object_get(v, "translation_cache"));
     c->mt_context = (int)json_integer_value(json_object_get(v, "mt_context"));
     c->max_phrase_seconds = json_number_value(json_object_get(v, "max_phrase_seconds"));
+    c->max_backlog_seconds = json_number_value(json_object_get(v, "max_backlog_seconds"));
     const char *lvl = json_string_value(json_object_get(v, "log_level"));
     int l = log_level_parse(lvl);
     if (l < 0)
@@ -742,6 +745,7 @@ conf_set *conf_new_empty(void) {
     cs->core.translation_cache = 1000;
     cs->core.mt_context = 2;
     cs->core.max_phrase_seconds = 20;
+    cs->core.max_backlog_seconds = 30;
     cs->defaults.mode = TOLK_MODE_BIDIRECTIONAL;
     cs->defaults.caller_language = xstrdup("en");
     cs->defaults.callee_language = xstrdup("es");

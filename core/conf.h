@@ -27,6 +27,7 @@ typedef struct conf_core {
     int translation_cache; /* entries per MT instance; 0: off */
     int mt_context;        /* earlier phrases sent to MT plugins that use context */
     double max_phrase_seconds; /* a phrase this long is finalised; 0: never */
+    double max_backlog_seconds; /* unfinished audio per direction of a call */
 } conf_core;
 
 typedef struct conf_defaults {

@@ -209,6 +209,7 @@ static void on_drain_tick(struct ev_loop *loop, ev_timer *w, int revents) {
 static void on_term(struct ev_loop *loop, ev_signal *w, int revents) {
     core *c = w->signum == SIGTERM ? CONTAINER_OF(w, core, sig_term) : CONTAINER_OF(w, core, sig_int);
     log_msg(TOLK_LOG_INFO, "core", "%s received", w->signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    if (!c->stop_signal) c->stop_signal = w->signum;
     core_shutdown(c);
 }
 

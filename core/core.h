@@ -178,6 +178,7 @@ struct phrase {
     tier recovery_tier;
     stage_kind recovery_stage;
     char recovery_from[64], recovery_to[64];
+    uint64_t backlog; /* samples it adds to dir->phrase_samples while it lives */
 };
 
 
@@ -220,6 +221,14 @@ struct direction {
     unsigned next_seq;
     int input_ended;
     int spoke; /* src sent audio */
+    /* backlog.c: what this direction holds of the caller's audio beyond the
+     * replay buffer: the source length of its phrases still in the
+     * pipeline, and voiced audio that fell out of the replay buffer before
+     * a final result covered it (lost if the recogniser now fails) */
+    uint64_t phrase_samples;
+    uint64_t replay_dropped;
+    double last_final; /* mono time of the stream's last final result (or open) */
+    int refused; /* pull channel: channel_audio() said TOLK_E_AGAIN */
 };
 
 /* Audio waiting to be played to one leg, in whole frames once complete. */
@@ -253,6 +262,14 @@ struct tolk_channel {
     ev_timer finish; /* deferred end, outside plugin callbacks */
     ev_timer drain_deadline;
     tolk_channel *prev, *next;
+    /* backlog.c: flow control of the input */
+    unsigned flags;         /* TOLK_CHAN_* from the transport */
+    ev_check input_resume;  /* a refused pull leg may send again */
+    ev_timer input_guard;   /* a refused leg whose recogniser stalls */
+    double refused_since;
+    double shed_logged;     /* mono time of the last "shedding" log line */
+    uint64_t drain_progress; /* backlog_progress() when the drain deadline was armed */
+    const char *end_reason;  /* why channel_end() ended it; NULL: it finished */
 };
 
 /* What tolk-translate prints and the bench measures, per phrase. */
@@ -322,6 +339,7 @@ struct core {
     uint64_t total_channels, refused_channels, lost_phrases;
     uint64_t out_frames_dropped; /* audio still unplayed when its call ended */
     int stopping;
+    int stop_signal; /* the SIGTERM or SIGINT that started the shutdown, or 0 */
     double started;
     /* The playback clock: a 1 ms timerfd that drives a wheel of 20 slots.
      * A leg that starts talking joins the next slot and plays one frame
@@ -386,6 +404,27 @@ void channel_end(tolk_channel *ch, const char *why);
 /* Plays one frame of ch's buffer for leg (the wheel calls it). */
 void channel_play_frame(tolk_channel *ch, tolk_leg leg);
 void channel_leg_idle(tolk_channel *ch);
+
+/* ---- backlog.c ---- */
+/* The bound on a direction's unfinished audio, in samples. */
+uint64_t backlog_bound(const tolk_channel *ch);
+/* Audio of the direction not yet translated and played, in samples. */
+uint64_t backlog_samples(const direction *d);
+void backlog_init(tolk_channel *ch, const tolk_channel_info *info);
+void backlog_stop(tolk_channel *ch);
+/* Before channel_audio() takes audio of leg: TOLK_OK, or TOLK_E_AGAIN for a
+ * pull channel that is full (input_ready() follows from the loop). A live
+ * channel that is full sheds its oldest audio instead. */
+tolk_status backlog_admit(tolk_channel *ch, tolk_leg leg);
+/* A live channel over its bound drops its oldest audio (channel_audio()
+ * and TTS audio call it; a pull channel's input waits instead). */
+void backlog_shed(direction *d);
+/* A number that grows while the channel gets work done. */
+uint64_t backlog_progress(const tolk_channel *ch);
+/* Every phrase still in the direction's pipeline is reported lost. */
+void backlog_report_pending_lost(direction *d);
+/* Voiced audio the recogniser never heard: counted, logged, reported. */
+void backlog_audio_lost(direction *d, uint64_t samples, const char *reason);
 
 /* ---- playback.c ---- */
 void playback_init(core *c);

@@ -1,7 +1,12 @@
 /* tolk-translate: one WAV file through the core's pipeline as one call. */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,6 +21,9 @@
 #endif
 
 enum { EXIT_INPUT = 1, EXIT_USAGE = 2, EXIT_PIPELINE = 3 };
+/* Interrupted by a signal: 128 + its number, as a shell reports it. */
+#define EXIT_SIGNAL_BASE 128
+#define DEFAULT_INPUT_TIMEOUT 10.0
 
 typedef struct run {
     int json, realtime;
@@ -24,6 +32,7 @@ typedef struct run {
     size_t nlat, cap;
     core *c;
     int ended;
+    const char *cut_short; /* why the call was ended before it finished, or NULL */
 } run;
 
 static void usage(FILE *f) {
@@ -37,6 +46,8 @@ static void usage(FILE *f) {
             "      --realtime         feed the file at a call's pace (20 ms per frame) and report\n"
             "                         the time from the end of each phrase to its first translated frame\n"
             "      --json             one JSON object per phrase, then a summary object\n"
+            "      --input-timeout SEC  IN.wav is a FIFO: wait this long for a writer and for\n"
+            "                         each further piece of input (default 10)\n"
             "  -P, --plugin-path DIRS plugin directories (also TOLK_PLUGIN_PATH)\n"
             "  -l, --log-level LEVEL  fatal, err, warn (default), info, verb, debug\n"
             "  -V, --version, -h, --help\n\n"
@@ -117,17 +128,109 @@ static void on_phrase(void *ud, const phrase_report *r) {
 static void on_end(void *ud, tolk_channel *ch) {
     run *R = ud;
     R->ended = 1;
+    R->cut_short = ch->end_reason;
     ev_break(R->c->loop, EVBREAK_ALL);
 }
 
+/* Waits for fd to be readable; 1: readable, 0: timed out, -1: error. */
+static int wait_readable(int fd, double timeout) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    for (;;) {
+        int n = poll(&p, 1, (int)(timeout * 1000.0));
+        if (n >= 0) return n > 0;
+        if (errno != EINTR) return -1;
+    }
+}
+
+/* The WAV reader seeks, so a FIFO is copied to a temporary file first.
+ * It is opened without blocking (open() on a FIFO with no writer would
+ * wait forever) and every wait for input is bounded by `timeout`. On
+ * success *tmp names the copy (the caller unlinks it). */
+static int spool_fifo(const char *path, double timeout, char **tmp) {
+    int in = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (in < 0) {
+        fprintf(stderr, "tolk-translate: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    const char *dir = getenv("TMPDIR");
+    size_t len = strlen(dir && *dir ? dir : "/tmp") + 32;
+    *tmp = xmalloc(len);
+    snprintf(*tmp, len, "%s/tolk-translate-XXXXXX", dir && *dir ? dir : "/tmp");
+    int out = mkstemp(*tmp);
+    if (out < 0) {
+        fprintf(stderr, "tolk-translate: cannot create a copy of %s in %s: %s\n", path,
+                dir && *dir ? dir : "/tmp", strerror(errno));
+        close(in);
+        free(*tmp);
+        *tmp = NULL;
+        return -1;
+    }
+    fprintf(stderr, "tolk-translate: %s is a FIFO: waiting up to %g s for input\n", path, timeout);
+    char buf[65536];
+    int rc = 0;
+    uint64_t total = 0;
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof buf);
+        if (n > 0) {
+            total += (uint64_t)n;
+            if (write(out, buf, (size_t)n) != n) {
+                fprintf(stderr, "tolk-translate: copying %s to %s: %s\n", path, *tmp, strerror(errno));
+                rc = -1;
+                break;
+            }
+            continue;
+        }
+        /* 0 before any byte: no writer has come yet (Linux reports no
+         * hang-up for a FIFO that never had one, so poll() waits for it) */
+        if (n == 0 && total > 0) break;
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            fprintf(stderr, "tolk-translate: %s: %s\n", path, strerror(errno));
+            rc = -1;
+            break;
+        }
+        int r = wait_readable(in, timeout);
+        if (r == 0) {
+            fprintf(stderr, "tolk-translate: %s: %s for %g s (--input-timeout); giving up\n", path,
+                    total ? "no more input" : "no writer", timeout);
+            rc = -1;
+            break;
+        }
+        if (r < 0) {
+            fprintf(stderr, "tolk-translate: %s: poll: %s\n", path, strerror(errno));
+            rc = -1;
+            break;
+        }
+        if (n == 0) {
+            /* readable with nothing to read: the writer came and went */
+            char c;
+            if (read(in, &c, 1) == 0) break;
+            if (write(out, &c, 1) != 1) rc = -1;
+            total++;
+            if (rc) break;
+        }
+    }
+    close(in);
+    if (close(out) != 0 && rc == 0) {
+        fprintf(stderr, "tolk-translate: %s: %s\n", *tmp, strerror(errno));
+        rc = -1;
+    }
+    if (rc != 0) {
+        unlink(*tmp);
+        free(*tmp);
+        *tmp = NULL;
+    }
+    return rc;
+}
+
 int main(int argc, char **argv) {
-    enum { O_FROM = 256, O_TO, O_VOICE, O_REALTIME, O_JSON };
+    enum { O_FROM = 256, O_TO, O_VOICE, O_REALTIME, O_JSON, O_INPUT_TIMEOUT };
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"from", required_argument, NULL, O_FROM},
                                          {"to", required_argument, NULL, O_TO},
                                          {"voice", required_argument, NULL, O_VOICE},
                                          {"realtime", no_argument, NULL, O_REALTIME},
                                          {"json", no_argument, NULL, O_JSON},
+                                         {"input-timeout", required_argument, NULL, O_INPUT_TIMEOUT},
                                          {"plugin-path", required_argument, NULL, 'P'},
                                          {"log-level", required_argument, NULL, 'l'},
                                          {"version", no_argument, NULL, 'V'},
@@ -136,6 +239,8 @@ int main(int argc, char **argv) {
     const char *confdir = TOLK_CONFDIR, *from = NULL, *to = NULL, *voice = NULL,
                *plugin_path = NULL, *level = "warn";
     run R = {0};
+    double input_timeout = DEFAULT_INPUT_TIMEOUT;
+    char *end;
     int opt;
     while ((opt = getopt_long(argc, argv, "c:P:l:Vh", opts, NULL)) != -1) {
         switch (opt) {
@@ -145,6 +250,14 @@ int main(int argc, char **argv) {
         case O_VOICE: voice = optarg; break;
         case O_REALTIME: R.realtime = 1; break;
         case O_JSON: R.json = 1; break;
+        case O_INPUT_TIMEOUT:
+            input_timeout = strtod(optarg, &end);
+            if (end == optarg || *end || !(input_timeout > 0 && input_timeout <= 86400)) {
+                fprintf(stderr, "tolk-translate: --input-timeout wants seconds, more than 0 and at "
+                                "most 86400, not '%s'\n", optarg);
+                return EXIT_USAGE;
+            }
+            break;
         case 'P': plugin_path = optarg; break;
         case 'l': level = optarg; break;
         case 'V': printf("tolk-translate %s\n", PACKAGE_VERSION); return 0;
@@ -167,7 +280,13 @@ int main(int argc, char **argv) {
 
     int code = EXIT_INPUT;
     core *c = NULL;
-    char *from_s = NULL, *to_s = NULL;
+    char *from_s = NULL, *to_s = NULL, *spooled = NULL;
+    const char *in_path = argv[optind];
+    struct stat in_st;
+    if (stat(in_path, &in_st) == 0 && S_ISFIFO(in_st.st_mode)) {
+        if (spool_fifo(in_path, input_timeout, &spooled) != 0) return EXIT_INPUT;
+        in_path = spooled;
+    }
     conf_errors errs = {0};
     conf_set *cs = conf_load_dir(confdir, plugin_path, &errs);
     if (!cs) {
@@ -189,7 +308,16 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < errs.msgs.n; i++) fprintf(stderr, "%s\n", (char *)errs.msgs.v[i]);
         goto out;
     }
-    json_t *settings = json_pack("{s:s, s:s, s:s, s:s, s:b}", "input", argv[optind], "output",
+    /* A direction no chain serves would be copied untranslated: that is
+     * not what was asked for. */
+    static const tolk_kind kinds[] = {TOLK_KIND_STT, TOLK_KIND_MT, TOLK_KIND_TTS};
+    for (size_t i = 0; strcmp(from_s, to_s) != 0 && i < ARRAY_LEN(kinds); i++) {
+        if (generation_route(c->gen, kinds[i], from_s, to_s)) continue;
+        fprintf(stderr, "tolk-translate: no %s chain of %s serves %s -> %s\n",
+                loader_kind_name(kinds[i]), confdir, from_s, to_s);
+        goto out;
+    }
+    json_t *settings = json_pack("{s:s, s:s, s:s, s:s, s:b}", "input", in_path, "output",
                                  argv[optind + 1], "from", from_s, "to", to_s, "realtime", R.realtime);
     if (voice) json_object_set_new(settings, "voice", json_string(voice));
     tolk_instance *file = core_add_instance(c, "file", "transport_file", settings, &errs);
@@ -219,12 +347,26 @@ int main(int argc, char **argv) {
     ev_ref(c->loop);
     if (!R.ended) ev_run(c->loop, 0);
     double wall = mono_now() - t0;
-    code = R.ended ? 0 : EXIT_PIPELINE;
+    /* what happens after the report (core_free) is not part of it */
+    c->obs.phrase = NULL;
+    code = R.ended && !R.cut_short ? 0 : EXIT_PIPELINE;
+    /* the output file's fate: a write error (a full disk) is in its health */
+    const char *write_error = NULL;
+    json_t *detail = NULL;
+    if (file->desc->health) file->desc->health(file->self, &detail);
+    write_error = json_string_value(json_object_get(detail, "error"));
+    if (write_error) code = EXIT_INPUT;
+    int sig = c->stop_signal;
+    if (sig) code = EXIT_SIGNAL_BASE + sig;
+    const char *signame = sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal";
     sort_doubles(R.lat, R.nlat);
     if (R.json) {
         json_t *o = json_pack("{s:b, s:I, s:I, s:I, s:f}", "summary", 1, "phrases", (json_int_t)R.phrases,
                               "lost", (json_int_t)R.lost, "recovered", (json_int_t)R.recovered,
                               "wall_s", round(wall * 100) / 100);
+        if (sig) json_object_set_new(o, "interrupted", json_string(signame));
+        if (R.cut_short && !sig) json_object_set_new(o, "stopped", json_string(R.cut_short));
+        if (write_error) json_object_set_new(o, "output_error", json_string(write_error));
         if (R.realtime) {
             json_ms(o, "latency_p50_ms", R.nlat ? percentile_sorted(R.lat, R.nlat, 50) : -1);
             json_ms(o, "latency_p99_ms", R.nlat ? percentile_sorted(R.lat, R.nlat, 99) : -1);
@@ -239,8 +381,21 @@ int main(int argc, char **argv) {
         if (R.realtime && R.nlat)
             printf("# end of phrase -> first translated frame: p50 %.0f ms, p99 %.0f ms over %zu phrases\n",
                    percentile_sorted(R.lat, R.nlat, 50), percentile_sorted(R.lat, R.nlat, 99), R.nlat);
+        if (sig)
+            printf("# interrupted by %s: %s holds the translation of the input read until then\n",
+                   signame, argv[optind + 1]);
+        else if (R.cut_short)
+            printf("# stopped before the end (%s): the phrases still pending are counted as lost\n",
+                   R.cut_short);
+        if (write_error) printf("# %s is incomplete: %s\n", argv[optind + 1], write_error);
     }
+    if (write_error) fprintf(stderr, "tolk-translate: %s\n", write_error);
+    json_decref(detail);
 out:
+    if (spooled) {
+        unlink(spooled);
+        free(spooled);
+    }
     conf_errors_free(&errs);
     free(R.lat);
     free(from_s);

@@ -536,6 +536,8 @@ void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
         d->marks_tail = ph;
     }
     outbuf_push(ch->core, &ch->out[d->dst], pcm, n);
+    /* a synthesiser far ahead of a live call's playback must not grow it for ever */
+    backlog_shed(d);
     deliver_now(ch, d->dst);
 }
 
@@ -589,11 +591,27 @@ static int frame_voiced(const int16_t *f) {
     return e > (int64_t)VOICED_RMS * VOICED_RMS * TOLK_FRAME_SAMPLES;
 }
 
+void pipeline_replay_drop(direction *d, size_t frames) {
+    if (frames > d->replay.frames) frames = d->replay.frames;
+    framebuf_drop(&d->replay, frames);
+    d->replay_start += (uint64_t)frames * TOLK_FRAME_SAMPLES;
+    /* speech no final result covers: lost if the recogniser fails now */
+    if (d->replay_voiced) d->replay_dropped += (uint64_t)frames * TOLK_FRAME_SAMPLES;
+}
+
 /* Keeps the audio a new stream would need: from the last final result on,
  * without long leading silence, at most replay_seconds; in whole frames. */
+
 static void replay_append(direction *d, const int16_t *frame, int voiced) {
     const conf_recovery *rc = call_recovery(d);
     size_t max = (size_t)(rc->replay_seconds * TOLK_SAMPLE_RATE) / TOLK_FRAME_SAMPLES;
+    /* A pull channel's input waits at the backlog bound (backlog.c), so
+     * everything up to it is kept: a file fed faster than the recogniser
+     * decodes loses nothing when the recogniser fails. */
+    if (d->ch->flags & TOLK_CHAN_PULL) {
+        size_t bound = (size_t)(backlog_bound(d->ch) / TOLK_FRAME_SAMPLES) + REPLAY_PREROLL;
+        if (bound > max) max = bound;
+    }
     if (max == 0) {
         d->replay_start = d->samples_in;
         return;
@@ -601,11 +619,7 @@ static void replay_append(direction *d, const int16_t *frame, int voiced) {
     if (voiced) d->replay_voiced = 1;
     size_t keep = d->replay_voiced ? max : REPLAY_PREROLL;
     if (keep > max) keep = max;
-    if (d->replay.frames + 1 > keep) {
-        size_t drop = d->replay.frames + 1 - keep;
-        framebuf_drop(&d->replay, drop);
-        d->replay_start += (uint64_t)drop * TOLK_FRAME_SAMPLES;
-    }
+    if (d->replay.frames + 1 > keep) pipeline_replay_drop(d, d->replay.frames + 1 - keep);
     framebuf_push(&d->replay, frame);
 }
 
@@ -614,6 +628,7 @@ static void replay_append(direction *d, const int16_t *frame, int voiced) {
 static void replay_trim(direction *d, uint64_t upto) {
     if (upto <= d->replay_start) return;
     d->replay_voiced = 0;
+    d->replay_dropped = 0; /* the result covered what fell out */
     size_t drop = (size_t)((upto - d->replay_start) / TOLK_FRAME_SAMPLES);
     if (drop > d->replay.frames) drop = d->replay.frames;
     framebuf_drop(&d->replay, drop);
@@ -655,7 +670,7 @@ static int stream_open(direction *d, tolk_status *why) {
                 *why = TOLK_E_BACKEND;
                 return -1;
             }
-            d->last_result = mono_now();
+            d->last_result = d->last_final = mono_now();
             if (r == TOLK_OK) {
                 s->ready = 1;
             } else {
@@ -700,6 +715,10 @@ static void stream_start(direction *d, int reopened) {
     core *c = ch->core;
     /* the stream starts where the kept audio starts */
     d->stream_base = d->replay_start;
+    if (d->replay_dropped) {
+        backlog_audio_lost(d, d->replay_dropped, "replay");
+        d->replay_dropped = 0;
+    }
     if (reopened || d->replay.frames)
         log_msg(TOLK_LOG_INFO, "recovery", "%s: %s->%s: stream %s on %s, replaying %.2f s of audio",
                 ch->id, d->from, d->to, reopened ? "reopened" : "ready", d->stream.inst->name,
@@ -843,6 +862,7 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
         return;
     }
     health_record(c, s->inst, 1);
+    d->last_final = d->last_result;
     if (st->lad.last != TIER_NONE) {
         recovery_count(c, s->inst, st->lad.last, 1);
         log_msg(TOLK_LOG_INFO, "recovery", "%s: %s->%s recognition recovered by %s (tier %s) after %.0f ms",
@@ -877,6 +897,8 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     metrics_observe(c->m.qwait[Q_STT], (ph->t_stt_final - ph->t_speech_end) * 1000.0);
     metrics_add(c->m.words_s, (double)count_words(text));
     ph->t_enq = ph->t_stt_final;
+    ph->backlog = ph->end_sample > ph->start_sample ? ph->end_sample - ph->start_sample : 0;
+    d->phrase_samples += ph->backlog;
     fifo_push(&d->mt.q, ph);
     queue_depth(c, Q_MT, 1);
     stage_pump(&d->mt);
@@ -980,7 +1002,12 @@ void pipeline_frame(direction *d, const int16_t *frame) {
         return;
     }
     maybe_finalize(d);
+    pipeline_check_stall(d);
+}
+
+void pipeline_check_stall(direction *d) {
     /* a recogniser that hears speech and says nothing for this long hangs */
+    double now = mono_now();
     double since = d->speech_since > d->last_result ? d->speech_since : d->last_result;
     if (d->speech_since && d->stream.open &&
         now - since > call_recovery(d)->stt_timeout) {

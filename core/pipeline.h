@@ -29,5 +29,10 @@ void pipeline_cancel(direction *d);
 int pipeline_drained(direction *d);
 /* Frees what the direction's pipeline kept for the call (context, voice sample). */
 void pipeline_free(direction *d);
+/* A recogniser that hears speech and says nothing for stt_timeout is
+ * recovered (checked on every frame, and by backlog.c while input waits). */
+void pipeline_check_stall(direction *d);
+/* Lets go of the oldest frames of the replay buffer (counted if voiced). */
+void pipeline_replay_drop(direction *d, size_t frames);
 
 #endif

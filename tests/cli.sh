@@ -108,6 +108,93 @@ check "failover demo: the report names the failover" \
 check "failover demo: the backup served the phrases after it" grep -q '"stt":"stt-backup"' "$T/fo1.json"
 check "no-fault run: no recovery" sh -c "! grep -q '\"tier\"' '$T/fo2.json'"
 
+# --- long input (issue 11): every phrase of a file, however long ---
+# Phrases are counted against the tone bursts mkwav wrote.
+ok_count() { grep -c '"ok":true' "$1"; }
+# drain_timeout is a shutdown guard, not a limit on a file's work: a
+# 2-minute file with a 1 s drain_timeout still gets every phrase.
+mkdir "$T/dt"
+cp "$S"/examples/mock/conf.d/*.conf "$T/dt/"
+sed -i 's/drain_timeout = [0-9.]*;/drain_timeout = 1.0;/' "$T/dt/tolk.conf"
+"$B/tests/mkwav" "$T/dt.wav" 16000 1 16 60 800 1200
+$TR -c "$T/dt" --json "$T/dt.wav" "$T/dt-out.wav" >"$T/dt.json" 2>"$T/dt.err"
+check "small drain_timeout: exit 0" [ $? -eq 0 ]
+check "small drain_timeout: all 60 phrases translated" [ "$(ok_count "$T/dt.json")" -eq 60 ]
+check "small drain_timeout: summary says 60, none lost" grep -q '"phrases":60,"lost":0' "$T/dt.json"
+# When the guard does fire (a synthesiser that never answers), the report
+# says so, the phrases count as lost and the exit status is 3.
+mkdir "$T/hang"
+cp "$T"/dt/*.conf "$T/hang/"
+sed -i 's/ms_per_char = 60;/ms_per_char = 60; hang = true;/' "$T/hang/40-tts.conf"
+sed -i 's/^recovery: {/recovery: { request_timeout = 600.0;/' "$T/hang/tolk.conf"
+"$B/tests/mkwav" "$T/two.wav" 16000 1 16 2 800 700
+$TR -c "$T/hang" --json "$T/two.wav" "$T/hang.wav" >"$T/hang.json" 2>"$T/hang.err"
+check "hung synthesiser: exit 3" [ $? -eq 3 ]
+check "hung synthesiser: both phrases reported lost" grep -q '"phrases":2,"lost":2' "$T/hang.json"
+check "hung synthesiser: the summary says why it stopped" grep -q '"stopped":"drain timeout' "$T/hang.json"
+
+# An hour of speech-like audio (0.8 s tone, 1.2 s gap) with mock engines of
+# 1 ms latency, with and without the failover demo's mid-file STT failure:
+# every phrase, in seconds of wall time.
+for d in conf.d no-fault.conf.d; do
+    mkdir -p "$T/hour/$d"
+    cp "$S"/examples/failover/$d/*.conf "$T/hour/$d/"
+    sed -i 's/latency_ms = [0-9]*;/latency_ms = 1;/' "$T/hour/$d"/*.conf
+    sed -i 's/drain_timeout = [0-9.]*;/drain_timeout = 2.0;/' "$T/hour/$d/tolk.conf"
+done
+"$B/tests/mkwav" "$T/hour.wav" 16000 1 16 1800 800 1200
+"$B/tolk-translate" -c "$T/hour/conf.d" --json "$T/hour.wav" "$T/hour1.wav" >"$T/hour1.json" 2>/dev/null
+check "one hour with an STT failover: exit 0" [ $? -eq 0 ]
+check "one hour with an STT failover: all 1800 phrases" [ "$(ok_count "$T/hour1.json")" -eq 1800 ]
+check "one hour with an STT failover: the failover happened" grep -q '"tier":"failover"' "$T/hour1.json"
+"$B/tolk-translate" -c "$T/hour/no-fault.conf.d" --json "$T/hour.wav" "$T/hour2.wav" >"$T/hour2.json" 2>/dev/null
+check "one hour without a fault: all 1800 phrases" [ "$(ok_count "$T/hour2.json")" -eq 1800 ]
+rm -f "$T/hour.wav" "$T/hour1.wav" "$T/hour2.wav"
+
+# The failover demo as shipped, on 120 s: the fault no longer costs the
+# phrases before the last replay_seconds (it gave 5 of 60).
+"$B/tests/mkwav" "$T/fo120.wav" 16000 1 16 60 1000 1000
+"$B/tolk-translate" -c "$S/examples/failover/conf.d" --json "$T/fo120.wav" "$T/fo120a.wav" >"$T/fo120a.json" 2>/dev/null
+check "failover demo, 120 s: exit 0" [ $? -eq 0 ]
+"$B/tolk-translate" -c "$S/examples/failover/no-fault.conf.d" --json "$T/fo120.wav" "$T/fo120b.wav" >"$T/fo120b.json" 2>/dev/null
+check "failover demo, 120 s: all 60 phrases" [ "$(ok_count "$T/fo120a.json")" -eq 60 ]
+check "failover demo, 120 s: same phrases and translations as without the fault" \
+    [ "$(pick "$T/fo120a.json")" = "$(pick "$T/fo120b.json")" ]
+
+# --- tolk-translate's exit status (issue 11, item 12) ---
+$TR "$T/in.wav" /dev/full >"$T/full.out" 2>"$T/full.err"
+check "OUT.wav on a full disk: exit 1" [ $? -eq 1 ]
+check "OUT.wav on a full disk: the report says so" grep -q "/dev/full is incomplete: .*No space left on device" "$T/full.out"
+mkdir "$T/nochain"
+cp "$S"/examples/mock/conf.d/*.conf "$T/nochain/"
+sed -i 's/providers = \[ "tts-mock" \];/providers = [ "tts-mock" ]; languages = [ "es" ];/' "$T/nochain/50-chains.conf"
+$TR -c "$T/nochain" --from en --to fr "$T/in.wav" "$T/nc.wav" >/dev/null 2>"$T/nc.err"
+check "no chain for the languages: exit 1" [ $? -eq 1 ]
+check "no chain for the languages: says which" grep -q "no tts chain .* serves en -> fr" "$T/nc.err"
+# SIGINT: a valid partial WAV, the report says so, exit 130 (128 + 2).
+"$B/tests/mkwav" "$T/int.wav" 16000 1 16 60 800 1200
+$TR "$T/int.wav" "$T/int-out.wav" >"$T/int.out" 2>"$T/int.err" &
+tpid=$!
+sleep 1
+kill -INT $tpid
+wait $tpid
+check "SIGINT: exit 130" [ $? -eq 130 ]
+check "SIGINT: the report says it was interrupted" grep -q "^# interrupted by SIGINT" "$T/int.out"
+check "SIGINT: fewer than 60 phrases" [ "$(grep -c '^\[' "$T/int.out")" -lt 60 ]
+check "SIGINT: the partial WAV's header matches its data" \
+    [ "$(wav_u32 "$T/int-out.wav" 40)" -eq $(($(wc -c <"$T/int-out.wav") - 44)) -a "$(wav_u32 "$T/int-out.wav" 40)" -gt 0 ]
+
+# --- a FIFO as IN.wav (issue 11, item 13) ---
+mkfifo "$T/fifo.wav"
+$TR --input-timeout 1 "$T/fifo.wav" "$T/ff.wav" >/dev/null 2>"$T/ff.err"
+check "FIFO without a writer: exit 1 after the timeout" [ $? -eq 1 ]
+check "FIFO without a writer: says it waits, then gives up" \
+    sh -c "grep -q 'waiting up to 1 s' '$T/ff.err' && grep -q 'no writer for 1 s' '$T/ff.err'"
+cat "$T/in.wav" >"$T/fifo.wav" &
+$TR --json "$T/fifo.wav" "$T/ff.wav" >"$T/ff.json" 2>/dev/null
+check "FIFO with a writer: translated" grep -q '"summary":true,"phrases":3,"lost":0' "$T/ff.json"
+wait
+
 # --- tolkd checks ---
 "$B/tolkd" --check-config -c "$S/conf.d" >"$T/check.out" 2>&1
 check "shipped conf.d passes --check-config" [ $? -eq 0 ]

@@ -111,6 +111,20 @@ static void test_out_of_range(void **state) {
     expect_error(f, "tolk.conf", 3, "'workers' in core is 0, outside 1..256");
 }
 
+/* The bound on a call's unfinished audio (tolk.conf(5)): 30 s unless set,
+ * and at least 1 s, since a smaller one would refuse every phrase. */
+static void test_max_backlog_seconds(void **state) {
+    fx *f = *state;
+    tu_write(f->dir, "tolk.conf", "core: { workers = 1; };\n");
+    conf_set *cs = load(f);
+    assert_non_null(cs);
+    assert_true(cs->core.max_backlog_seconds == 30.0);
+    conf_free(cs);
+    tu_write(f->dir, "tolk.conf", "core: {\n  max_backlog_seconds = 0.5;\n};\n");
+    assert_null(load(f));
+    expect_error(f, "tolk.conf", 2, "'max_backlog_seconds' in core is 0.5, outside 1..3600");
+}
+
 static void test_bad_enum_values(void **state) {
     fx *f = *state;
     tu_write(f->dir, "tolk.conf", "core: { log_level = \"loud\"; };\ndefaults: {\n mode = \"sideways\"; };\n");
@@ -215,6 +229,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_unknown_key_in_core, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_of_range, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_backlog_seconds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_enum_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_required_setting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_plugin, setup, teardown),

@@ -122,6 +122,7 @@ typedef struct file_transport {
 
     tolk_timer *timer;
     int timer_repeating;
+    int waiting; /* the core refused a frame (TOLK_E_AGAIN): until input_ready() */
     double feed_t0; /* realtime: when frame 0 was due; < 0 before the first tick */
 
     uint64_t frames_in, frames_out;
@@ -591,6 +592,12 @@ static void feed_tick(void *ud) {
             s->npend = TOLK_FRAME_SAMPLES;
         }
         tolk_status st = s->host->channel_audio(s->ch, TOLK_LEG_A, s->pend, TOLK_FRAME_SAMPLES);
+        if (st == TOLK_E_AGAIN && !s->realtime) {
+            /* The call holds as much as it may: the frame stays in pend
+             * and the core's input_ready() resumes the feeding. */
+            s->waiting = 1;
+            return;
+        }
         s->frames_in++;
         s->npend -= TOLK_FRAME_SAMPLES;
         memmove(s->pend, s->pend + TOLK_FRAME_SAMPLES, s->npend * sizeof s->pend[0]);
@@ -676,6 +683,7 @@ static tolk_status ft_start(void *self) {
     s->npend = 0;
     s->in_eof = 0;
     s->feed_t0 = -1;
+    s->waiting = 0;
     s->error[0] = '\0';
     s->out_full_logged = 0;
     s->hungup_while_opening = 0;
@@ -742,6 +750,8 @@ static tolk_status ft_start(void *self) {
     info.voice[TOLK_LEG_B] = NULL;
     info.mode = TOLK_MODE_UNIDIRECTIONAL;
     info.paced = s->realtime ? 1 : 0;
+    /* A file can wait: fed as fast as the engines finish it, not faster. */
+    info.flags = s->realtime ? 0 : TOLK_CHAN_PULL;
 
     s->state = CALL_FEEDING;
     s->opening = 1;
@@ -859,6 +869,20 @@ static tolk_status ft_play(void *self, void *chan_state, tolk_leg leg, const int
     return TOLK_OK;
 }
 
+static void ft_input_ready(void *self, void *chan_state, tolk_leg leg) {
+    file_transport *s = self;
+    if (chan_state != s || leg != TOLK_LEG_A || !s->waiting) return;
+    s->waiting = 0;
+    if (s->ch && s->state == CALL_FEEDING && !s->timer) {
+        s->timer_repeating = 0;
+        s->timer = s->host->timer_start(s->inst, 0, 0, feed_tick, s);
+        if (!s->timer) {
+            TOLK_LOG(s->host, s->inst, TOLK_LOG_ERR, "cannot start a timer; ending the input");
+            end_input(s);
+        }
+    }
+}
+
 static void ft_hangup(void *self, void *chan_state) {
     file_transport *s = self;
     if (chan_state != s) return;
@@ -908,6 +932,7 @@ static const tolk_transport desc = {
     .stop = ft_stop,
     .play = ft_play,
     .hangup = ft_hangup,
+    .input_ready = ft_input_ready,
 };
 
 TOLK_PLUGIN_DEFINE(desc)

@@ -138,6 +138,7 @@ typedef struct leg_state {
     uint64_t sent;
     int input_ended;
     int rejected; /* channel_audio refused: the channel is over */
+    int waiting;  /* channel_audio said TOLK_E_AGAIN: until input_ready() */
     double pc, ps; /* carrier phasor */
     uint32_t rng;
     /* what the core plays to this party */
@@ -213,6 +214,7 @@ typedef struct mock {
     uint64_t frames_sent[2], frames_played[2], energy_played[2];
     uint64_t play_bad_size, play_bad_leg, play_unknown_call, hangup_unknown_call;
     uint64_t audio_rejected;
+    uint64_t audio_waits; /* channel_audio() said TOLK_E_AGAIN (a full pull call) */
     uint64_t hist[HIST_N + 1];
     uint64_t jitter_frames;
     double jitter_max_s;
@@ -523,6 +525,8 @@ static int open_call(mock *m) {
     }
     info.mode = m->mode;
     info.paced = m->paced;
+    /* fed as fast as the loop allows: the source can wait for the core */
+    info.flags = m->realtime ? 0 : TOLK_CHAN_PULL;
 
     c->state = C_OPENING;
     tolk_status why = TOLK_E_BACKEND;
@@ -560,7 +564,7 @@ static int open_call(mock *m) {
 }
 
 static int leg_has_work(const leg_state *lg) {
-    return lg->talking && !lg->rejected && !lg->input_ended && lg->sent < lg->total;
+    return lg->talking && !lg->rejected && !lg->waiting && !lg->input_ended && lg->sent < lg->total;
 }
 
 static int call_has_work(const mock_call *c) {
@@ -574,6 +578,7 @@ static int call_needs_finish(const mock *m, const mock_call *c) {
     for (int L = 0; L < 2; L++) {
         const leg_state *lg = &c->leg[L];
         if (lg->rejected) return 0; /* the core is ending it; wait for hangup() */
+        if (lg->waiting) return 0;  /* frames left to send after input_ready() */
         if (m->hangup == HANGUP_END && lg->talking && !lg->input_ended) return 1;
     }
     return m->hangup == HANGUP_CLOSE;
@@ -616,6 +621,13 @@ static void feed_leg(mock *m, mock_call *c, int L, uint64_t n) {
         m->depth++;
         tolk_status st = m->host->channel_audio(c->ch, (tolk_leg)L, pcm, TOLK_FRAME_SAMPLES);
         m->depth--;
+        if (st == TOLK_E_AGAIN && !m->realtime) {
+            /* a pull call at its bound: this frame is sent again after
+             * input_ready() */
+            lg->waiting = 1;
+            m->audio_waits++;
+            break;
+        }
         lg->sent++;
         m->frames_sent[L]++;
         call_rec *r = rec_of(m, c->seq);
@@ -942,6 +954,14 @@ static tolk_status tm_play(void *self, void *chan_state, tolk_leg leg, const int
     return TOLK_OK;
 }
 
+static void tm_input_ready(void *self, void *chan_state, tolk_leg leg) {
+    mock *m = self;
+    mock_call *c = call_of(m, chan_state);
+    if (!c || (leg != TOLK_LEG_A && leg != TOLK_LEG_B)) return;
+    c->leg[leg].waiting = 0;
+    schedule(m);
+}
+
 static void tm_hangup(void *self, void *chan_state) {
     mock *m = self;
     mock_call *c = call_of(m, chan_state);
@@ -1012,7 +1032,7 @@ static tolk_health tm_health(void *self, json_t **detail_new) {
         if (r->seq == s) json_array_append_new(calls, rec_json(r));
     }
     json_t *d = json_pack(
-        "{s:I,s:I,s:I,s:I,s:o,s:o,s:I,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:I,s:f}",
+        "{s:I,s:I,s:I,s:I,s:o,s:o,s:I,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:I,s:f}",
         "calls_opened", (json_int_t)m->calls_opened, "calls_refused",
         (json_int_t)m->calls_refused, "calls_ended", (json_int_t)m->calls_ended, "calls_active",
         (json_int_t)active, "frames_sent", legs_json(m->frames_sent), "frames_played",
@@ -1022,6 +1042,7 @@ static tolk_health tm_health(void *self, json_t **detail_new) {
         "play_bad_leg", (json_int_t)m->play_bad_leg, "play_unknown_call",
         (json_int_t)m->play_unknown_call, "hangup_unknown_call",
         (json_int_t)m->hangup_unknown_call, "audio_rejected", (json_int_t)m->audio_rejected,
+        "audio_waits", (json_int_t)m->audio_waits,
         "jitter_frames", (json_int_t)m->jitter_frames, "jitter_p50_ms",
         hist_quantile_ms(m, 0.50), "jitter_p99_ms", hist_quantile_ms(m, 0.99), "jitter_max_ms",
         m->jitter_max_s * 1000.0, "jitter_overflow", (json_int_t)m->hist[HIST_N],
@@ -1046,6 +1067,7 @@ static const tolk_transport desc = {
     .stop = tm_stop,
     .play = tm_play,
     .hangup = tm_hangup,
+    .input_ready = tm_input_ready,
 };
 
 TOLK_PLUGIN_DEFINE(desc)
