@@ -5,6 +5,7 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -200,8 +201,23 @@ static int valid_plugin_name(const char *name) {
     return 1;
 }
 
+static const loaded_plugin *find_unlocked(const char *name, const char *search_path, char *err,
+                                          size_t errlen);
+
+/* tolkd reads conf.d, and so loads plugins, on its reload thread while the
+ * loop runs: one search at a time. */
+static pthread_mutex_t g_find_lock = PTHREAD_MUTEX_INITIALIZER;
+
 const loaded_plugin *loader_find(const char *name, const char *search_path, char *err,
                                  size_t errlen) {
+    pthread_mutex_lock(&g_find_lock);
+    const loaded_plugin *lp = find_unlocked(name, search_path, err, errlen);
+    pthread_mutex_unlock(&g_find_lock);
+    return lp;
+}
+
+static const loaded_plugin *find_unlocked(const char *name, const char *search_path, char *err,
+                                          size_t errlen) {
     if (!valid_plugin_name(name)) {
         snprintf(err, errlen, "invalid plugin name '%s' (lower-case letters, digits, _)",
                  name ? name : "");
