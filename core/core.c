@@ -171,10 +171,12 @@ static void reload_read_done(void *ud) {
     reload_job *j = ud;
     core *c = j->c;
     c->reload_running = 0;
-    if (c->freeing || c->stopping) {
+    if (c->freeing || (c->stopping && j->cs)) {
+        /* nothing new starts while draining */
         if (j->cs) conf_free(j->cs);
-        log_msg(TOLK_LOG_VERB, "config", "shutting down: reload discarded");
+        log_msg(TOLK_LOG_INFO, "config", "shutting down: reload not applied");
     } else {
+        /* (a rejected one is still reported, also while draining) */
         reload_apply(c, j->cs, &j->errs, j->read_s);
     }
     conf_errors_free(&j->errs);
