@@ -162,6 +162,9 @@ void log_open(int to_syslog, const char *ident) {
         g_q.running = pthread_create(&g_q.thread, NULL, log_writer, NULL) == 0;
     }
     pthread_mutex_unlock(&g_q.lock);
+    /* a program that exits without log_close() still gets its last lines out */
+    static int at_exit;
+    if (!at_exit++) atexit(log_close);
 }
 
 void log_close(void) {
