@@ -190,11 +190,13 @@ check "SIGUSR1 reopened the log file (after logrotate)" \
     wait_for 5 grep -q "SIGUSR1 received: log file $T/tolkd.log reopened" "$T/tolkd.log"
 
 kill -TERM $pid
+check "SIGTERM still ends it" wait_for 15 dead $pid
+alive $pid && kill -9 $pid
 wait $pid
-check "SIGTERM still ends it, exit 0" [ $? -eq 0 ]
+check "...with exit 0" [ $? -eq 0 ]
 check "its pid file is removed" [ ! -e "$T/tolkd.pid" ]
 
-"$TOLKD" -f -c "$C" -p "$T/no/such/dir/tolkd.pid" >"$T/nopid.out" 2>&1
+$TO "$TOLKD" -f -c "$C" -p "$T/no/such/dir/tolkd.pid" >"$T/nopid.out" 2>&1
 check "an unwritable pid file: exit 3" [ $? -eq 3 ]
 check "...saying why" grep -q "cannot write pid file $T/no/such/dir/tolkd.pid" "$T/nopid.out"
 
