@@ -3,11 +3,15 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libconfig.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -43,6 +47,7 @@ int conf_mode_parse(const char *s) {
 
 /* ---- libconfig -> JSON, remembering lines ---- */
 
+
 static json_t *from_setting(config_setting_t *s, json_t *lines, const char *file,
                             conf_errors *errs) {
     switch (config_setting_type(s)) {
@@ -50,8 +55,18 @@ static json_t *from_setting(config_setting_t *s, json_t *lines, const char *file
         return json_integer(config_setting_get_int(s));
     case CONFIG_TYPE_INT64:
         return json_integer(config_setting_get_int64(s));
-    case CONFIG_TYPE_FLOAT:
-        return json_real(config_setting_get_float(s));
+    case CONFIG_TYPE_FLOAT: {
+        /* (jansson has no infinity: json_real() would be NULL and the key
+         * silently absent, its default used) */
+        double v = config_setting_get_float(s);
+        if (!isfinite(v)) {
+            conf_error(errs, file, (int)config_setting_source_line(s),
+                       "'%s' is out of range (not a finite number)",
+                       config_setting_name(s) ? config_setting_name(s) : "(element)");
+            return NULL;
+        }
+        return json_real(v);
+    }
     case CONFIG_TYPE_BOOL:
         return json_boolean(config_setting_get_bool(s));
     case CONFIG_TYPE_STRING: {
@@ -342,16 +357,59 @@ typedef struct seen_name {
     int line;
 } seen_name;
 
+/* Names already defined, by kind and name: open addressing, so that a
+ * conf.d with 100k endpoints checks in linear time. */
+typedef struct name_table {
+    seen_name **slot;
+    size_t cap, n; /* cap: a power of two */
+} name_table;
+
+static size_t name_hash(const char *what, const char *name) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = what; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull; /* no name can hold 0xff: keeps kind and name apart */
+    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return (size_t)h;
+}
+
+static seen_name **name_slot(const name_table *t, const char *what, const char *name) {
+    size_t i = name_hash(what, name) & (t->cap - 1);
+    while (t->slot[i] && (strcmp(t->slot[i]->what, what) || strcmp(t->slot[i]->name, name)))
+        i = (i + 1) & (t->cap - 1);
+    return &t->slot[i];
+}
+
+static void name_table_grow(name_table *t) {
+    name_table bigger = {xcalloc(t->cap ? t->cap * 2 : 64, sizeof(seen_name *)),
+                         t->cap ? t->cap * 2 : 64, t->n};
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slot[i]) *name_slot(&bigger, t->slot[i]->what, t->slot[i]->name) = t->slot[i];
+    free(t->slot);
+    *t = bigger;
+}
+
+static void name_table_free(name_table *t) {
+    for (size_t i = 0; i < t->cap; i++) {
+        if (!t->slot[i]) continue;
+        free(t->slot[i]->name);
+        free(t->slot[i]->file);
+        free(t->slot[i]);
+    }
+    free(t->slot);
+}
+
 typedef struct load_ctx {
     conf_set *cs;
     conf_errors *errs;
-    ptr_vec seen; /* seen_name * */
+    name_table seen;
     int have_core, have_defaults, have_recovery;
     char *core_file;
     int core_line;
     /* instance settings held until plugins can be loaded (core.plugin_path) */
     ptr_vec pending; /* pending_instance * */
     ptr_vec failed;  /* char *: instances already reported as bad */
+    const char *dir;
+    ptr_vec included; /* char *: paths of @include'd files, for messages */
 } load_ctx;
 
 typedef struct pending_instance {
@@ -368,20 +426,20 @@ static int claim_name(load_ctx *lc, const char *what, const char *name, const ch
                    name);
         return 0;
     }
-    for (size_t i = 0; i < lc->seen.n; i++) {
-        seen_name *s = lc->seen.v[i];
-        if (!strcmp(s->what, what) && !strcmp(s->name, name)) {
-            conf_error(lc->errs, file, line, "duplicate %s '%s' (first defined at %s:%d)", what,
-                       name, s->file, s->line);
-            return 0;
-        }
+    if (2 * (lc->seen.n + 1) > lc->seen.cap) name_table_grow(&lc->seen);
+    seen_name **slot = name_slot(&lc->seen, what, name);
+    if (*slot) {
+        conf_error(lc->errs, file, line, "duplicate %s '%s' (first defined at %s:%d)", what,
+                   name, (*slot)->file, (*slot)->line);
+        return 0;
     }
     seen_name *s = xcalloc(1, sizeof *s);
     s->what = what;
     s->name = xstrdup(name);
     s->file = xstrdup(file);
     s->line = line;
-    ptr_vec_push(&lc->seen, s);
+    *slot = s;
+    lc->seen.n++;
     return 1;
 }
 
@@ -622,6 +680,22 @@ static void load_chain(load_ctx *lc, config_setting_t *s, const char *file) {
     json_decref(lines);
 }
 
+static char *include_path(const char *dir, const char *name);
+
+/* The file a setting came from: an @include'd file's own path, so that its
+ * errors point into it. */
+static const char *setting_file(load_ctx *lc, config_setting_t *s, const char *fallback) {
+    const char *f = config_setting_source_file(s);
+    if (!f) return fallback;
+    for (size_t i = 0; i < lc->included.n; i++) {
+        const char *p = lc->included.v[i];
+        if (!strncmp(p, lc->dir, strlen(lc->dir)) && !strcmp(p + strlen(lc->dir) + 1, f)) return p;
+    }
+    char *p = include_path(lc->dir, f);
+    ptr_vec_push(&lc->included, p);
+    return p;
+}
+
 static void load_each(load_ctx *lc, config_setting_t *s, const char *file, const char *what,
                       void (*fn)(load_ctx *, config_setting_t *, const char *)) {
     if (!config_setting_is_aggregate(s) || config_setting_is_group(s)) {
@@ -629,42 +703,237 @@ static void load_each(load_ctx *lc, config_setting_t *s, const char *file, const
                    "'%s' must be a list: %s = ( { ... }, { ... } );", what, what);
         return;
     }
-    for (int i = 0; i < config_setting_length(s); i++)
-        fn(lc, config_setting_get_elem(s, (unsigned)i), file);
+    for (int i = 0; i < config_setting_length(s); i++) {
+        config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        fn(lc, e, setting_file(lc, e, file));
+    }
 }
 
-static void load_file(load_ctx *lc, const char *path) {
+/* Only regular files are read: a FIFO would block the reader for ever, a
+ * device could have side effects, and a directory is not a configuration.
+ * NULL for a regular file, else what it is. */
+static const char *not_regular(const char *path, int *err) {
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        *err = errno;
+        return strerror(errno);
+    }
+    *err = 0;
+    return S_ISREG(st.st_mode) ? NULL : file_type_name(st.st_mode);
+}
+
+/* Where libconfig will look for `@include "name"`: the configuration
+ * directory (1.5 prefixes it to absolute names too). */
+static char *include_path(const char *dir, const char *name) {
+#if LIBCONFIG_VER_MAJOR > 1 || LIBCONFIG_VER_MINOR >= 7
+    if (name[0] == '/') return xstrdup(name);
+#endif
+    return xasprintf("%s/%s", dir, name);
+}
+
+static int ident_char(char ch) {
+    return isalnum((unsigned char)ch) || ch == '_' || ch == '*' || ch == '-' || ch == '.';
+}
+
+/* One number literal of the text: libconfig 1.5 keeps an integer written
+ * without the L suffix in an int and truncates it without a word
+ * (99999999999999999999 becomes -1, 4294967298 becomes 2), and takes
+ * 1e999 as infinity. Returns the length of the literal. */
+static size_t check_number(load_ctx *lc, const char *path, int line, const char *t, size_t avail) {
+    size_t n = 0;
+    if (t[0] == '-' || t[0] == '+') n++;
+    int hex = n + 1 < avail && t[n] == '0' && (t[n + 1] == 'x' || t[n + 1] == 'X');
+    int real = 0;
+    while (n < avail) {
+        char ch = t[n];
+        if (isalnum((unsigned char)ch) || ch == '.') {
+            if (ch == '.' || (!hex && (ch == 'e' || ch == 'E'))) real = 1;
+            n++;
+        } else if ((ch == '-' || ch == '+') && !hex && (t[n - 1] == 'e' || t[n - 1] == 'E')) {
+            n++;
+        } else {
+            break;
+        }
+    }
+    char lit[128];
+    if (n >= sizeof lit) {
+        conf_error(lc->errs, path, line, "number %.40s... is out of range", t);
+        return n;
+    }
+    memcpy(lit, t, n);
+    lit[n] = 0;
+    errno = 0;
+    char *end;
+    if (real) {
+        double v = strtod(lit, &end);
+        if (!isfinite(v) || (errno == ERANGE && v != 0))
+            conf_error(lc->errs, path, line, "number %s is out of range (not a finite number)", lit);
+        return n;
+    }
+    int wide = n > 0 && (lit[n - 1] == 'L' || lit[n - 1] == 'l');
+    long long v = strtoll(lit, &end, 0);
+    if (end == lit) return n; /* not a number after all: libconfig will say */
+    int overflow = errno == ERANGE;
+    if (hex && !overflow && !wide) overflow = (unsigned long long)strtoull(lit, NULL, 0) > 0xffffffffull;
+#if LIBCONFIG_VER_MAJOR == 1 && LIBCONFIG_VER_MINOR < 7
+    if (!hex && !wide) overflow |= v < -2147483647LL - 1 || v > 2147483647LL;
+#endif
+    if (overflow)
+        conf_error(lc->errs, path, line, "integer %s is out of range", lit);
+    return n;
+}
+
+/* Checks the text libconfig would take on trust: number literals (above)
+ * and @include directives, which must name regular files. Strings and
+ * comments are skipped. Returns the number of errors. */
+static size_t scan_text(load_ctx *lc, const char *path, const char *dir, const char *t,
+                        size_t len) {
+    size_t before = lc->errs->msgs.n;
+    int line = 1, line_start = 1;
+    for (size_t i = 0; i < len;) {
+        char ch = t[i], next = i + 1 < len ? t[i + 1] : 0;
+        if (ch == '\n') {
+            line++;
+            line_start = 1;
+            i++;
+            continue;
+        }
+        if (ch == '#' || (ch == '/' && next == '/')) {
+            while (i < len && t[i] != '\n') i++;
+            continue;
+        }
+        if (ch == '/' && next == '*') {
+            for (i += 2; i < len && !(t[i] == '*' && i + 1 < len && t[i + 1] == '/'); i++)
+                if (t[i] == '\n') line++;
+            i += 2;
+            continue;
+        }
+        if (ch == '"') {
+            for (i++; i < len && t[i] != '"'; i++) {
+                if (t[i] == '\\' && i + 1 < len) i++;
+                if (t[i] == '\n') line++;
+            }
+            i++;
+            line_start = 0;
+            continue;
+        }
+        if (ch == '@' && line_start && len - i > 8 && !strncmp(t + i, "@include", 8)) {
+            i += 8;
+            while (i < len && (t[i] == ' ' || t[i] == '\t')) i++;
+            if (i < len && t[i] == '"') {
+                size_t from = ++i;
+                while (i < len && t[i] != '"' && t[i] != '\n') i++;
+                char *name = xasprintf("%.*s", (int)(i - from), t + from);
+                char *inc = include_path(dir, name);
+                int err;
+                const char *why = not_regular(inc, &err);
+                if (why && !err)
+                    conf_error(lc->errs, path, line, "@include \"%s\": %s is %s, not a regular file: not read",
+                               name, inc, why);
+                free(inc);
+                free(name);
+            }
+            continue;
+        }
+        if (!isspace((unsigned char)ch)) line_start = 0;
+        if ((isdigit((unsigned char)ch) || ((ch == '-' || ch == '+') && isdigit((unsigned char)next))) &&
+            (i == 0 || !ident_char(t[i - 1]))) {
+            i += check_number(lc, path, line, t + i, len - i);
+            continue;
+        }
+        i++;
+    }
+    return lc->errs->msgs.n - before;
+}
+
+/* The whole file, NUL-terminated; NULL (and an error) unless it is a
+ * readable regular file. It is opened without blocking and checked again
+ * after opening, in case it was replaced in between. */
+static char *read_conf_file(load_ctx *lc, const char *path, size_t *len) {
+    int err;
+    const char *why = not_regular(path, &err);
+    if (why) {
+        if (err)
+            conf_error(lc->errs, path, 0, "cannot read: %s", why);
+        else
+            conf_error(lc->errs, path, 0, "is %s, not a configuration file: not read", why);
+        return NULL;
+    }
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        conf_error(lc->errs, path, 0, "cannot read: %s",
+                   fd < 0 || errno ? strerror(errno) : "not a regular file");
+        if (fd >= 0) close(fd);
+        return NULL;
+    }
+    size_t cap = (size_t)st.st_size + 1, n = 0;
+    char *buf = xmalloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+        ssize_t r = read(fd, buf + n, cap - n - 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            conf_error(lc->errs, path, 0, "cannot read: %s", strerror(errno));
+            close(fd);
+            free(buf);
+            return NULL;
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    close(fd);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+static void load_file(load_ctx *lc, const char *path, const char *dir) {
+    size_t len = 0;
+    char *text = read_conf_file(lc, path, &len);
+    if (!text) return;
+    if (strlen(text) != len) {
+        conf_error(lc->errs, path, 0, "holds a NUL byte: not a text file");
+        free(text);
+        return;
+    }
+    if (scan_text(lc, path, dir, text, len)) {
+        free(text);
+        return;
+    }
     config_t cfg;
     config_init(&cfg);
-    if (!config_read_file(&cfg, path)) {
-        if (config_error_type(&cfg) == CONFIG_ERR_FILE_IO)
-            conf_error(lc->errs, path, 0, "cannot read: %s", strerror(errno));
-        else
-            conf_error(lc->errs, config_error_file(&cfg) ? config_error_file(&cfg) : path,
-                       config_error_line(&cfg), "syntax error: %s", config_error_text(&cfg));
+    config_set_include_dir(&cfg, dir);
+    int ok = config_read_string(&cfg, text);
+    free(text);
+    if (!ok) {
+        char *inc = config_error_file(&cfg) ? include_path(dir, config_error_file(&cfg)) : NULL;
+        conf_error(lc->errs, inc ? inc : path, config_error_line(&cfg), "syntax error: %s",
+                   config_error_text(&cfg));
+        free(inc);
         config_destroy(&cfg);
         return;
     }
     config_setting_t *root = config_root_setting(&cfg);
     for (int i = 0; i < config_setting_length(root); i++) {
         config_setting_t *s = config_setting_get_elem(root, (unsigned)i);
-        const char *name = config_setting_name(s);
+        const char *name = config_setting_name(s), *file = setting_file(lc, s, path);
         if (!strcmp(name, "core"))
-            load_core(lc, s, path);
+            load_core(lc, s, file);
         else if (!strcmp(name, "defaults"))
-            load_defaults(lc, s, path);
+            load_defaults(lc, s, file);
         else if (!strcmp(name, "recovery"))
-            load_recovery(lc, s, path);
+            load_recovery(lc, s, file);
         else if (!strcmp(name, "endpoints"))
-            load_each(lc, s, path, "endpoints", load_endpoint);
+            load_each(lc, s, file, "endpoints", load_endpoint);
         else if (!strcmp(name, "instance"))
-            load_instance(lc, s, path);
+            load_instance(lc, s, file);
         else if (!strcmp(name, "instances"))
-            load_each(lc, s, path, "instances", load_instance);
+            load_each(lc, s, file, "instances", load_instance);
         else if (!strcmp(name, "chains"))
-            load_each(lc, s, path, "chains", load_chain);
+            load_each(lc, s, file, "chains", load_chain);
         else
-            conf_error(lc->errs, path, (int)config_setting_source_line(s),
+            conf_error(lc->errs, file, (int)config_setting_source_line(s),
                        "unknown top-level key '%s' (expected core, defaults, recovery, "
                        "endpoints, instance, instances, chains)",
                        name);
@@ -794,6 +1063,7 @@ conf_set *conf_load_dir(const char *dir, const char *plugin_path, conf_errors *e
     lc.cs = conf_new_empty();
     lc.cs->dir = xstrdup(dir);
     lc.errs = errs;
+    lc.dir = dir;
     size_t before = errs->msgs.n;
 
     struct dirent **names = NULL;
@@ -807,7 +1077,7 @@ conf_set *conf_load_dir(const char *dir, const char *plugin_path, conf_errors *e
     for (int i = 0; i < n; i++) {
         char *path = xasprintf("%s/%s", dir, names[i]->d_name);
         ptr_vec_push(&files, path);
-        load_file(&lc, path);
+        load_file(&lc, path, dir);
         free(names[i]);
     }
     free(names);
@@ -830,13 +1100,9 @@ conf_set *conf_load_dir(const char *dir, const char *plugin_path, conf_errors *e
     for (size_t i = 0; i < lc.failed.n; i++) free(lc.failed.v[i]);
     ptr_vec_free(&lc.failed);
 
-    for (size_t i = 0; i < lc.seen.n; i++) {
-        seen_name *sn = lc.seen.v[i];
-        free(sn->name);
-        free(sn->file);
-        free(sn);
-    }
-    ptr_vec_free(&lc.seen);
+    name_table_free(&lc.seen);
+    for (size_t i = 0; i < lc.included.n; i++) free(lc.included.v[i]);
+    ptr_vec_free(&lc.included);
     for (size_t i = 0; i < files.n; i++) free(files.v[i]);
     ptr_vec_free(&files);
     free(lc.core_file);

@@ -100,22 +100,18 @@ static int gen_holds(const generation *g, const tolk_instance *inst) {
     return 0;
 }
 
-int core_reload(core *c) {
-    if (!c->confdir) return -1;
-    log_msg(TOLK_LOG_INFO, "config", "reloading %s", c->confdir);
-    conf_errors errs = {0};
-    conf_set *cs = conf_load_dir(c->confdir, c->plugin_path, &errs);
-    generation *g = cs ? generation_build(c, cs, c->gen, &errs) : NULL;
+/* The loop's half of a reload: build the generation from what was read
+ * (plugins' create() runs here, on the loop thread) and swap it in. */
+static int reload_apply(core *c, conf_set *cs, conf_errors *errs, double read_s) {
+    generation *g = cs ? generation_build(c, cs, c->gen, errs) : NULL;
     if (!g) {
-        log_errors(&errs);
+        log_errors(errs);
         log_msg(TOLK_LOG_ERR, "config",
-                "reload rejected (%zu error%s): still running on generation %u", errs.msgs.n,
-                errs.msgs.n == 1 ? "" : "s", c->gen ? c->gen->id : 0);
-        conf_errors_free(&errs);
+                "reload rejected (%zu error%s): still running on generation %u", errs->msgs.n,
+                errs->msgs.n == 1 ? "" : "s", c->gen ? c->gen->id : 0);
         metrics_add(metrics_series_v(c->m.reloads, "rejected", NULL), 1);
         return -1;
     }
-    conf_errors_free(&errs);
     generation *old = c->gen;
     size_t kept = 0, created = 0;
     for (size_t i = 0; i < g->instances.n; i++) {
@@ -139,15 +135,95 @@ int core_reload(core *c) {
     if (c->daemon_transports) core_start_transports(c);
     log_msg(TOLK_LOG_INFO, "config",
             "reload applied: generation %u (%zu instances kept, %zu new); running calls stay on "
-            "their generation",
-            g->id, kept, created);
+            "their generation (conf.d read in %.3f s)",
+            g->id, kept, created, read_s);
     metrics_add(metrics_series_v(c->m.reloads, "applied", NULL), 1);
     if (old) generation_unref(old);
     return 0;
 }
 
+int core_reload(core *c) {
+    if (!c->confdir) return -1;
+    log_msg(TOLK_LOG_INFO, "config", "reloading %s", c->confdir);
+    conf_errors errs = {0};
+    double t0 = mono_now();
+    conf_set *cs = conf_load_dir(c->confdir, c->plugin_path, &errs);
+    int rc = reload_apply(c, cs, &errs, mono_now() - t0);
+    conf_errors_free(&errs);
+    return rc;
+}
+
+typedef struct reload_job {
+    core *c;
+    char *confdir, *plugin_path;
+    conf_set *cs;
+    conf_errors errs;
+    double read_s;
+} reload_job;
+
+/* On the reload thread: only reading and checking, nothing of the core. */
+static void reload_read(void *ud) {
+    reload_job *j = ud;
+    double t0 = mono_now();
+    j->cs = conf_load_dir(j->confdir, j->plugin_path, &j->errs);
+    j->read_s = mono_now() - t0;
+}
+
+static void reload_read_done(void *ud) {
+    reload_job *j = ud;
+    core *c = j->c;
+    c->reload_running = 0;
+    if (c->freeing || (c->stopping && j->cs)) {
+        /* nothing new starts while draining */
+        if (j->cs) conf_free(j->cs);
+        log_msg(TOLK_LOG_INFO, "config", "shutting down: reload not applied");
+    } else {
+        /* (a rejected one is still reported, also while draining) */
+        reload_apply(c, j->cs, &j->errs, j->read_s);
+    }
+    conf_errors_free(&j->errs);
+    free(j->confdir);
+    free(j->plugin_path);
+    free(j);
+    if (c->reload_again && !c->freeing) {
+        c->reload_again = 0;
+        core_request_reload(c);
+    }
+}
+
+void core_request_reload(core *c) {
+    if (!c->confdir || c->stopping || c->freeing) return;
+    if (c->reload_running) {
+        c->reload_again = 1;
+        log_msg(TOLK_LOG_INFO, "config", "reload requested while one is under way: one more follows it");
+        return;
+    }
+    if (!c->reload_worker) c->reload_worker = workers_start(c->loop, 1);
+    log_msg(TOLK_LOG_INFO, "config", "reloading %s", c->confdir);
+    reload_job *j = xcalloc(1, sizeof *j);
+    j->c = c;
+    j->confdir = xstrdup(c->confdir);
+    j->plugin_path = c->plugin_path ? xstrdup(c->plugin_path) : NULL;
+    c->reload_running = 1;
+    c->reload_again = 0;
+    workq_submit(c->reload_worker, NULL, reload_read, reload_read_done, j);
+}
+
 static void on_hup(struct ev_loop *loop, ev_signal *w, int revents) {
-    core_reload(CONTAINER_OF(w, core, sig_hup));
+    core_request_reload(CONTAINER_OF(w, core, sig_hup));
+}
+
+/* SIGUSR1: after logrotate moved the file standard error was appended to. */
+static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents) {
+    char path[512];
+    int rc = log_reopen(path, sizeof path);
+    if (rc > 0)
+        log_msg(TOLK_LOG_INFO, "core", "SIGUSR1 received: log file %s reopened", path);
+    else if (rc == 0)
+        log_msg(TOLK_LOG_INFO, "core", "SIGUSR1 received: not logging to a file, nothing to reopen");
+    else
+        log_msg(TOLK_LOG_ERR, "core", "SIGUSR1 received: cannot reopen log file %s: %s", path,
+                strerror(errno));
 }
 
 /* The signal watchers were ev_unref()ed; each gets its reference back
@@ -155,7 +231,7 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents) {
 static void unwatch_signals(core *c) {
     if (!c->signals_watched) return;
     c->signals_watched = 0;
-    ev_signal *sigs[] = {&c->sig_hup, &c->sig_term, &c->sig_int};
+    ev_signal *sigs[] = {&c->sig_hup, &c->sig_term, &c->sig_int, &c->sig_usr1};
     for (size_t i = 0; i < ARRAY_LEN(sigs); i++) {
         ev_ref(c->loop);
         ev_signal_stop(c->loop, sigs[i]);
@@ -219,8 +295,11 @@ void core_watch_signals(core *c) {
     ev_signal_init(&c->sig_int, on_term, SIGINT);
     ev_signal_start(c->loop, &c->sig_hup);
     ev_signal_start(c->loop, &c->sig_term);
+    ev_signal_init(&c->sig_usr1, on_usr1, SIGUSR1);
     ev_signal_start(c->loop, &c->sig_int);
+    ev_signal_start(c->loop, &c->sig_usr1);
     /* signal watchers alone do not keep the loop running */
+    ev_unref(c->loop);
     ev_unref(c->loop);
     ev_unref(c->loop);
     ev_unref(c->loop);
@@ -254,6 +333,10 @@ tolk_instance *core_add_instance(core *c, const char *name, const char *plugin,
 
 void core_free(core *c) {
     if (!c) return;
+    /* a parse under way ends first; its result is dropped */
+    c->freeing = 1;
+    workers_stop(c->reload_worker);
+    c->reload_worker = NULL;
     for (tolk_channel *ch = c->channels, *next; ch; ch = next) {
         next = ch->next;
         channel_end(ch, "core freed");

@@ -349,7 +349,14 @@ struct core {
     uint64_t tick; /* last slot tick processed */
     outbuf *wheel[20];
     size_t wheel_legs;
-    ev_signal sig_hup, sig_term, sig_int;
+    ev_signal sig_hup, sig_term, sig_int, sig_usr1;
+    /* SIGHUP reads conf.d on a thread of its own, so the loop (and every
+     * call) runs on while a large or slow directory is parsed; the new
+     * generation is built on the loop, where plugins' create() must run. */
+    worker_pool *reload_worker;
+    int reload_running; /* a parse is under way */
+    int reload_again;   /* SIGHUP while it ran: one more reload after it */
+    int freeing;        /* core_free(): a parse that ends now is discarded */
     int signals_watched;
     ev_timer drain_timer;
     double drain_deadline_at;
@@ -371,11 +378,16 @@ int core_load(core *c);
 int core_apply(core *c, conf_set *cs, conf_errors *errs);
 /* Start the transports of the current generation. */
 int core_start_transports(core *c);
-/* SIGHUP: re-read conf.d; keep the old generation on any error. */
+/* Re-read conf.d now, on the calling thread; keep the old generation on
+ * any error. */
 int core_reload(core *c);
+/* SIGHUP: read conf.d on the reload thread, then apply it on the loop as
+ * core_reload() does. A request while one runs is coalesced into a single
+ * reload after it. */
+void core_request_reload(core *c);
 /* SIGTERM: stop accepting, drain for drain_timeout, then end what is left. */
 void core_shutdown(core *c);
-/* Installs SIGHUP/SIGTERM/SIGINT watchers. */
+/* Installs SIGHUP/SIGTERM/SIGINT/SIGUSR1 watchers. */
 void core_watch_signals(core *c);
 void core_free(core *c);
 /* Add an instance of a plugin from JSON settings to the current generation

@@ -4,9 +4,13 @@
 #include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -149,14 +153,58 @@ static const char *library_mismatch(void *dl, char *buf, size_t len) {
     return nc.bad ? buf : NULL;
 }
 
+/* The e_ident class and e_machine of an ELF file; -1 if it is not one. */
+static int elf_header(const char *path, int *elf_class, unsigned *machine) {
+    unsigned char h[20];
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, h, sizeof h);
+    close(fd);
+    if (n != (ssize_t)sizeof h || memcmp(h, ELFMAG, SELFMAG)) return -1;
+    *elf_class = h[EI_CLASS];
+    /* e_machine is at offset 18 in both classes, in the file's byte order */
+    *machine = h[EI_DATA] == ELFDATA2MSB ? (unsigned)h[18] << 8 | h[19] : (unsigned)h[19] << 8 | h[18];
+    return 0;
+}
+
+/* glibc reports a shared object built for another machine as "No such
+ * file or directory"; the ELF header says what is wrong. 1 with a message
+ * in buf if the file is an ELF object of another class or machine than
+ * this program. */
+static int elf_mismatch(const char *path, char *buf, size_t len) {
+    int cls, own_cls;
+    unsigned machine, own_machine;
+    if (elf_header(path, &cls, &machine) || elf_header("/proc/self/exe", &own_cls, &own_machine))
+        return 0;
+    if (cls != own_cls)
+        snprintf(buf, len, "built for %s-bit ELF, this tolkd is %s-bit", cls == ELFCLASS32 ? "32" : "64",
+                 own_cls == ELFCLASS32 ? "32" : "64");
+    else if (machine != own_machine)
+        snprintf(buf, len, "built for another machine (e_machine %u; this tolkd runs on e_machine %u)",
+                 machine, own_machine);
+    else
+        return 0;
+    return 1;
+}
+
 const loaded_plugin *loader_open(const char *path, char *err, size_t errlen) {
     for (loaded_plugin *lp = g_loaded; lp; lp = lp->next)
         if (!strcmp(lp->path, path)) return lp;
 
+    /* dlopen() of a FIFO would wait for a writer for ever */
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: refused: it is %s, not a shared object", path,
+                 file_type_name(st.st_mode));
+        return NULL;
+    }
     dlerror();
     void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!dl) {
-        snprintf(err, errlen, "%s: cannot load: %s", path, dlerror());
+        const char *why = dlerror();
+        char elf[160];
+        snprintf(err, errlen, "%s: cannot load: %s", path,
+                 elf_mismatch(path, elf, sizeof elf) ? elf : why ? why : "dlopen failed");
         return NULL;
     }
     tolk_plugin_entry_fn entry;
@@ -238,8 +286,23 @@ static int valid_plugin_name(const char *name) {
     return 1;
 }
 
+static const loaded_plugin *find_unlocked(const char *name, const char *search_path, char *err,
+                                          size_t errlen);
+
+/* tolkd reads conf.d, and so loads plugins, on its reload thread while the
+ * loop runs: one search at a time. */
+static pthread_mutex_t g_find_lock = PTHREAD_MUTEX_INITIALIZER;
+
 const loaded_plugin *loader_find(const char *name, const char *search_path, char *err,
                                  size_t errlen) {
+    pthread_mutex_lock(&g_find_lock);
+    const loaded_plugin *lp = find_unlocked(name, search_path, err, errlen);
+    pthread_mutex_unlock(&g_find_lock);
+    return lp;
+}
+
+static const loaded_plugin *find_unlocked(const char *name, const char *search_path, char *err,
+                                          size_t errlen) {
     if (!valid_plugin_name(name)) {
         snprintf(err, errlen, "invalid plugin name '%s' (lower-case letters, digits, _)",
                  name ? name : "");
@@ -267,7 +330,18 @@ const loaded_plugin *loader_find(const char *name, const char *search_path, char
                 free(path);
                 break;
             }
+            /* there, but unusable: say why rather than "unknown plugin" */
+            int why = errno;
+            if (why == ENOENT && lstat(path, &st) == 0) {
+                seen = 1;
+                snprintf(err, errlen, "%s: a symbolic link to a file that does not exist", path);
+            } else if (why != ENOENT && why != ENOTDIR) {
+                seen = 1;
+                snprintf(err, errlen, "%s: %s", path,
+                         why == ELOOP ? "a loop of symbolic links (too many levels)" : strerror(why));
+            }
             free(path);
+            if (seen) break;
         }
     }
     free(dirs);

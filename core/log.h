@@ -6,8 +6,16 @@
 #include <stdarg.h>
 #include <tolk/plugin.h>
 
+/* From log_open() on, lines are written by a thread of their own through a
+ * bounded queue: logging never blocks the caller, whatever the reader of
+ * standard error or syslog does. log_close() gives the queue 2 s. */
 void log_open(int to_syslog, const char *ident);
 void log_close(void);
+/* SIGUSR1: if standard error was a regular file at log_open(), open the
+ * file of that name again (logrotate moved the old one away) as standard
+ * error. 1 reopened, 0 not logging to a file, -1 failed (errno); path gets
+ * the file name. */
+int log_reopen(char *path, size_t len);
 void log_set_level(tolk_log_level level);
 tolk_log_level log_get_level(void);
 int log_enabled(tolk_log_level level);

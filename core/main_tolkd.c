@@ -1,20 +1,27 @@
 /* tolkd: the translation daemon. */
+#include "config.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "version-git.h"
 
 #include "conf.h"
 #include "core.h"
 #include "log.h"
 #include "metrics.h"
 
-#ifndef PACKAGE_VERSION
-#define PACKAGE_VERSION "unknown"
-#endif
+/* configure's version, and the git description of the tree when it was
+ * built from a git checkout */
+#define TOLK_VERSION PACKAGE_VERSION TOLK_GIT_SUFFIX
 
 enum { EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_RUNTIME = 3 };
 
@@ -86,11 +93,95 @@ static int daemonize(void) {
     return 0;
 }
 
-static int write_pidfile(const char *path) {
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
-    fprintf(f, "%ld\n", (long)getpid());
-    return fclose(f);
+/* The pid file is locked (flock: the lock survives the fork into the
+ * background) for as long as tolkd runs, so a second tolkd given the same
+ * file refuses to start instead of overwriting it; and only the tolkd
+ * that holds it removes it, if the name still leads to the file it locked. */
+typedef struct pid_file {
+    const char *path;
+    int fd;
+    dev_t dev;
+    ino_t ino;
+} pid_file;
+
+static int pidfile_lock(pid_file *pf, const char *path) {
+    pf->path = path;
+    pf->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
+    struct stat st;
+    if (pf->fd < 0 || fstat(pf->fd, &st) != 0) {
+        fprintf(stderr, "tolkd: cannot write pid file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fprintf(stderr, "tolkd: pid file %s is %s, not a regular file\n", path, file_type_name(st.st_mode));
+        close(pf->fd);
+        pf->fd = -1;
+        return -1;
+    }
+    if (flock(pf->fd, LOCK_EX | LOCK_NB) != 0) {
+        int why = errno;
+        char other[32] = "";
+        ssize_t n = pread(pf->fd, other, sizeof other - 1, 0);
+        other[n > 0 ? n : 0] = 0;
+        other[strcspn(other, "\n")] = 0;
+        if (why == EWOULDBLOCK)
+            fprintf(stderr, "tolkd: pid file %s is locked by another tolkd (pid %s): not starting\n",
+                    path, other[0] ? other : "unknown");
+        else
+            fprintf(stderr, "tolkd: cannot lock pid file %s: %s\n", path, strerror(why));
+        close(pf->fd);
+        pf->fd = -1;
+        return -1;
+    }
+    pf->dev = st.st_dev;
+    pf->ino = st.st_ino;
+    return 0;
+}
+
+static int pidfile_write(pid_file *pf) {
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    if (ftruncate(pf->fd, 0) != 0 || pwrite(pf->fd, buf, (size_t)n, 0) != n) return -1;
+    return 0;
+}
+
+static void pidfile_remove(pid_file *pf) {
+    if (pf->fd < 0) return;
+    struct stat st;
+    if (stat(pf->path, &st) == 0 && st.st_dev == pf->dev && st.st_ino == pf->ino) unlink(pf->path);
+    close(pf->fd);
+    pf->fd = -1;
+}
+
+/* The daemon changes to / before it runs: every path of the command line
+ * is made absolute first, or a SIGHUP would re-read conf.d from /. */
+static char *absolute(const char *path) {
+    if (!path || path[0] == '/' || !path[0]) return path ? xstrdup(path) : NULL;
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd)) return xstrdup(path);
+    return xasprintf("%s/%s", cwd, path);
+}
+
+static char *absolute_list(const char *dirs) {
+    if (!dirs) return NULL;
+    char *copy = xstrdup(dirs), *out = xstrdup(""), *save = NULL;
+    for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        char *a = absolute(d), *joined = xasprintf("%s%s%s", out, *out ? ":" : "", a);
+        free(a);
+        free(out);
+        out = joined;
+    }
+    free(copy);
+    return out;
+}
+
+/* Signals nobody should send us must not end the daemon without a drain
+ * (and leave its pid file behind): before the loop watches them, and after. */
+static void ignore_stray_signals(void) {
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
+    signal(SIGALRM, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
 }
 
 int main(int argc, char **argv) {
@@ -116,7 +207,7 @@ int main(int argc, char **argv) {
         case 'P': plugin_path = optarg; break;
         case 't': check = 1; break;
         case 'D': describe_name = optarg; break;
-        case 'V': printf("tolkd %s (plugin ABI %d.%d)\n", PACKAGE_VERSION, TOLK_ABI_MAJOR, TOLK_ABI_MINOR); return 0;
+        case 'V': printf("tolkd %s (plugin ABI %d.%d)\n", TOLK_VERSION, TOLK_ABI_MAJOR, TOLK_ABI_MINOR); return 0;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return EXIT_USAGE;
         }
@@ -132,6 +223,16 @@ int main(int argc, char **argv) {
         return EXIT_USAGE;
     }
     if (describe_name) return describe(describe_name, plugin_path);
+    ignore_stray_signals();
+    char *confdir_abs = absolute(confdir), *pidfile_abs = absolute(pidfile),
+         *plugin_path_abs = absolute_list(plugin_path ? plugin_path : getenv("TOLK_PLUGIN_PATH"));
+    if (!check) {
+        confdir = confdir_abs;
+        pidfile = pidfile_abs;
+        if (plugin_path_abs && *plugin_path_abs) plugin_path = plugin_path_abs;
+    }
+    int rc = 0;
+    pid_file pf = {.fd = -1};
 
     /* Check before forking, so a bad configuration is reported on the
      * terminal of whoever started us, not only in syslog. */
@@ -140,48 +241,64 @@ int main(int argc, char **argv) {
     if (!cs) {
         for (size_t i = 0; i < errs.msgs.n; i++) fprintf(stderr, "%s\n", (char *)errs.msgs.v[i]);
         fprintf(stderr, "tolkd: %zu error%s in %s\n", errs.msgs.n, errs.msgs.n == 1 ? "" : "s", confdir);
-        conf_errors_free(&errs);
-        return EXIT_CONFIG;
+        rc = EXIT_CONFIG;
+        goto out;
     }
     if (check) {
         printf("%s: configuration OK (%zu instances, %zu chains, %zu endpoints)\n", confdir,
                cs->instances.n, cs->chains.n, cs->endpoints.n);
         conf_free(cs);
-        conf_errors_free(&errs);
-        loader_unload_all();
-        return 0;
+        goto out;
+    }
+    /* before forking: the terminal of whoever started us hears why not */
+    if (pidfile && pidfile_lock(&pf, pidfile) != 0) {
+        conf_free(cs);
+        rc = EXIT_RUNTIME;
+        goto out;
     }
     if (!foreground && daemonize() != 0) {
         fprintf(stderr, "tolkd: cannot daemonize: %s\n", strerror(errno));
-        return EXIT_RUNTIME;
+        conf_free(cs);
+        rc = EXIT_RUNTIME;
+        goto out;
     }
     log_open(!foreground, "tolkd");
     log_set_level(lvl >= 0 ? (tolk_log_level)lvl : (tolk_log_level)cs->core.log_level);
-    if (pidfile && write_pidfile(pidfile) != 0)
+    if (pidfile && pidfile_write(&pf) != 0) {
         log_msg(TOLK_LOG_ERR, "core", "cannot write pid file %s: %s", pidfile, strerror(errno));
+        conf_free(cs);
+        rc = EXIT_RUNTIME;
+        goto out;
+    }
 
     core *c = core_new(confdir, plugin_path);
     c->log_level_override = lvl;
-    int rc = core_apply(c, cs, &errs);
+    int applied = core_apply(c, cs, &errs);
     for (size_t i = 0; i < errs.msgs.n; i++) log_msg(TOLK_LOG_ERR, "config", "%s", (char *)errs.msgs.v[i]);
-    conf_errors_free(&errs);
-    if (rc != 0) {
+    if (applied != 0) {
         core_free(c);
-        if (pidfile) unlink(pidfile);
-        return EXIT_CONFIG;
+        rc = EXIT_CONFIG;
+        goto out;
     }
     core_watch_signals(c);
     log_msg(TOLK_LOG_INFO, "core", "tolkd %s started (pid %ld, config %s, generation %u)",
-            PACKAGE_VERSION, (long)getpid(), confdir, c->gen->id);
+            TOLK_VERSION, (long)getpid(), confdir, c->gen->id);
     if (core_start_transports(c) != 0) log_msg(TOLK_LOG_ERR, "core", "some transports failed to start");
     ev_ref(c->loop); /* a daemon runs until told to stop */
     ev_run(c->loop, 0);
+    ignore_stray_signals();
+    signal(SIGHUP, SIG_IGN);
     log_msg(TOLK_LOG_INFO, "core", "stopped: %llu calls served, %llu refused",
             (unsigned long long)c->total_channels, (unsigned long long)c->refused_channels);
     core_free(c);
     metrics_shutdown();
+out:
+    conf_errors_free(&errs);
     loader_unload_all();
-    if (pidfile) unlink(pidfile);
+    pidfile_remove(&pf);
     log_close();
-    return 0;
+    free(confdir_abs);
+    free(pidfile_abs);
+    free(plugin_path_abs);
+    return rc;
 }

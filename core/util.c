@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static void oom(void) {
@@ -41,6 +42,19 @@ char *xasprintf(const char *fmt, ...) {
     if (vasprintf(&s, fmt, ap) < 0) oom();
     va_end(ap);
     return s;
+}
+
+const char *file_type_name(unsigned mode) {
+    switch (mode & S_IFMT) {
+    case S_IFREG: return "a regular file";
+    case S_IFDIR: return "a directory";
+    case S_IFIFO: return "a FIFO (named pipe)";
+    case S_IFCHR: return "a character device";
+    case S_IFBLK: return "a block device";
+    case S_IFSOCK: return "a socket";
+    case S_IFLNK: return "a symbolic link";
+    }
+    return "not a regular file";
 }
 
 double mono_now(void) {

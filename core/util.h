@@ -17,6 +17,10 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* "a directory", "a FIFO (named pipe)", ...: for refusals of files that
+ * are not regular. */
+const char *file_type_name(unsigned mode);
+
 /* Monotonic seconds. */
 double mono_now(void);
 /* Wall clock seconds since the epoch. */

@@ -228,12 +228,17 @@ i=0
 while [ ! -s "$T/tolkd.pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 check "pid file written" [ "$(cat "$T/tolkd.pid" 2>/dev/null)" = "$pid" ]
 sleep 1
+# (a reload is read on a thread of its own: wait for each outcome)
+logged() {
+    i=0
+    while ! grep -q "$1" "$T/tolkd.log" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+}
 sed -i 's/latency_ms = 20;/latency_ms = 25;/' "$T/live/30-mt.conf"
 kill -HUP $pid
-sleep 0.5
+logged "reload applied"
 printf 'instance: { name = "mt-mock"; plugin = "mt_mock"; settings: { nonsense = 1; }; };\n' >"$T/live/30-mt.conf"
 kill -HUP $pid
-sleep 0.5
+logged "reload rejected"
 kill -TERM $pid
 wait $pid
 rc=$?

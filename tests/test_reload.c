@@ -30,6 +30,9 @@ static void on_phrase(void *ud, const phrase_report *r) {
     }
 }
 
+/* A reload is read on its own thread: wait for its outcome in the log. */
+static int logged(void *needle) { return tu_log_has(needle); }
+
 static int got_later(void *ud) { return ((rec *)ud)->later_mt_b > 0; }
 static int stopped(void *ud) { return ((rec *)ud)->c->active == 0; }
 
@@ -72,7 +75,7 @@ static void test_reload_during_a_call(void **state) {
              "    latency_ms = \"fast\";\n"
              "  }; };\n");
     raise(SIGHUP);
-    tu_run_until(R.c, NULL, NULL, 0.3);
+    assert_true(tu_run_until(R.c, logged, "reload rejected", 10));
     assert_int_equal(R.c->gen->id, gen1);
     assert_true(tu_log_has("30-mt.conf:3: 'latency_ms'"));
     assert_true(tu_log_has("reload rejected"));
@@ -86,7 +89,7 @@ static void test_reload_during_a_call(void **state) {
              "           { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-b\", \"mt-a\" ]; },\n"
              "           { name = \"tts\"; kind = \"tts\"; providers = [ \"tts-b\" ]; } );\n");
     raise(SIGHUP);
-    tu_run_until(R.c, NULL, NULL, 0.3);
+    assert_true(tu_run_until(R.c, logged, "reload applied", 10));
     assert_int_not_equal(R.c->gen->id, gen1);
     assert_true(tu_log_has("reload applied"));
     /* unchanged settings: the very same instances */
@@ -119,9 +122,54 @@ static void test_reload_during_a_call(void **state) {
     free(R.dir);
 }
 
+/* SIGHUPs while conf.d is being read are coalesced into one more reload
+ * after it; a reload still being read when the core is freed is dropped. */
+static int reload_idle(void *ud) {
+    core *c = ud;
+    return !c->reload_running && !c->reload_again;
+}
+
+static void test_reload_requests_coalesce(void **state) {
+    char *dir = tu_tmpdir();
+    tu_log_capture();
+    tu_write(dir, "tolk.conf", "core: { workers = 1; log_level = \"info\"; };\n");
+    tu_write_mock_pipeline(dir);
+    core *c = core_new(dir, NULL);
+    assert_int_equal(core_load(c), 0);
+    unsigned gen1 = c->gen->id;
+
+    /* the first request starts a read; it cannot finish before the loop
+     * runs again, so the next two find it under way */
+    core_request_reload(c);
+    core_request_reload(c);
+    core_request_reload(c);
+    assert_true(c->reload_running);
+    assert_true(tu_run_until(c, reload_idle, c, 10));
+    assert_int_equal(tu_log_count("reload applied"), 2);
+    assert_int_equal(c->gen->id, gen1 + 2);
+    assert_true(tu_log_has("reload requested while one is under way"));
+
+    /* a bad file: rejected on the loop, the generation stays */
+    tu_write(dir, "70-bad.conf", "core: { workers = 1; };\n");
+    core_request_reload(c);
+    assert_true(tu_run_until(c, reload_idle, c, 10));
+    assert_true(tu_log_has("reload rejected"));
+    assert_int_equal(c->gen->id, gen1 + 2);
+
+    /* freed while a read is under way: nothing applied, nothing leaked */
+    core_request_reload(c);
+    core_free(c);
+    assert_int_equal(tu_log_count("reload applied"), 2);
+    tu_log_clear();
+    log_set_hook(NULL, NULL);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reload_during_a_call),
+        cmocka_unit_test(test_reload_requests_coalesce),
     };
     int rc = cmocka_run_group_tests_name("reload", tests, NULL, NULL);
     loader_unload_all();
