@@ -49,6 +49,7 @@ void instance_unref(tolk_instance *inst) {
     if (inst->desc->kind == TOLK_KIND_TRANSPORT && inst->started)
         ((const tolk_transport *)inst->desc)->stop(inst->self);
     inst->desc->destroy(inst->self);
+    host_release_instance(inst);
     log_msg(TOLK_LOG_VERB, inst->who, "destroyed");
     json_decref(inst->settings);
     mtcache_free(inst->mtcache);

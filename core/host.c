@@ -99,10 +99,20 @@ static tolk_channel *h_channel_open(tolk_instance *transport, const tolk_channel
 }
 
 static void h_channel_event(tolk_channel *ch, const char *name, const json_t *data) {
-    if (!ch || !name) return;
-    char *d = data ? json_dumps(data, JSON_COMPACT) : NULL;
-    log_msg(TOLK_LOG_VERB, "channel", "%s: event %s %s", ch->id, name, d ? d : "");
-    free(d);
+    if (!ch || !name || !*name) return;
+    channel_publish(ch, -1, name, data);
+}
+
+static tolk_io *h_io_start(tolk_instance *inst, int fd, unsigned events,
+                           void (*cb)(void *ud, int fd, unsigned revents), void *ud) {
+    return loop_io_start(g_core->loop, inst ? &inst->ios : NULL, fd, events, cb, ud);
+}
+
+void host_release_instance(tolk_instance *inst) {
+    size_t n = loop_io_stop_all(&inst->ios);
+    if (n)
+        log_msg(TOLK_LOG_WARN, inst->who, "destroyed with %zu io watcher(s) still running: stopped",
+                n);
 }
 
 static const char *h_channel_id(tolk_channel *ch) { return ch ? ch->id : ""; }
@@ -157,6 +167,13 @@ void host_init(core *c, tolk_host *h) {
         .tts_audio = request_tts_audio,
         .tts_done = request_tts_done,
         .metrics_visit_families = metrics_visit_families,
+        .io_start = h_io_start,
+        .io_set = loop_io_set,
+        .io_stop = loop_io_stop,
+        .channel_audio_at = channel_audio_at,
+        .channel_dtmf = channel_dtmf,
+        .channel_progress = channel_progress,
+        .channel_played = channel_played,
     };
 }
 
@@ -174,7 +191,8 @@ void core_metrics_init(core *c) {
     static const double duration_b[] = {1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600};
     core_metrics *m = &c->m;
     m->latency = metrics_family("translation_latency_seconds",
-                                "Time per pipeline stage; stage=total is end of phrase to first translated frame",
+                                "Time per pipeline stage; stage=total is end of phrase to first translated frame "
+                                "handed to the transport, stage=ear to its playing out (transports that say)",
                                 TOLK_METRIC_HISTOGRAM, "source_lang,target_lang,stage", latency_b,
                                 ARRAY_LEN(latency_b));
     m->component = metrics_family("component_latency_milliseconds", "Provider operation time",
@@ -227,6 +245,9 @@ void core_metrics_init(core *c) {
     m->pipe_util = metrics_family("pipe_buffer_utilization",
                                   "Fill of a transport's media pipe buffers, 0..1 (the fullest one)",
                                   TOLK_METRIC_GAUGE, "component", NULL, 0);
+    m->events = metrics_family("channel_events_total",
+                               "Events from calls (dtmf, ringing, answered, joined, a transport's own)",
+                               TOLK_METRIC_COUNTER, "event", NULL, 0);
     m->frames_s = metrics_series(m->frames, NULL);
     m->translations_s = metrics_series(m->translations, NULL);
     m->audio_bytes_s = metrics_series(m->audio_bytes, NULL);

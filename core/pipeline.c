@@ -90,6 +90,7 @@ static void direction_fallback(direction *d, const char *why) {
     count_error(ch->core, "channel", "fallback_passthrough", TOLK_SEV_CRITICAL);
     pipeline_cancel(d);
     d->translate = 0;
+    channel_direction_mode(d, TOLK_MODE_PASSTHROUGH);
     schedule_finish(ch);
 }
 

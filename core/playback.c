@@ -7,7 +7,9 @@
  * the next tick and plays one frame each time the wheel comes round: every
  * 20 ms on a grid of its own, started within a millisecond of its first
  * audio instead of up to 20 ms later on a shared grid. One clock serves every
- * call and runs only while some leg is talking. */
+ * call and runs only while some leg is talking, or some call has continuous
+ * playout (TOLK_CHAN_CONTINUOUS): such a leg joins at the answer and stays,
+ * handed a frame of silence on its turns when it has nothing to say. */
 #include <errno.h>
 #include <string.h>
 #include <sys/timerfd.h>
@@ -106,7 +108,8 @@ void outbuf_free(core *c, outbuf *ob) {
 }
 
 void playback_schedule(core *c, outbuf *ob) {
-    if (ob->slot >= 0 || ob->len < TOLK_FRAME_SAMPLES || c->clock_fd < 0) return;
+    if (ob->slot >= 0 || c->clock_fd < 0) return;
+    if (ob->len < TOLK_FRAME_SAMPLES && !ob->continuous) return;
     if (c->wheel_legs == 0) {
         /* the clock restarts: tick 1 is one millisecond from now */
         struct itimerspec its = {.it_interval = {0, 1000000}, .it_value = {0, 1000000}};
@@ -128,12 +131,20 @@ static void run_slot(core *c, int slot) {
     for (; ob; ob = next) {
         next = ob->wnext;
         tolk_channel *ch = ob->ch;
-        if (ob->len >= TOLK_FRAME_SAMPLES && !ch->ending && !ch->closed)
+        int over = ch->ending || ch->closed;
+        if (!over && ob->len >= TOLK_FRAME_SAMPLES) {
             channel_play_frame(ch, ob->leg);
+            /* a continuous leg stays; its audio ran out, so the call may be over */
+            if (ob->continuous && ob->len < TOLK_FRAME_SAMPLES) channel_leg_idle(ch);
+        } else if (!over && ob->continuous) {
+            channel_play_silence(ch, ob->leg);
+        }
+        over = ch->ending || ch->closed;
         /* nothing more to say for now: the talkspurt ends; new audio starts
-         * a new one on the next tick */
-        if (ob->len < TOLK_FRAME_SAMPLES || ch->ending || ch->closed) {
+         * a new one on the next tick. A continuous leg stays for the call. */
+        if (over || (!ob->continuous && ob->len < TOLK_FRAME_SAMPLES)) {
             wheel_remove(c, ob);
+            ob->in_spurt = 0;
             channel_leg_idle(ch);
         }
     }

@@ -20,7 +20,8 @@ echo "== the core's unit tests under valgrind =="
 export TOLK_PLUGIN_PATH="$PWD/plugins" TOLK_TEST_FIXTURES="$PWD/tests/plugins/.libs" \
     top_srcdir="$top" top_builddir="$PWD"
 vg_pass=0
-for t in test_loader test_config test_metrics test_pipeline test_reload test_daemon test_recovery; do
+for t in test_loader test_config test_metrics test_pipeline test_reload test_daemon test_recovery \
+    test_transport; do
     if valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
         "./tests/$t" >"tests/$t.valgrind.log" 2>&1; then
         echo "PASS: $t (valgrind)"
