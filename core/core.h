@@ -335,6 +335,7 @@ struct core {
     uint64_t tick; /* last slot tick processed */
     outbuf *wheel[20];
     size_t wheel_legs;
+    size_t wheel_continuous; /* of those, legs with continuous playout */
     ev_signal sig_hup, sig_term, sig_int;
     int signals_watched;
     ev_timer drain_timer;

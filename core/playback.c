@@ -21,8 +21,11 @@
 
 #define SLOTS 20
 /* If the loop was held up, catch up at most one full turn; beyond that the
- * frames would only come out in a burst. */
+ * frames would only come out in a burst. Continuous playout is the
+ * exception: its transport counts on a frame per 20 ms of the call (an RTP
+ * clock), so after a stall of up to a second every frame missed is sent. */
 #define MAX_CATCHUP SLOTS
+#define MAX_CATCHUP_CONTINUOUS (50 * SLOTS)
 
 /* A buffer keeps up to this much capacity when it empties: enough for the
  * usual phrase, so a call does not go back to malloc for every one, while a
@@ -92,6 +95,7 @@ static void wheel_remove(core *c, outbuf *ob) {
     if (ob->wnext) ob->wnext->wprev = ob->wprev;
     ob->wnext = ob->wprev = NULL;
     ob->slot = -1;
+    if (ob->continuous) c->wheel_continuous--;
     if (--c->wheel_legs == 0 && ev_is_active(&c->clock_w)) {
         struct itimerspec off = {{0, 0}, {0, 0}};
         timerfd_settime(c->clock_fd, 0, &off, NULL);
@@ -124,6 +128,7 @@ void playback_schedule(core *c, outbuf *ob) {
     if (ob->wnext) ob->wnext->wprev = ob;
     c->wheel[slot] = ob;
     c->wheel_legs++;
+    if (ob->continuous) c->wheel_continuous++;
 }
 
 static void run_slot(core *c, int slot) {
@@ -154,9 +159,10 @@ static void on_clock(struct ev_loop *loop, ev_io *w, int revents) {
     core *c = CONTAINER_OF(w, core, clock_w);
     uint64_t expirations = 0;
     if (read(c->clock_fd, &expirations, sizeof expirations) != (ssize_t)sizeof expirations) return;
-    if (expirations > MAX_CATCHUP) {
-        c->tick += expirations - MAX_CATCHUP;
-        expirations = MAX_CATCHUP;
+    uint64_t most = c->wheel_continuous ? MAX_CATCHUP_CONTINUOUS : MAX_CATCHUP;
+    if (expirations > most) {
+        c->tick += expirations - most;
+        expirations = most;
     }
     for (uint64_t i = 0; i < expirations && c->wheel_legs; i++) {
         c->tick++;

@@ -171,6 +171,13 @@ static void test_continuous_playout_every_20ms(void **state) {
     assert_true(call_ms > 2500);
     long long want = (call_ms + 10) / 20;
     long long a = health(R, "frames_played.a"), b = health(R, "frames_played.b");
+    if (a < want - 2 || a > want + 2 || b < want - 2 || b > want + 2) {
+        json_t *d = tu_health(R->c, "calls");
+        char *calls = json_dumps(json_object_get(d, "calls"), JSON_COMPACT);
+        print_message("frames played a=%lld b=%lld, want %lld: %s\n", a, b, want, calls);
+        free(calls);
+        json_decref(d);
+    }
     assert_in_range(a, want - 2, want + 2);
     assert_in_range(b, want - 2, want + 2);
     /* A hears nothing translated: all silence, no talkspurt */
@@ -385,6 +392,35 @@ static void test_call_options_are_copied(void **state) {
     done(R);
 }
 
+/* Capture times are clamped: one in the future counts as now, and a frame
+ * never arrives before the frame ahead of it. */
+static void test_capture_time_is_clamped(void **state) {
+    rec *R = begin_with("calls = 1;", NULL, 0);
+    const tolk_host *h = &R->c->host;
+    tolk_instance *inst = core_find_instance(R->c, "calls");
+    tolk_channel_info info = {.size = sizeof info, .id = "clamp", .mode = TOLK_MODE_PASSTHROUGH,
+                              .paced = 1};
+    tolk_status why = TOLK_OK;
+    tolk_channel *ch = h->channel_open(inst, &info, NULL, &why);
+    assert_non_null(ch);
+    int16_t frame[TOLK_FRAME_SAMPLES] = {0};
+    double before = mono_now();
+    assert_int_equal(h->channel_audio_at(ch, TOLK_LEG_A, frame, TOLK_FRAME_SAMPLES, before + 10), TOLK_OK);
+    double first = ch->dir[TOLK_LEG_A].arrival[0];
+    assert_true(first >= before && first <= mono_now());
+    assert_int_equal(h->channel_audio_at(ch, TOLK_LEG_A, frame, TOLK_FRAME_SAMPLES, before - 100), TOLK_OK);
+    assert_true(ch->dir[TOLK_LEG_A].arrival[1] == first);
+    /* two frames in one call: the second ends 20 ms of audio after the first */
+    double t0 = mono_now() - 1;
+    int16_t two[2 * TOLK_FRAME_SAMPLES] = {0};
+    assert_int_equal(h->channel_audio_at(ch, TOLK_LEG_B, two, ARRAY_LEN(two), t0), TOLK_OK);
+    double a = ch->dir[TOLK_LEG_B].arrival[0], b = ch->dir[TOLK_LEG_B].arrival[1];
+    assert_true(a > t0 && a < t0 + 0.021);
+    assert_true(b - a > 0.019 && b - a < 0.021);
+    h->channel_close(ch);
+    done(R);
+}
+
 /* ---- io watchers ---- */
 
 typedef struct io_ctx {
@@ -450,6 +486,7 @@ int main(void) {
         cmocka_unit_test(test_invalid_dtmf_is_refused),
         cmocka_unit_test(test_call_awaiting_answer_translates_after_it),
         cmocka_unit_test(test_capture_time_moves_latency),
+        cmocka_unit_test(test_capture_time_is_clamped),
         cmocka_unit_test(test_played_feedback_gives_ear_latency),
         cmocka_unit_test(test_direction_mode_on_fallback),
         cmocka_unit_test(test_direction_bridged_by_transport),
