@@ -151,7 +151,8 @@ static void *baseline_main(void *ud) {
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR) {}
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        double late = (double)(now.tv_sec - next.tv_sec) * 1e3 + (double)(now.tv_nsec - next.tv_nsec) / 1e6;
+        double late = (double)(now.tv_sec - next.tv_sec) * 1e3 +
+                      (double)(now.tv_nsec - next.tv_nsec) / 1e6;
         B->late_ms[B->n++] = late;
     }
     return NULL;

@@ -62,15 +62,18 @@ static void on_phrase_ear(void *ud, const phrase_report *r) {
 
 static const char *str_or_empty(const char *s) { return s ? s : ""; }
 
+static const char *field(const json_t *o, const char *key) {
+    return str_or_empty(json_string_value(json_object_get(o, key)));
+}
+
 static void on_event(void *ud, tolk_channel *ch, int leg, const char *name, const json_t *data) {
     rec *R = ud;
     if (R->nev >= MAXR) return;
     event_rec *e = &R->ev[R->nev++];
     snprintf(e->name, sizeof e->name, "%s", name);
     e->leg = leg;
-    snprintf(e->digit, sizeof e->digit, "%s", str_or_empty(json_string_value(json_object_get(data, "digit"))));
-    snprintf(e->leg_field, sizeof e->leg_field, "%s",
-             str_or_empty(json_string_value(json_object_get(data, "leg"))));
+    snprintf(e->digit, sizeof e->digit, "%s", field(data, "digit"));
+    snprintf(e->leg_field, sizeof e->leg_field, "%s", field(data, "leg"));
     e->duration_ms = json_integer_value(json_object_get(data, "duration_ms"));
 }
 
@@ -81,7 +84,7 @@ static void on_state(void *ud, tolk_channel *ch, chan_state st) {
         R->states[R->nstates++] = st;
     }
     if (st == CH_CONNECTED && ch->options)
-        R->options_ok = !strcmp(str_or_empty(json_string_value(json_object_get(ch->options, "tenant"))), "acme");
+        R->options_ok = !strcmp(field(ch->options, "tenant"), "acme");
 }
 
 static void on_end(void *ud, tolk_channel *ch) { ((rec *)ud)->ended++; }
@@ -368,7 +371,9 @@ static void test_play_errors_are_counted(void **state) {
     done(R);
 }
 
-static int refused_once(void *ud) { return tu_health_int(((rec *)ud)->c, "calls", "calls_refused") == 1; }
+static int refused_once(void *ud) {
+    return tu_health_int(((rec *)ud)->c, "calls", "calls_refused") == 1;
+}
 
 static void test_too_small_channel_info_is_refused(void **state) {
     rec *R = begin("calls = 1; phrases = 1; info_size = 16; realtime = false; paced = false;");
