@@ -107,6 +107,7 @@ void phrase_report_emit(phrase *ph, int ok) {
         .mt_wait_ms = ms_between(ph->t_stt_final, ph->t_mt_start),
         .tts_wait_ms = ms_between(ph->t_mt_done, ph->t_tts_start),
         .playback_wait_ms = ms_between(ph->t_tts_first, ph->t_first_out),
+        .ear_latency_ms = -1,
         .mt_cached = ph->mt_cached,
         .ok = ok,
     };
@@ -143,6 +144,44 @@ double arrival_time(direction *d, uint64_t end_sample) {
 
 static direction *dir_to(tolk_channel *ch, tolk_leg leg) { return &ch->dir[leg == TOLK_LEG_A]; }
 
+static const char *leg_name(tolk_leg leg) { return leg == TOLK_LEG_A ? "a" : "b"; }
+
+/* Hands one frame to the transport: play_ex() when it has one. A failure
+ * is counted every time but logged once per call, as a transport that
+ * cannot play usually fails on every frame. */
+static void transport_play(tolk_channel *ch, tolk_leg leg, const int16_t *frame, unsigned flags) {
+    tolk_instance *t = ch->transport;
+    const tolk_transport *tr = transport_of(t);
+    tolk_status (*play_ex)(void *, void *, tolk_leg, const int16_t *, size_t, unsigned) =
+        DESC_FN(&tr->base, tolk_transport, play_ex);
+    tolk_status st = play_ex ? play_ex(t->self, ch->tstate, leg, frame, TOLK_FRAME_SAMPLES, flags)
+                             : tr->play(t->self, ch->tstate, leg, frame, TOLK_FRAME_SAMPLES);
+    ch->out[leg].handed++;
+    if (st == TOLK_OK) return;
+    count_error(ch->core, t->name, "play", TOLK_SEV_LOW);
+    if (!ch->play_failed_logged) {
+        ch->play_failed_logged = 1;
+        log_msg(TOLK_LOG_WARN, t->who, "%s: play() to leg %s failed (status %d); later failures of "
+                "this call are only counted (errors_total{error_type=\"play\"})",
+                ch->id, leg_name(leg), (int)st);
+    }
+}
+
+/* The phrase's first frame was handed to play: remembered until the
+ * transport says it was played out (channel_played). */
+static void ear_mark_add(outbuf *ob, const phrase *ph) {
+    if (ob->ear_n == EAR_RING) { /* no feedback for a while: forget the oldest */
+        ob->ear_head = (ob->ear_head + 1) % EAR_RING;
+        ob->ear_n--;
+    }
+    ear_mark *m = &ob->ear[(ob->ear_head + ob->ear_n) % EAR_RING];
+    m->frame = ob->handed - 1;
+    m->t_speech_end = ph->t_speech_end;
+    m->t_first_out = ph->t_first_out;
+    m->seq = ph->seq;
+    ob->ear_n++;
+}
+
 void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
     core *c = ch->core;
     outbuf *ob = &ch->out[leg];
@@ -150,9 +189,11 @@ void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
     outbuf_pop(ob, frame);
     metrics_add(c->m.qdepth[Q_PLAYBACK], -1);
     ch->frames_out[leg]++;
-    if (!ch->closed)
-        transport_of(ch->transport)->play(ch->transport->self, ch->tstate, leg, frame,
-                                          TOLK_FRAME_SAMPLES);
+    int handed = !ch->closed;
+    if (handed) {
+        transport_play(ch, leg, frame, ob->in_spurt ? 0 : TOLK_PLAY_TALKSPURT);
+        ob->in_spurt = 1;
+    }
     direction *d = dir_to(ch, leg);
     double now = mono_now();
     while (d->marks_head && d->marks_head->out_pos < ob->played) {
@@ -161,6 +202,7 @@ void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
         if (!d->marks_head) d->marks_tail = NULL;
         ph->mark_next = NULL;
         ph->t_first_out = now;
+        if (handed) ear_mark_add(ob, ph);
         metrics_observe(c->m.qwait[Q_PLAYBACK], (now - ph->t_tts_first) * 1000.0);
         observe_stage(d, "total", now - ph->t_speech_end);
         metrics_add(c->m.translations_s, 1);
@@ -168,6 +210,14 @@ void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
         /* the TTS request may still be streaming the rest of the phrase */
         if (d->tts.busy != ph) phrase_free(ph);
     }
+}
+
+void channel_play_silence(tolk_channel *ch, tolk_leg leg) {
+    static const int16_t zeros[TOLK_FRAME_SAMPLES];
+    if (ch->closed) return;
+    ch->silence_out[leg]++;
+    ch->out[leg].in_spurt = 0;
+    transport_play(ch, leg, zeros, TOLK_PLAY_SILENCE);
 }
 
 void deliver_now(tolk_channel *ch, tolk_leg leg) {
@@ -181,13 +231,132 @@ void deliver_now(tolk_channel *ch, tolk_leg leg) {
 /* A paced leg ran out of audio: the end of the call may be near. */
 void channel_leg_idle(tolk_channel *ch) { schedule_finish(ch); }
 
+void channel_played(tolk_channel *ch, tolk_leg leg, uint64_t frames) {
+    if (!ch || ch->closed || (leg != TOLK_LEG_A && leg != TOLK_LEG_B)) return;
+    outbuf *ob = &ch->out[leg];
+    if (frames > ob->handed) frames = ob->handed; /* cannot have played what it never got */
+    if (frames <= ob->heard) return;
+    ob->heard = frames;
+    core *c = ch->core;
+    direction *d = dir_to(ch, leg);
+    double now = mono_now();
+    while (ob->ear_n && ob->ear[ob->ear_head].frame < frames) {
+        ear_mark m = ob->ear[ob->ear_head];
+        ob->ear_head = (ob->ear_head + 1) % EAR_RING;
+        ob->ear_n--;
+        observe_stage(d, "ear", now - m.t_speech_end);
+        if (!c->obs.phrase_ear) continue;
+        phrase_report r = {
+            .channel_id = ch->id,
+            .seq = m.seq,
+            .from_leg = d->src,
+            .from = d->from,
+            .to = d->to,
+            .start_s = -1,
+            .end_s = -1,
+            .stt_ms = -1,
+            .mt_ms = -1,
+            .tts_first_ms = -1,
+            .latency_ms = (m.t_first_out - m.t_speech_end) * 1000.0,
+            .mt_wait_ms = -1,
+            .tts_wait_ms = -1,
+            .playback_wait_ms = -1,
+            .ear_latency_ms = (now - m.t_speech_end) * 1000.0,
+            .ok = 1,
+        };
+        c->obs.phrase_ear(c->obs.ud, &r);
+    }
+}
+
+/* ---- mode of a direction ---- */
+
+void channel_direction_mode(direction *d, tolk_mode mode) {
+    tolk_channel *ch = d->ch;
+    const tolk_transport *tr = transport_of(ch->transport);
+    tolk_status (*fn)(void *, void *, tolk_leg, tolk_mode) =
+        DESC_FN(&tr->base, tolk_transport, direction_mode);
+    if (!fn || ch->closed || d->told == mode) return;
+    d->told = mode;
+    d->bridged = 0;
+    tolk_status st = fn(ch->transport->self, ch->tstate, d->src, mode);
+    d->bridged = mode == TOLK_MODE_PASSTHROUGH && st == TOLK_OK;
+    log_msg(TOLK_LOG_VERB, "channel", "%s: %s->%s now %s%s", ch->id, d->from, d->to,
+            conf_mode_name(mode), d->bridged ? ", bridged by the transport" : "");
+}
+
+/* ---- events ---- */
+
+void channel_publish(tolk_channel *ch, int leg, const char *name, const json_t *data) {
+    core *c = ch->core;
+    if (log_enabled(TOLK_LOG_VERB)) {
+        char *js = data ? json_dumps(data, JSON_COMPACT) : NULL;
+        log_msg(TOLK_LOG_VERB, "channel", "%s: event %s %s", ch->id, name, js ? js : "");
+        free(js);
+    }
+    metrics_add(metrics_series_v(c->m.events, name, NULL), 1);
+    if (c->obs.event) c->obs.event(c->obs.ud, ch, leg, name, data);
+}
+
+static int dtmf_digit_valid(char digit) {
+    return (digit >= '0' && digit <= '9') || digit == '*' || digit == '#' ||
+           (digit >= 'A' && digit <= 'D');
+}
+
+void channel_dtmf(tolk_channel *ch, tolk_leg leg, char digit, unsigned duration_ms) {
+    if (!ch || ch->closed || (leg != TOLK_LEG_A && leg != TOLK_LEG_B)) return;
+    if (!dtmf_digit_valid(digit)) {
+        log_msg(TOLK_LOG_WARN, ch->transport->who,
+                "%s: DTMF digit 0x%02x from leg %s refused: not one of 0-9 * # A-D", ch->id,
+                (unsigned)(unsigned char)digit, leg_name(leg));
+        return;
+    }
+    char text[2] = {digit, 0};
+    json_t *data = json_pack("{s:s,s:I,s:s}", "digit", text, "duration_ms", (json_int_t)duration_ms,
+                             "leg", leg_name(leg));
+    channel_publish(ch, (int)leg, "dtmf", data);
+    json_decref(data);
+}
+
+static void channel_connect(tolk_channel *ch);
+
+void channel_progress(tolk_channel *ch, tolk_progress p, tolk_leg leg) {
+    if (!ch || ch->closed || (leg != TOLK_LEG_A && leg != TOLK_LEG_B)) return;
+    const char *name = p == TOLK_PROGRESS_RINGING    ? "ringing"
+                       : p == TOLK_PROGRESS_ANSWERED ? "answered"
+                       : p == TOLK_PROGRESS_JOINED   ? "joined"
+                                                     : NULL;
+    if (!name) {
+        log_msg(TOLK_LOG_WARN, ch->transport->who, "%s: unknown call progress %d ignored", ch->id,
+                (int)p);
+        return;
+    }
+    json_t *data = json_pack("{s:s}", "leg", leg_name(leg));
+    channel_publish(ch, (int)leg, name, data);
+    json_decref(data);
+    if (p == TOLK_PROGRESS_ANSWERED && !ch->connected && !ch->ending) {
+        log_msg(TOLK_LOG_INFO, "channel", "%s: answered after %.1f s (%llu frames before it dropped)",
+                ch->id, mono_now() - ch->t_open,
+                (unsigned long long)(ch->frames_unanswered[0] + ch->frames_unanswered[1]));
+        channel_connect(ch);
+    }
+}
+
 /* ---- input ---- */
 
-static void frame_in(direction *d, const int16_t *frame) {
+/* `arrival` is when the frame's last sample was captured: the start of the
+ * latency clock for what is said in it. */
+static void frame_in(direction *d, const int16_t *frame, double arrival) {
     tolk_channel *ch = d->ch;
     core *c = ch->core;
+    if (!ch->connected) {
+        /* still ringing: nothing is translated or bridged before the answer */
+        ch->frames_unanswered[d->src]++;
+        return;
+    }
     uint64_t k = d->samples_in / TOLK_FRAME_SAMPLES;
-    d->arrival[k % ARRIVAL_RING] = mono_now();
+    if (arrival < d->last_arrival) arrival = d->last_arrival;
+    d->last_arrival = arrival;
+    d->arrival[k % ARRIVAL_RING] = arrival;
     d->samples_in += TOLK_FRAME_SAMPLES;
     ch->frames_in[d->src]++;
     metrics_add(c->m.frames_s, 1);
@@ -196,11 +365,15 @@ static void frame_in(direction *d, const int16_t *frame) {
         pipeline_frame(d, frame);
         return;
     }
+    if (d->bridged) return; /* the transport carries the original voice */
     outbuf_push(c, &ch->out[d->dst], frame, TOLK_FRAME_SAMPLES);
     deliver_now(ch, d->dst);
 }
 
-tolk_status channel_audio(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n) {
+/* captured_at < 0: the audio arrived now. Else it is the capture time of
+ * pcm[0], and a frame's arrival is the capture time of its end. */
+static tolk_status audio_in(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n,
+                            double captured_at) {
     if (!ch || ch->closed || ch->ending || (leg != TOLK_LEG_A && leg != TOLK_LEG_B))
         return TOLK_E_INVAL;
     direction *d = &ch->dir[leg];
@@ -208,6 +381,8 @@ tolk_status channel_audio(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, si
     tolk_status admit = backlog_admit(ch, leg);
     if (admit != TOLK_OK) return admit;
     d->spoke = 1;
+    double now = mono_now();
+    size_t consumed = 0;
     while (n > 0) {
         size_t take = TOLK_FRAME_SAMPLES - d->nin;
         if (take > n) take = n;
@@ -215,13 +390,28 @@ tolk_status channel_audio(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, si
         d->nin += take;
         pcm += take;
         n -= take;
+        consumed += take;
         if (d->nin == TOLK_FRAME_SAMPLES) {
             d->nin = 0;
-            frame_in(d, d->inbuf);
+            double at = now;
+            if (captured_at >= 0) {
+                at = captured_at + (double)consumed / TOLK_SAMPLE_RATE;
+                if (at > now) at = now; /* a transport's clock ahead of ours */
+            }
+            frame_in(d, d->inbuf, at);
             if (ch->closed || ch->ending) break;
         }
     }
     return TOLK_OK;
+}
+
+tolk_status channel_audio(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n) {
+    return audio_in(ch, leg, pcm, n, -1);
+}
+
+tolk_status channel_audio_at(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n,
+                             double captured_at) {
+    return audio_in(ch, leg, pcm, n, captured_at < 0 ? 0 : captured_at);
 }
 
 int phrase_marked(direction *d, phrase *ph) {
@@ -243,10 +433,46 @@ static const conf_endpoint *find_endpoint(const conf_set *cs, const char *name) 
 static void on_finish(struct ev_loop *loop, ev_timer *w, int revents);
 static void on_drain_deadline(struct ev_loop *loop, ev_timer *w, int revents);
 
+/* The call is up: the directions are routed, their recognisers open, and
+ * a continuous playout starts. */
+static void channel_connect(tolk_channel *ch) {
+    core *c = ch->core;
+    ch->connected = 1;
+    set_state(ch, CH_CONNECTED);
+    int tr_a = ch->mode == TOLK_MODE_BIDIRECTIONAL || ch->mode == TOLK_MODE_UNIDIRECTIONAL;
+    int tr_b = ch->mode == TOLK_MODE_BIDIRECTIONAL;
+    int differ = strcmp(ch->dir[0].from, ch->dir[0].to) != 0;
+    /* a party that stopped sending while the call rang has nothing to translate */
+    ch->dir[TOLK_LEG_A].translate = tr_a && differ && !ch->dir[TOLK_LEG_A].input_ended;
+    ch->dir[TOLK_LEG_B].translate = tr_b && differ && !ch->dir[TOLK_LEG_B].input_ended;
+    pipeline_setup(&ch->dir[TOLK_LEG_A]);
+    pipeline_setup(&ch->dir[TOLK_LEG_B]);
+    for (int i = 0; i < 2 && !ch->closed; i++)
+        if (!ch->dir[i].translate) channel_direction_mode(&ch->dir[i], TOLK_MODE_PASSTHROUGH);
+    if (ch->closed || ch->ending) return;
+    if (ch->dir[0].translate || ch->dir[1].translate) set_state(ch, CH_TRANSLATING);
+    if (ch->flags & TOLK_CHAN_CONTINUOUS) {
+        for (int leg = 0; leg < 2; leg++) {
+            ch->out[leg].continuous = 1;
+            playback_schedule(c, &ch->out[leg]);
+        }
+    }
+}
+
+/* The ABI 1.0 channel_info: every member up to `paced`. */
+#define CHANNEL_INFO_MIN_SIZE (offsetof(tolk_channel_info, paced) + sizeof(int))
+
 tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel_info *info,
                            void *tstate, tolk_status *why) {
     tolk_status dummy;
     if (!why) why = &dummy;
+    if (info && info->size < CHANNEL_INFO_MIN_SIZE) {
+        log_msg(TOLK_LOG_ERR, transport->who,
+                "call refused: its tolk_channel_info has size %u, less than ABI 1.0's %zu",
+                (unsigned)info->size, CHANNEL_INFO_MIN_SIZE);
+        *why = TOLK_E_INVAL;
+        return NULL;
+    }
     const char *id = info && info->id ? info->id : "call";
     if (c->stopping) {
         log_msg(TOLK_LOG_WARN, transport->who, "call %s refused: shutting down", id);
@@ -271,7 +497,13 @@ tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel
     ch->transport = transport;
     ch->tstate = tstate;
     ch->id = xstrdup(id);
-    ch->paced = info && info->paced;
+    ch->flags = info && TOLK_HAS(info, tolk_channel_info, flags) ? info->flags : 0;
+    ch->paced = (info && info->paced) || (ch->flags & TOLK_CHAN_CONTINUOUS);
+    const json_t *options = info && TOLK_HAS(info, tolk_channel_info, options) ? info->options : NULL;
+    if (json_is_object(options))
+        ch->options = json_deep_copy(options);
+    else if (options)
+        log_msg(TOLK_LOG_WARN, transport->who, "call %s: options are not a JSON object: ignored", id);
     ch->t_open = mono_now();
     ev_init(&ch->finish, on_finish);
     ev_init(&ch->drain_deadline, on_drain_deadline);
@@ -316,23 +548,19 @@ tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel
     c->total_channels++;
     metrics_set(c->m.active_s, (double)c->active);
     metrics_add(c->m.channels_total_s, 1);
-    set_state(ch, CH_CONNECTED);
-    int tr_a = ch->mode == TOLK_MODE_BIDIRECTIONAL || ch->mode == TOLK_MODE_UNIDIRECTIONAL;
-    int tr_b = ch->mode == TOLK_MODE_BIDIRECTIONAL;
-    ch->dir[TOLK_LEG_A].translate = tr_a && strcmp(lang[0], lang[1]) != 0;
-    ch->dir[TOLK_LEG_B].translate = tr_b && strcmp(lang[0], lang[1]) != 0;
-    pipeline_setup(&ch->dir[TOLK_LEG_A]);
-    pipeline_setup(&ch->dir[TOLK_LEG_B]);
-    if (ch->dir[0].translate || ch->dir[1].translate) set_state(ch, CH_TRANSLATING);
-    log_msg(TOLK_LOG_INFO, "channel", "%s: open via %s, %s, %s<->%s%s (generation %u, %zu active)",
+    int await = (ch->flags & TOLK_CHAN_AWAIT_ANSWER) != 0;
+    log_msg(TOLK_LOG_INFO, "channel", "%s: open via %s, %s, %s<->%s%s%s%s (generation %u, %zu active)",
             ch->id, transport->name, conf_mode_name(ch->mode), lang[0], lang[1],
-            ch->paced ? ", paced" : "", g->id, c->active);
+            ch->paced ? ", paced" : "", ch->flags & TOLK_CHAN_CONTINUOUS ? ", continuous" : "",
+            await ? ", awaiting the answer" : "", g->id, c->active);
+    if (!await) channel_connect(ch);
     return ch;
 }
 
 /* Stops everything plugins are doing for this channel; after it, no
  * plugin callback can reach the channel. */
 static void cancel_all(tolk_channel *ch) {
+    if (!ch->connected) return; /* never set up */
     pipeline_cancel(&ch->dir[0]);
     pipeline_cancel(&ch->dir[1]);
 }
@@ -351,10 +579,10 @@ static void channel_destroy(tolk_channel *ch) {
     metrics_set(c->m.active_s, (double)c->active);
     metrics_observe(c->m.duration_s, mono_now() - ch->t_open);
     set_state(ch, CH_DISCONNECTED);
-    log_msg(TOLK_LOG_INFO, "channel", "%s: ended after %.1f s: frames in A=%llu B=%llu, out A=%llu B=%llu",
+    log_msg(TOLK_LOG_INFO, "channel", "%s: ended after %.1f s: frames in A=%llu B=%llu, out A=%llu B=%llu%s",
             ch->id, mono_now() - ch->t_open, (unsigned long long)ch->frames_in[0],
             (unsigned long long)ch->frames_in[1], (unsigned long long)ch->frames_out[0],
-            (unsigned long long)ch->frames_out[1]);
+            (unsigned long long)ch->frames_out[1], ch->connected ? "" : " (never answered)");
     if (c->obs.channel_end) c->obs.channel_end(c->obs.ud, ch);
     for (int i = 0; i < 2; i++) {
         c->out_frames_dropped += ch->out[i].len / TOLK_FRAME_SAMPLES;
@@ -365,6 +593,7 @@ static void channel_destroy(tolk_channel *ch) {
         free(ch->dir[i].voice);
     }
     generation_unref(ch->gen);
+    json_decref(ch->options);
     handle_retire(ch->handle);
     free(ch->id);
     free(ch);
@@ -415,7 +644,7 @@ void channel_input_end(tolk_channel *ch, tolk_leg leg) {
     if (d->nin) {
         memset(d->inbuf + d->nin, 0, (TOLK_FRAME_SAMPLES - d->nin) * sizeof(int16_t));
         d->nin = 0;
-        frame_in(d, d->inbuf);
+        frame_in(d, d->inbuf, mono_now());
     }
     d->input_ended = 1;
     if (d->translate) pipeline_input_end(d);

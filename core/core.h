@@ -56,6 +56,7 @@ struct tolk_instance {
     /* MT: translations remembered (mtcache.c), created at the first lookup */
     struct mtcache *mtcache;
     tolk_series *cache_rate_s, *cache_hit_s, *cache_miss_s;
+    struct tolk_io *ios; /* io watchers it started and has not stopped (loop.c) */
 };
 
 typedef struct chain {
@@ -229,7 +230,20 @@ struct direction {
     uint64_t replay_dropped;
     double last_final; /* mono time of the stream's last final result (or open) */
     int refused; /* pull channel: channel_audio() said TOLK_E_AGAIN */
+    double last_arrival; /* channel_audio_at(): arrival times never go backwards */
+    int bridged; /* untranslated, and the transport bridges src's voice itself */
+    tolk_mode told; /* the mode last told to the transport (direction_mode) */
 };
+
+/* Phrases whose first frame was handed to play(), waiting for the
+ * transport's played-out feedback (channel_played) to measure latency to
+ * the ear: a few per leg, the oldest dropped when full. */
+#define EAR_RING 8
+typedef struct ear_mark {
+    uint64_t frame; /* index of the phrase's first frame among those handed to play */
+    double t_speech_end, t_first_out;
+    unsigned seq;
+} ear_mark;
 
 /* Audio waiting to be played to one leg, in whole frames once complete. */
 typedef struct outbuf {
@@ -241,6 +255,12 @@ typedef struct outbuf {
     /* paced playback: the wheel slot this leg plays in while it talks */
     struct outbuf *wnext, *wprev;
     int slot; /* -1: not in the wheel */
+    int continuous; /* stays in the wheel, playing silence when it has no audio */
+    int in_spurt;   /* the last frame handed to play was audio */
+    uint64_t handed; /* frames handed to play() (audio and silence) */
+    uint64_t heard;  /* of those, frames the transport said were played out */
+    ear_mark ear[EAR_RING];
+    size_t ear_head, ear_n;
 } outbuf;
 
 struct tolk_channel {
@@ -252,10 +272,16 @@ struct tolk_channel {
     char *id;
     tolk_mode mode;
     int paced;
+    unsigned flags;  /* TOLK_CHAN_* from the transport */
+    int connected;   /* answered: the pipelines are set up */
+    json_t *options; /* the transport's per-call options (a copy), or NULL */
     chan_state state;
     direction dir[2]; /* dir[TOLK_LEG_A]: A -> B; dir[TOLK_LEG_B]: B -> A */
     outbuf out[2];    /* out[leg]: what leg hears */
     uint64_t frames_in[2], frames_out[2];
+    uint64_t frames_unanswered[2]; /* audio before the answer: dropped */
+    uint64_t silence_out[2];       /* continuous playout's filler frames */
+    int play_failed_logged;
     double t_open;
     int closed;      /* transport said it is gone: no more play()/hangup() */
     int ending;      /* end scheduled */
@@ -263,7 +289,6 @@ struct tolk_channel {
     ev_timer drain_deadline;
     tolk_channel *prev, *next;
     /* backlog.c: flow control of the input */
-    unsigned flags;         /* TOLK_CHAN_* from the transport */
     ev_check input_resume;  /* a refused pull leg may send again */
     ev_timer input_guard;   /* a refused leg whose recogniser stalls */
     double refused_since;
@@ -288,6 +313,9 @@ typedef struct phrase_report {
     double latency_ms;     /* end of speech (as it arrived) -> first frame out */
     double mt_wait_ms, tts_wait_ms;
     double playback_wait_ms; /* first audio -> its first frame out */
+    /* end of speech -> the transport said the first frame reached the
+     * listener (channel_played); -1 when there is no such feedback (yet) */
+    double ear_latency_ms;
     int mt_cached; /* translation from the cache: mt_ms is the lookup */
     int ok; /* 0: the phrase was lost (error) */
     /* recovery: NULL when no stage of the phrase failed */
@@ -313,6 +341,16 @@ typedef struct core_observer {
     void (*recovered)(void *ud, const char *stage, const char *tier, double gap_ms);
     void (*channel_state)(void *ud, tolk_channel *ch, chan_state st);
     void (*channel_end)(void *ud, tolk_channel *ch);
+    /* An event from the call: DTMF ("dtmf" {"digit":"5","duration_ms":120,
+     * "leg":"a"}), call progress ("ringing", "answered", "joined" {"leg"}),
+     * or a transport's own (channel_event). leg is -1 when the event is not
+     * about one party. data is borrowed. */
+    void (*event)(void *ud, tolk_channel *ch, int leg, const char *name, const json_t *data);
+    /* The transport's played-out feedback reached a phrase's first frame:
+     * a report with the phrase's identity (channel_id, seq, from_leg, from,
+     * to), latency_ms and ear_latency_ms; other stages are -1. The phrase
+     * itself was reported (phrase) when its first frame was handed to play. */
+    void (*phrase_ear)(void *ud, const phrase_report *r);
     void *ud;
 } core_observer;
 
@@ -323,6 +361,7 @@ typedef struct core_metrics {
     tolk_series *frames_s, *audio_bytes_s, *translations_s, *words_s, *active_s, *duration_s,
         *refused_s, *channels_total_s, *uptime_s;
     tolk_series *qdepth[Q_COUNT], *qwait[Q_COUNT];
+    tolk_metric *events;
 } core_metrics;
 
 struct core {
@@ -349,6 +388,7 @@ struct core {
     uint64_t tick; /* last slot tick processed */
     outbuf *wheel[20];
     size_t wheel_legs;
+    size_t wheel_continuous; /* of those, legs with continuous playout */
     ev_signal sig_hup, sig_term, sig_int, sig_usr1;
     /* SIGHUP reads conf.d on a thread of its own, so the loop (and every
      * call) runs on while a large or slow directory is parsed; the new
@@ -415,7 +455,17 @@ void channel_close(tolk_channel *ch);
 void channel_end(tolk_channel *ch, const char *why);
 /* Plays one frame of ch's buffer for leg (the wheel calls it). */
 void channel_play_frame(tolk_channel *ch, tolk_leg leg);
+/* Continuous playout: a frame of silence for leg (the wheel calls it). */
+void channel_play_silence(tolk_channel *ch, tolk_leg leg);
 void channel_leg_idle(tolk_channel *ch);
+/* ABI 1.2 transport services (host.c lends them). */
+tolk_status channel_audio_at(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n,
+                             double captured_at);
+void channel_dtmf(tolk_channel *ch, tolk_leg leg, char digit, unsigned duration_ms);
+void channel_progress(tolk_channel *ch, tolk_progress p, tolk_leg leg);
+void channel_played(tolk_channel *ch, tolk_leg leg, uint64_t frames);
+/* Publishes an event of the call to the observer, the log and the metrics. */
+void channel_publish(tolk_channel *ch, int leg, const char *name, const json_t *data);
 
 /* ---- backlog.c ---- */
 /* The bound on a direction's unfinished audio, in samples. */
@@ -492,5 +542,7 @@ void host_free(void);
 void late_callback(const char *what, const void *handle);
 void core_metrics_init(core *c);
 void count_error(core *c, const char *component, const char *type, tolk_severity sev);
+/* After an instance's destroy(): stops what it left behind on the loop. */
+void host_release_instance(tolk_instance *inst);
 
 #endif

@@ -62,6 +62,7 @@ void instance_unref(tolk_instance *inst) {
     inst->desc->destroy(inst->self);
     http_forget_instance(inst);
     ws_forget_instance(inst);
+    host_release_instance(inst);
     log_msg(TOLK_LOG_VERB, inst->who, "destroyed");
     json_decref(inst->settings);
     mtcache_free(inst->mtcache);

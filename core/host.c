@@ -146,10 +146,41 @@ static void h_channel_input_end(tolk_channel *h, tolk_leg leg) {
 
 static void h_channel_event(tolk_channel *h, const char *name, const json_t *data) {
     LIVE(ch, tolk_channel, H_CHANNEL, h, "channel_event")
-    if (!name) return;
-    char *d = data ? json_dumps(data, JSON_COMPACT) : NULL;
-    log_msg(TOLK_LOG_VERB, "channel", "%s: event %s %s", ch->id, name, d ? d : "");
-    free(d);
+    if (!name || !*name) return;
+    channel_publish(ch, -1, name, data);
+}
+
+static tolk_status h_channel_audio_at(tolk_channel *h, tolk_leg leg, const int16_t *pcm, size_t n,
+                                      double captured_at) {
+    LIVE(ch, tolk_channel, H_CHANNEL, h, "channel_audio_at", TOLK_E_INVAL)
+    return channel_audio_at(ch, leg, pcm, n, captured_at);
+}
+
+static void h_channel_dtmf(tolk_channel *h, tolk_leg leg, char digit, unsigned duration_ms) {
+    LIVE(ch, tolk_channel, H_CHANNEL, h, "channel_dtmf")
+    channel_dtmf(ch, leg, digit, duration_ms);
+}
+
+static void h_channel_progress(tolk_channel *h, tolk_progress p, tolk_leg leg) {
+    LIVE(ch, tolk_channel, H_CHANNEL, h, "channel_progress")
+    channel_progress(ch, p, leg);
+}
+
+static void h_channel_played(tolk_channel *h, tolk_leg leg, uint64_t frames) {
+    LIVE(ch, tolk_channel, H_CHANNEL, h, "channel_played")
+    channel_played(ch, leg, frames);
+}
+
+static tolk_io *h_io_start(tolk_instance *inst, int fd, unsigned events,
+                           void (*cb)(void *ud, int fd, unsigned revents), void *ud) {
+    return loop_io_start(g_core->loop, inst ? &inst->ios : NULL, fd, events, cb, ud);
+}
+
+void host_release_instance(tolk_instance *inst) {
+    size_t n = loop_io_stop_all(&inst->ios);
+    if (n)
+        log_msg(TOLK_LOG_WARN, inst->who, "destroyed with %zu io watcher(s) still running: stopped",
+                n);
 }
 
 static void h_channel_close(tolk_channel *h) {
@@ -275,6 +306,13 @@ void host_init(core *c, tolk_host *h) {
         .ws_close = ws_close,
         .ws_cancel = ws_cancel,
         .lws_context = ws_lws_context,
+        .io_start = h_io_start,
+        .io_set = loop_io_set,
+        .io_stop = loop_io_stop,
+        .channel_audio_at = h_channel_audio_at,
+        .channel_dtmf = h_channel_dtmf,
+        .channel_progress = h_channel_progress,
+        .channel_played = h_channel_played,
     };
 }
 
@@ -292,7 +330,8 @@ void core_metrics_init(core *c) {
     static const double duration_b[] = {1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600};
     core_metrics *m = &c->m;
     m->latency = metrics_family("translation_latency_seconds",
-                                "Time per pipeline stage; stage=total is end of phrase to first translated frame",
+                                "Time per pipeline stage; stage=total is end of phrase to first translated frame "
+                                "handed to the transport, stage=ear to its playing out (transports that say)",
                                 TOLK_METRIC_HISTOGRAM, "source_lang,target_lang,stage", latency_b,
                                 ARRAY_LEN(latency_b));
     m->component = metrics_family("component_latency_milliseconds", "Provider operation time",
@@ -345,6 +384,9 @@ void core_metrics_init(core *c) {
     m->pipe_util = metrics_family("pipe_buffer_utilization",
                                   "Fill of a transport's media pipe buffers, 0..1 (the fullest one)",
                                   TOLK_METRIC_GAUGE, "component", NULL, 0);
+    m->events = metrics_family("channel_events_total",
+                               "Events from calls (dtmf, ringing, answered, joined, a transport's own)",
+                               TOLK_METRIC_COUNTER, "event", NULL, 0);
     m->frames_s = metrics_series(m->frames, NULL);
     m->translations_s = metrics_series(m->translations, NULL);
     m->audio_bytes_s = metrics_series(m->audio_bytes, NULL);

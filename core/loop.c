@@ -257,3 +257,85 @@ void loop_async_free(tolk_async *a) {
     ev_async_stop(a->loop, &a->w);
     free(a);
 }
+
+/* ---- file descriptor watchers ---- */
+
+struct tolk_io {
+    ev_io w;
+    struct ev_loop *loop;
+    loop_io_cb cb;
+    void *ud;
+    unsigned events; /* TOLK_IO_*; 0: paused */
+    tolk_io **owner;
+    tolk_io *prev, *next; /* in the owner's list */
+    int in_cb, stopped;
+};
+
+static int ev_events_of(unsigned events) {
+    return (events & TOLK_IO_READ ? EV_READ : 0) | (events & TOLK_IO_WRITE ? EV_WRITE : 0);
+}
+
+static void on_io(struct ev_loop *loop, ev_io *w, int revents) {
+    tolk_io *io = CONTAINER_OF(w, tolk_io, w);
+    unsigned ready = (revents & EV_READ ? TOLK_IO_READ : 0) | (revents & EV_WRITE ? TOLK_IO_WRITE : 0);
+    io->in_cb = 1;
+    io->cb(io->ud, io->w.fd, ready);
+    io->in_cb = 0;
+    if (io->stopped) free(io);
+}
+
+tolk_io *loop_io_start(struct ev_loop *loop, tolk_io **owner, int fd, unsigned events,
+                       loop_io_cb cb, void *ud) {
+    if (!cb || fd < 0) return NULL;
+    tolk_io *io = xcalloc(1, sizeof *io);
+    io->loop = loop;
+    io->cb = cb;
+    io->ud = ud;
+    io->events = events & (TOLK_IO_READ | TOLK_IO_WRITE);
+    ev_io_init(&io->w, on_io, fd, ev_events_of(io->events));
+    if (io->events) ev_io_start(loop, &io->w);
+    if (owner) {
+        io->owner = owner;
+        io->next = *owner;
+        if (*owner) (*owner)->prev = io;
+        *owner = io;
+    }
+    return io;
+}
+
+void loop_io_set(tolk_io *io, unsigned events) {
+    if (!io || io->stopped) return;
+    events &= TOLK_IO_READ | TOLK_IO_WRITE;
+    if (events == io->events) return;
+    /* libev changes a watcher's events only while it is stopped */
+    ev_io_stop(io->loop, &io->w);
+    ev_io_set(&io->w, io->w.fd, ev_events_of(events));
+    io->events = events;
+    if (events) ev_io_start(io->loop, &io->w);
+}
+
+void loop_io_stop(tolk_io *io) {
+    if (!io || io->stopped) return;
+    ev_io_stop(io->loop, &io->w);
+    if (io->owner) {
+        if (io->prev)
+            io->prev->next = io->next;
+        else
+            *io->owner = io->next;
+        if (io->next) io->next->prev = io->prev;
+        io->owner = NULL;
+    }
+    if (io->in_cb)
+        io->stopped = 1; /* on_io frees it when the callback returns */
+    else
+        free(io);
+}
+
+size_t loop_io_stop_all(tolk_io **owner) {
+    size_t n = 0;
+    while (owner && *owner) {
+        loop_io_stop(*owner);
+        n++;
+    }
+    return n;
+}

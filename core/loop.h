@@ -26,4 +26,16 @@ tolk_async *loop_async_new(struct ev_loop *loop, tolk_cb cb, void *ud);
 void loop_async_send(tolk_async *a);
 void loop_async_free(tolk_async *a);
 
+/* File descriptor watchers. `owner` (may be NULL) is the list of watchers
+ * of whoever started it, so loop_io_stop_all() can stop what is left when
+ * its owner goes away. loop_io_stop() also works inside the watcher's own
+ * callback: the memory is freed when the callback returns. */
+typedef void (*loop_io_cb)(void *ud, int fd, unsigned revents);
+tolk_io *loop_io_start(struct ev_loop *loop, tolk_io **owner, int fd, unsigned events,
+                       loop_io_cb cb, void *ud);
+void loop_io_set(tolk_io *io, unsigned events);
+void loop_io_stop(tolk_io *io);
+/* Stops every watcher on the list; returns how many there were. */
+size_t loop_io_stop_all(tolk_io **owner);
+
 #endif

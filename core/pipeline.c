@@ -115,6 +115,7 @@ static void direction_fallback(direction *d, const char *why) {
     count_error(ch->core, "channel", "fallback_passthrough", TOLK_SEV_CRITICAL);
     pipeline_cancel(d);
     d->translate = 0;
+    channel_direction_mode(d, TOLK_MODE_PASSTHROUGH);
     schedule_finish(ch);
 }
 
@@ -661,7 +662,7 @@ static int stream_open(direction *d, tolk_status *why) {
             .channel_id = ch->id,
             .leg = d->src,
             .target_language = d->to,
-            .call_options = NULL,
+            .call_options = ch->options,
         };
         s->open = 1; /* a plugin may call back from inside open() */
         tolk_status r = stt_of(s->inst)->open(s->inst->self, s->handle, &p, &s->state);

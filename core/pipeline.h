@@ -17,6 +17,9 @@ void fifo_push(phrase_fifo_head *f, phrase *p);
 phrase *fifo_pop(phrase_fifo_head *f);
 void queue_depth(core *c, int q, double delta);
 int phrase_marked(direction *d, phrase *ph);
+/* Tells the transport the direction's new mode (direction_mode); when it
+ * bridges an untranslated direction itself, the core stops playing it. */
+void channel_direction_mode(direction *d, tolk_mode mode);
 
 /* pipeline.c */
 /* Routes the direction's stages and opens its STT stream. */

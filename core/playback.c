@@ -7,7 +7,9 @@
  * the next tick and plays one frame each time the wheel comes round: every
  * 20 ms on a grid of its own, started within a millisecond of its first
  * audio instead of up to 20 ms later on a shared grid. One clock serves every
- * call and runs only while some leg is talking. */
+ * call and runs only while some leg is talking, or some call has continuous
+ * playout (TOLK_CHAN_CONTINUOUS): such a leg joins at the answer and stays,
+ * handed a frame of silence on its turns when it has nothing to say. */
 #include <errno.h>
 #include <string.h>
 #include <sys/timerfd.h>
@@ -19,8 +21,11 @@
 
 #define SLOTS 20
 /* If the loop was held up, catch up at most one full turn; beyond that the
- * frames would only come out in a burst. */
+ * frames would only come out in a burst. Continuous playout is the
+ * exception: its transport counts on a frame per 20 ms of the call (an RTP
+ * clock), so after a stall of up to a second every frame missed is sent. */
 #define MAX_CATCHUP SLOTS
+#define MAX_CATCHUP_CONTINUOUS (50 * SLOTS)
 
 /* A buffer keeps up to this much capacity when it empties: enough for the
  * usual phrase, so a call does not go back to malloc for every one, while a
@@ -90,6 +95,7 @@ static void wheel_remove(core *c, outbuf *ob) {
     if (ob->wnext) ob->wnext->wprev = ob->wprev;
     ob->wnext = ob->wprev = NULL;
     ob->slot = -1;
+    if (ob->continuous) c->wheel_continuous--;
     if (--c->wheel_legs == 0 && ev_is_active(&c->clock_w)) {
         struct itimerspec off = {{0, 0}, {0, 0}};
         timerfd_settime(c->clock_fd, 0, &off, NULL);
@@ -106,7 +112,8 @@ void outbuf_free(core *c, outbuf *ob) {
 }
 
 void playback_schedule(core *c, outbuf *ob) {
-    if (ob->slot >= 0 || ob->len < TOLK_FRAME_SAMPLES || c->clock_fd < 0) return;
+    if (ob->slot >= 0 || c->clock_fd < 0) return;
+    if (ob->len < TOLK_FRAME_SAMPLES && !ob->continuous) return;
     if (c->wheel_legs == 0) {
         /* the clock restarts: tick 1 is one millisecond from now */
         struct itimerspec its = {.it_interval = {0, 1000000}, .it_value = {0, 1000000}};
@@ -121,6 +128,7 @@ void playback_schedule(core *c, outbuf *ob) {
     if (ob->wnext) ob->wnext->wprev = ob;
     c->wheel[slot] = ob;
     c->wheel_legs++;
+    if (ob->continuous) c->wheel_continuous++;
 }
 
 static void run_slot(core *c, int slot) {
@@ -128,12 +136,20 @@ static void run_slot(core *c, int slot) {
     for (; ob; ob = next) {
         next = ob->wnext;
         tolk_channel *ch = ob->ch;
-        if (ob->len >= TOLK_FRAME_SAMPLES && !ch->ending && !ch->closed)
+        int over = ch->ending || ch->closed;
+        if (!over && ob->len >= TOLK_FRAME_SAMPLES) {
             channel_play_frame(ch, ob->leg);
+            /* a continuous leg stays; its audio ran out, so the call may be over */
+            if (ob->continuous && ob->len < TOLK_FRAME_SAMPLES) channel_leg_idle(ch);
+        } else if (!over && ob->continuous) {
+            channel_play_silence(ch, ob->leg);
+        }
+        over = ch->ending || ch->closed;
         /* nothing more to say for now: the talkspurt ends; new audio starts
-         * a new one on the next tick */
-        if (ob->len < TOLK_FRAME_SAMPLES || ch->ending || ch->closed) {
+         * a new one on the next tick. A continuous leg stays for the call. */
+        if (over || (!ob->continuous && ob->len < TOLK_FRAME_SAMPLES)) {
             wheel_remove(c, ob);
+            ob->in_spurt = 0;
             channel_leg_idle(ch);
         }
     }
@@ -143,9 +159,10 @@ static void on_clock(struct ev_loop *loop, ev_io *w, int revents) {
     core *c = CONTAINER_OF(w, core, clock_w);
     uint64_t expirations = 0;
     if (read(c->clock_fd, &expirations, sizeof expirations) != (ssize_t)sizeof expirations) return;
-    if (expirations > MAX_CATCHUP) {
-        c->tick += expirations - MAX_CATCHUP;
-        expirations = MAX_CATCHUP;
+    uint64_t most = c->wheel_continuous ? MAX_CATCHUP_CONTINUOUS : MAX_CATCHUP;
+    if (expirations > most) {
+        c->tick += expirations - most;
+        expirations = most;
     }
     for (uint64_t i = 0; i < expirations && c->wheel_legs; i++) {
         c->tick++;

@@ -292,7 +292,8 @@ typedef struct tolk_channel_info {
 } tolk_channel_info;
 
 /* The call is still ringing: the core translates nothing until the
- * transport reports TOLK_PROGRESS_ANSWERED (host->channel_progress). */
+ * transport reports TOLK_PROGRESS_ANSWERED (host->channel_progress).
+ * Audio sent before the answer is dropped: neither translated nor bridged. */
 #define TOLK_CHAN_AWAIT_ANSWER 0x1u
 /* Continuous playout (implies paced): while the call lasts, the core hands
  * the transport a frame for each leg every 20 ms, silence included

@@ -44,6 +44,29 @@
  *   endpoint_a       string (none)   endpoint (SIP peer) of leg A: its language
  *   endpoint_b       string (none)   and voice profile come from the core's
  *                                    endpoints list instead of from/to
+ *
+ * ABI 1.2 transport features (all off by default: the calls are then those
+ * of a 1.1 transport):
+ *   continuous       bool   false    TOLK_CHAN_CONTINUOUS: a frame per 20 ms per
+ *                                    leg, silence included
+ *   await_answer_ms  int    0        > 0: TOLK_CHAN_AWAIT_ANSWER, "ringing" at
+ *                                    open and "answered" this long after
+ *   dtmf             string (none)   digits sent by leg A at dtmf_at_ms, each
+ *                                    lasting dtmf_duration_ms (any characters:
+ *                                    the core refuses what is not a digit)
+ *   dtmf_at_ms       int    500
+ *   dtmf_duration_ms int    120
+ *   played_feedback  bool   false    channel_played() for each frame handed to
+ *                                    play, playout_delay_ms after it came
+ *   playout_delay_ms int    60
+ *   capture_offset_ms int   -1       >= 0: audio through channel_audio_at(),
+ *                                    captured this long before it is sent
+ *   bridge_passthrough bool false    direction_mode(PASSTHROUGH) returns OK
+ *                                    (the mock "bridges"); else it declines
+ *   play_error_every int    0        every Nth play returns TOLK_E_BACKEND
+ *   call_options     string (none)   JSON object handed as the calls' options
+ *   info_size        int    0        > 0: the size written in channel_info
+ *                                    (to test the core's size check)
  */
 #include <math.h>
 #include <stdint.h>
@@ -68,6 +91,10 @@
 /* A play() this long after the previous one on the same leg starts a new
  * talkspurt, and with it a new grid origin. */
 #define TALKSPURT_GAP_S 0.060
+/* Played-out feedback: the hand-over times of this many most recent frames
+ * per leg are kept (2.56 s; playout_delay_ms is bounded by it). */
+#define FB_RING 128
+#define FB_PERIOD_S 0.002
 /* Quiet frames that separate two "heard" events: bridges the dips of speech. */
 #define HEARD_QUIET_FRAMES 3
 /* A stalled loop is caught up at most this many frames per leg per tick. */
@@ -146,6 +173,9 @@ typedef struct leg_state {
     double last_play, t0;
     uint64_t k;
     unsigned quiet_run; /* played frames in a row at or under ENERGY_RMS */
+    /* played-out feedback: when each frame was handed to play */
+    uint64_t handed, reported;
+    double hand_t[FB_RING];
 } leg_state;
 
 typedef struct mock_call {
@@ -155,6 +185,7 @@ typedef struct mock_call {
     tolk_channel *ch;
     double t_open, t_start;
     char id[96];
+    int answered, dtmf_sent;
     leg_state leg[2];
 } mock_call;
 
@@ -177,6 +208,19 @@ typedef struct mock {
     double amplitude;
     int repeat;
     char prefix[64];
+    int continuous;
+    double await_answer_s;
+    char *dtmf;
+    double dtmf_at_s;
+    unsigned dtmf_duration_ms;
+    int played_feedback;
+    double playout_delay_s;
+    double capture_offset_s; /* < 0: channel_audio() */
+    int bridge_passthrough;
+    uint64_t play_error_every;
+    json_t *call_options;
+    uint32_t info_size;
+    tolk_timer *fb_timer;
 
     /* calls */
     mock_call *calls;
@@ -215,6 +259,8 @@ typedef struct mock {
     uint64_t play_bad_size, play_bad_leg, play_unknown_call, hangup_unknown_call;
     uint64_t audio_rejected;
     uint64_t audio_waits; /* channel_audio() said TOLK_E_AGAIN (a full pull call) */
+    uint64_t silence_played[2], talkspurts[2], played_reported[2], passthrough_told[2];
+    uint64_t play_calls, play_errors_returned, dtmf_sent, calls_answered;
     uint64_t hist[HIST_N + 1];
     uint64_t jitter_frames;
     double jitter_max_s;
@@ -257,6 +303,26 @@ static const tolk_option options[] = {
      "endpoint of leg A: language and voice from the core's endpoints (not from)"},
     {"endpoint_b", TOLK_OPT_STRING, 0, NULL, 0, 0,
      "endpoint of leg B: language and voice from the core's endpoints (not to)"},
+    {"continuous", TOLK_OPT_BOOL, 0, "false", 0, 0,
+     "continuous playout: a frame per 20 ms per leg, silence included"},
+    {"await_answer_ms", TOLK_OPT_INT, 0, "0", 0, 3600000,
+     "> 0: the call rings (no translation) until answered this many ms after it opened"},
+    {"dtmf", TOLK_OPT_STRING, 0, NULL, 0, 0, "DTMF digits leg A sends at dtmf_at_ms"},
+    {"dtmf_at_ms", TOLK_OPT_INT, 0, "500", 0, 3600000, "when the DTMF digits are sent, ms after open"},
+    {"dtmf_duration_ms", TOLK_OPT_INT, 0, "120", 0, 60000, "duration reported for each digit"},
+    {"played_feedback", TOLK_OPT_BOOL, 0, "false", 0, 0,
+     "report frames as played out (channel_played) playout_delay_ms after play"},
+    {"playout_delay_ms", TOLK_OPT_INT, 0, "60", 0, 2000,
+     "played_feedback: time from play() to the listener"},
+    {"capture_offset_ms", TOLK_OPT_INT, 0, "-1", -1, 60000,
+     ">= 0: send audio with channel_audio_at(), captured this long before it is sent"},
+    {"bridge_passthrough", TOLK_OPT_BOOL, 0, "false", 0, 0,
+     "accept direction_mode(PASSTHROUGH): the mock bridges untranslated audio itself"},
+    {"play_error_every", TOLK_OPT_INT, 0, "0", 0, 1000000,
+     "every Nth play() fails with TOLK_E_BACKEND (0: never)"},
+    {"call_options", TOLK_OPT_STRING, 0, NULL, 0, 0, "JSON object passed as each call's options"},
+    {"info_size", TOLK_OPT_INT, 0, "0", 0, 65536,
+     "> 0: the size written in tolk_channel_info (tests of the core's check)"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
 static int parse_legs(const char *v, legs_mode *out) {
@@ -306,6 +372,16 @@ static tolk_status tm_check_config(const json_t *cfg, tolk_config_error *err) {
         snprintf(err->message, sizeof err->message,
                  "hangup \"%s\": expected \"end\" or \"close\"", v ? v : "");
         return TOLK_E_INVAL;
+    }
+    if ((v = json_string_value(json_object_get(cfg, "call_options")))) {
+        json_t *o = json_loads(v, 0, NULL);
+        int ok = json_is_object(o);
+        json_decref(o);
+        if (!ok) {
+            err->key = "call_options";
+            snprintf(err->message, sizeof err->message, "call_options: not a JSON object");
+            return TOLK_E_INVAL;
+        }
     }
     return TOLK_OK;
 }
@@ -526,7 +602,10 @@ static int open_call(mock *m) {
     info.mode = m->mode;
     info.paced = m->paced;
     /* fed as fast as the loop allows: the source can wait for the core */
-    info.flags = m->realtime ? 0 : TOLK_CHAN_PULL;
+    info.flags = (m->realtime ? 0u : TOLK_CHAN_PULL) | (m->continuous ? TOLK_CHAN_CONTINUOUS : 0u) |
+                 (m->await_answer_s > 0 ? TOLK_CHAN_AWAIT_ANSWER : 0u);
+    info.options = m->call_options;
+    if (m->info_size) info.size = m->info_size;
 
     c->state = C_OPENING;
     tolk_status why = TOLK_E_BACKEND;
@@ -555,6 +634,11 @@ static int open_call(mock *m) {
         c->state = C_LIVE;
         c->ch = ch;
         r->state = "active";
+        if (m->await_answer_s > 0) {
+            m->depth++;
+            m->host->channel_progress(ch, TOLK_PROGRESS_RINGING, TOLK_LEG_B);
+            m->depth--;
+        }
         double now = m->host->now();
         c->t_start = m->realtime ? phase_origin(m, c, now) : now;
         /* The first frame goes out now; the rest at the call's phase. */
@@ -619,7 +703,12 @@ static void feed_leg(mock *m, mock_call *c, int L, uint64_t n) {
         const int16_t *pcm = gen_frame(m, c, L, lg->sent, &burst_start);
         if (burst_start) rec_event(m, c, L ? EV_TALK_B : EV_TALK_A);
         m->depth++;
-        tolk_status st = m->host->channel_audio(c->ch, (tolk_leg)L, pcm, TOLK_FRAME_SAMPLES);
+        tolk_status st;
+        if (m->capture_offset_s >= 0)
+            st = m->host->channel_audio_at(c->ch, (tolk_leg)L, pcm, TOLK_FRAME_SAMPLES,
+                                           m->host->now() - TOLK_FRAME_SECONDS - m->capture_offset_s);
+        else
+            st = m->host->channel_audio(c->ch, (tolk_leg)L, pcm, TOLK_FRAME_SAMPLES);
         m->depth--;
         if (st == TOLK_E_AGAIN && !m->realtime) {
             /* a pull call at its bound: this frame is sent again after
@@ -642,7 +731,28 @@ static void feed_leg(mock *m, mock_call *c, int L, uint64_t n) {
     }
 }
 
+/* The call's timed events: the answer, the DTMF digits. */
+static void call_events(mock *m, mock_call *c, double now) {
+    if (m->await_answer_s > 0 && !c->answered && now - c->t_open >= m->await_answer_s) {
+        c->answered = 1;
+        m->calls_answered++;
+        m->depth++;
+        m->host->channel_progress(c->ch, TOLK_PROGRESS_ANSWERED, TOLK_LEG_B);
+        m->depth--;
+    }
+    if (m->dtmf && !c->dtmf_sent && now - c->t_open >= m->dtmf_at_s) {
+        c->dtmf_sent = 1;
+        for (const char *d = m->dtmf; *d && c->state == C_LIVE; d++) {
+            m->dtmf_sent++;
+            m->depth++;
+            m->host->channel_dtmf(c->ch, TOLK_LEG_A, *d, m->dtmf_duration_ms);
+            m->depth--;
+        }
+    }
+}
+
 static void feed_call(mock *m, mock_call *c, double now, uint64_t fast_n) {
+    if (c->state == C_LIVE) call_events(m, c, now);
     for (int L = 0; L < 2 && c->state == C_LIVE; L++) {
         leg_state *lg = &c->leg[L];
         if (!leg_has_work(lg)) continue;
@@ -686,6 +796,7 @@ static double next_wake(mock *m, double now) {
 }
 
 static void tick(void *ud);
+static void feedback_tick(void *ud);
 
 static void schedule(mock *m) {
     if (m->in_tick || m->depth > 0) return; /* tick() schedules when it ends */
@@ -790,6 +901,7 @@ static void tm_destroy(void *self) {
     mock *m = self;
     if (!m) return;
     if (m->timer) m->host->timer_stop(m->timer);
+    if (m->fb_timer) m->host->timer_stop(m->fb_timer);
     uint64_t open = 0;
     for (uint64_t i = 0; m->calls && i < m->ncalls; i++)
         if (m->calls[i].state == C_LIVE || m->calls[i].state == C_OPENING) open++;
@@ -803,6 +915,8 @@ static void tm_destroy(void *self) {
     free(m->to);
     free(m->endpoint[0]);
     free(m->endpoint[1]);
+    free(m->dtmf);
+    json_decref(m->call_options);
     free(m);
 }
 
@@ -846,6 +960,23 @@ static tolk_status tm_create(const tolk_host *host, tolk_instance *inst, const j
     const char *ep_a = host->cfg_string(cfg, "endpoint_a"), *ep_b = host->cfg_string(cfg, "endpoint_b");
     m->endpoint[0] = ep_a ? strdup(ep_a) : NULL;
     m->endpoint[1] = ep_b ? strdup(ep_b) : NULL;
+    m->continuous = host->cfg_bool(cfg, "continuous") ? 1 : 0;
+    m->await_answer_s = (double)host->cfg_int(cfg, "await_answer_ms") / 1000.0;
+    const char *dtmf = host->cfg_string(cfg, "dtmf");
+    m->dtmf = dtmf && *dtmf ? strdup(dtmf) : NULL;
+    m->dtmf_at_s = (double)host->cfg_int(cfg, "dtmf_at_ms") / 1000.0;
+    m->dtmf_duration_ms = (unsigned)host->cfg_int(cfg, "dtmf_duration_ms");
+    m->played_feedback = host->cfg_bool(cfg, "played_feedback") ? 1 : 0;
+    m->playout_delay_s = (double)host->cfg_int(cfg, "playout_delay_ms") / 1000.0;
+    int64_t offset = host->cfg_int(cfg, "capture_offset_ms");
+    m->capture_offset_s = offset < 0 ? -1 : (double)offset / 1000.0;
+    m->bridge_passthrough = host->cfg_bool(cfg, "bridge_passthrough") ? 1 : 0;
+    v = host->cfg_int(cfg, "play_error_every");
+    m->play_error_every = v > 0 ? (uint64_t)v : 0;
+    const char *opts = host->cfg_string(cfg, "call_options");
+    m->call_options = opts ? json_loads(opts, 0, NULL) : NULL;
+    v = host->cfg_int(cfg, "info_size");
+    m->info_size = v > 0 ? (uint32_t)v : 0;
     const char *name = host->instance_name(inst);
     snprintf(m->prefix, sizeof m->prefix, "%s", name && *name ? name : "mock");
 
@@ -891,6 +1022,8 @@ static tolk_status tm_start(void *self) {
              m->paced ? ", paced" : "", m->repeat ? ", repeat" : "");
     schedule(m);
     if (!m->timer) return TOLK_E_NOMEM;
+    if (m->played_feedback && !m->fb_timer)
+        m->fb_timer = m->host->timer_start(m->inst, FB_PERIOD_S, FB_PERIOD_S, feedback_tick, m);
     return TOLK_OK;
 }
 
@@ -902,13 +1035,38 @@ static void tm_stop(void *self) {
     schedule(m);
 }
 
-static tolk_status tm_play(void *self, void *chan_state, tolk_leg leg, const int16_t *pcm,
-                           size_t n) {
+/* Played-out feedback: every frame handed to play() at least
+ * playout_delay_ms ago has reached the listener. */
+static void feedback_tick(void *ud) {
+    mock *m = ud;
+    double now = m->host->now();
+    for (uint64_t i = 0; i < m->ncalls; i++) {
+        mock_call *c = &m->calls[i];
+        for (int L = 0; L < 2 && c->state == C_LIVE; L++) {
+            leg_state *lg = &c->leg[L];
+            uint64_t n = lg->reported;
+            while (n < lg->handed && (lg->handed - n > FB_RING ||
+                                      lg->hand_t[n % FB_RING] <= now - m->playout_delay_s))
+                n++;
+            if (n == lg->reported) continue;
+            m->played_reported[L] += n - lg->reported;
+            lg->reported = n;
+            m->depth++;
+            m->host->channel_played(c->ch, (tolk_leg)L, n);
+            m->depth--;
+        }
+    }
+}
+
+static tolk_status tm_play_ex(void *self, void *chan_state, tolk_leg leg, const int16_t *pcm,
+                              size_t n, unsigned flags) {
     mock *m = self;
     if (leg != TOLK_LEG_A && leg != TOLK_LEG_B) {
         m->play_bad_leg++;
         return TOLK_E_INVAL;
     }
+    if (flags & TOLK_PLAY_SILENCE) m->silence_played[leg]++;
+    if (flags & TOLK_PLAY_TALKSPURT) m->talkspurts[leg]++;
     m->frames_played[leg]++;
     if (n != TOLK_FRAME_SAMPLES) m->play_bad_size++;
     mock_call *c = call_of(m, chan_state);
@@ -918,6 +1076,8 @@ static tolk_status tm_play(void *self, void *chan_state, tolk_leg leg, const int
     }
     leg_state *lg = &c->leg[leg];
     double now = m->host->now();
+    lg->hand_t[lg->handed % FB_RING] = now;
+    lg->handed++;
     if (lg->played == 0 || now - lg->last_play > TALKSPURT_GAP_S) {
         lg->t0 = now;
         lg->k = 0;
@@ -951,6 +1111,11 @@ static tolk_status tm_play(void *self, void *chan_state, tolk_leg leg, const int
     } else {
         lg->quiet_run++;
     }
+    m->play_calls++;
+    if (m->play_error_every && m->play_calls % m->play_error_every == 0) {
+        m->play_errors_returned++;
+        return TOLK_E_BACKEND;
+    }
     return TOLK_OK;
 }
 
@@ -960,6 +1125,19 @@ static void tm_input_ready(void *self, void *chan_state, tolk_leg leg) {
     if (!c || (leg != TOLK_LEG_A && leg != TOLK_LEG_B)) return;
     c->leg[leg].waiting = 0;
     schedule(m);
+}
+
+static tolk_status tm_play(void *self, void *chan_state, tolk_leg leg, const int16_t *pcm,
+                           size_t n) {
+    return tm_play_ex(self, chan_state, leg, pcm, n, 0);
+}
+
+static tolk_status tm_direction_mode(void *self, void *chan_state, tolk_leg from, tolk_mode mode) {
+    mock *m = self;
+    if (!call_of(m, chan_state) || (from != TOLK_LEG_A && from != TOLK_LEG_B)) return TOLK_E_INVAL;
+    if (mode != TOLK_MODE_PASSTHROUGH) return TOLK_DECLINED;
+    m->passthrough_told[from]++;
+    return m->bridge_passthrough ? TOLK_OK : TOLK_DECLINED;
 }
 
 static void tm_hangup(void *self, void *chan_state) {
@@ -1047,6 +1225,15 @@ static tolk_health tm_health(void *self, json_t **detail_new) {
         hist_quantile_ms(m, 0.50), "jitter_p99_ms", hist_quantile_ms(m, 0.99), "jitter_max_ms",
         m->jitter_max_s * 1000.0, "jitter_overflow", (json_int_t)m->hist[HIST_N],
         "feed_lag_max_ms", m->feed_lag_max_s * 1000.0);
+    if (d) {
+        json_object_set_new(d, "silence_played", legs_json(m->silence_played));
+        json_object_set_new(d, "talkspurts", legs_json(m->talkspurts));
+        json_object_set_new(d, "played_reported", legs_json(m->played_reported));
+        json_object_set_new(d, "passthrough_told", legs_json(m->passthrough_told));
+        json_object_set_new(d, "play_errors_returned", json_integer((json_int_t)m->play_errors_returned));
+        json_object_set_new(d, "dtmf_sent", json_integer((json_int_t)m->dtmf_sent));
+        json_object_set_new(d, "calls_answered", json_integer((json_int_t)m->calls_answered));
+    }
     if (d) json_object_set_new(d, "calls", calls);
     else json_decref(calls);
     *detail_new = d;
@@ -1068,6 +1255,8 @@ static const tolk_transport desc = {
     .play = tm_play,
     .hangup = tm_hangup,
     .input_ready = tm_input_ready,
+    .play_ex = tm_play_ex,
+    .direction_mode = tm_direction_mode,
 };
 
 TOLK_PLUGIN_DEFINE(desc)
