@@ -1,6 +1,7 @@
-/* Channels: a call's lifecycle (open, states, drain, end), its input
- * framing, its playback buffers and the per-phrase report. The provider
- * stages of each direction and their recovery are in pipeline.c. */
+/* Channels: a call's lifecycle (open, answer, states, drain, end), its
+ * input framing and events. Admission of its input is backlog.c's, the
+ * provider stages of each direction and their recovery pipeline.c's, the
+ * frames going out playback.c's, the per-phrase report phrase.c's. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include "handle.h"
 #include "log.h"
 #include "metrics.h"
+#include "phrase.h"
 #include "pipeline.h"
 
 const char *const queue_names[Q_COUNT] = {"input", "stt", "mt", "tts", "playback"};
@@ -31,258 +33,6 @@ static const tolk_transport *transport_of(tolk_instance *i) {
     return (const tolk_transport *)i->desc;
 }
 
-
-/* ---- metrics helpers ---- */
-
-void queue_depth(core *c, int q, double delta) { metrics_add(c->m.qdepth[q], delta); }
-
-void observe_stage(direction *d, const char *stage_name, double seconds) {
-    core *c = d->ch->core;
-    if (seconds < 0) return;
-    metrics_observe(metrics_series_v(c->m.latency, d->from, d->to, stage_name, NULL), seconds);
-}
-
-void observe_component(core *c, tolk_instance *inst, const char *op, double seconds) {
-    if (!inst || seconds < 0) return;
-    metrics_observe(metrics_series_v(c->m.component, inst->name, op, NULL), seconds * 1000.0);
-}
-
-/* ---- phrases ---- */
-
-void fifo_push(phrase_fifo_head *f, phrase *p) {
-    p->next = NULL;
-    if (f->tail)
-        f->tail->next = p;
-    else
-        f->head = p;
-    f->tail = p;
-    f->n++;
-}
-
-phrase *fifo_pop(phrase_fifo_head *f) {
-    phrase *p = f->head;
-    if (p) {
-        f->head = p->next;
-        if (!f->head) f->tail = NULL;
-        f->n--;
-        p->next = NULL;
-    }
-    return p;
-}
-
-void phrase_free(phrase *ph) {
-    ph->dir->phrase_samples -= ph->backlog;
-    for (size_t i = 0; i < ph->ncontext; i++) free(ph->context[i]);
-    free(ph->context);
-    free(ph->cache_key);
-    free(ph->text);
-    free(ph->translation);
-    free(ph);
-}
-
-static double ms_between(double a, double b) { return a > 0 && b > 0 ? (b - a) * 1000.0 : -1; }
-
-void phrase_report_emit(phrase *ph, int ok) {
-    direction *d = ph->dir;
-    core *c = d->ch->core;
-    if (!ok) c->lost_phrases++;
-    if (!c->obs.phrase) return;
-    phrase_report r = {
-        .channel_id = d->ch->id,
-        .seq = ph->seq,
-        .from_leg = d->src,
-        .from = d->from,
-        .to = d->to,
-        .text = ph->text,
-        .translation = ph->translation,
-        .stt = ph->stt_inst ? ph->stt_inst->name : NULL,
-        .mt = ph->mt_inst ? ph->mt_inst->name : NULL,
-        .tts = ph->tts_inst ? ph->tts_inst->name : NULL,
-        .start_s = (double)ph->start_sample / TOLK_SAMPLE_RATE,
-        .end_s = (double)ph->end_sample / TOLK_SAMPLE_RATE,
-        .stt_ms = ms_between(ph->t_speech_end, ph->t_stt_final),
-        .mt_ms = ms_between(ph->t_mt_start, ph->t_mt_done),
-        .tts_first_ms = ms_between(ph->t_tts_start, ph->t_tts_first),
-        .latency_ms = ms_between(ph->t_speech_end, ph->t_first_out),
-        .mt_wait_ms = ms_between(ph->t_stt_final, ph->t_mt_start),
-        .tts_wait_ms = ms_between(ph->t_mt_done, ph->t_tts_start),
-        .playback_wait_ms = ms_between(ph->t_tts_first, ph->t_first_out),
-        .ear_latency_ms = -1,
-        .mt_cached = ph->mt_cached,
-        .ok = ok,
-    };
-    static const char *const stages[] = {"stt", "mt", "tts"};
-    if (ph->recovery_tier != TIER_NONE) {
-        r.recovery_tier = tier_names[ph->recovery_tier];
-        r.recovery_stage = stages[ph->recovery_stage];
-        r.recovery_from = ph->recovery_from;
-        r.recovery_to = ph->recovery_to;
-    }
-    c->obs.phrase(c->obs.ud, &r);
-}
-
-/* A phrase that cannot be finished: counted, reported, and the pipeline
- * goes on with the next one. */
-void phrase_lost(phrase *ph, const char *stage_name, tolk_instance *inst, tolk_status st) {
-    log_msg(TOLK_LOG_WARN, "channel", "%s: phrase %u lost at %s (%s, status %d): \"%s\"",
-            ph->dir->ch->id, ph->seq, stage_name, inst ? inst->who : "no provider", (int)st,
-            ph->text ? ph->text : "");
-    phrase_report_emit(ph, 0);
-    phrase_free(ph);
-}
-
-double arrival_time(direction *d, uint64_t end_sample) {
-    uint64_t frames = d->samples_in / TOLK_FRAME_SAMPLES;
-    if (frames == 0) return mono_now();
-    uint64_t k = end_sample ? (end_sample - 1) / TOLK_FRAME_SAMPLES : 0;
-    if (k >= frames) k = frames - 1;
-    if (frames - k > ARRIVAL_RING) k = frames - ARRIVAL_RING;
-    return d->arrival[k % ARRIVAL_RING];
-}
-
-/* ---- playback ---- */
-
-static direction *dir_to(tolk_channel *ch, tolk_leg leg) { return &ch->dir[leg == TOLK_LEG_A]; }
-
-static const char *leg_name(tolk_leg leg) { return leg == TOLK_LEG_A ? "a" : "b"; }
-
-/* Hands one frame to the transport: play_ex() when it has one. A failure
- * is counted every time but logged once per call, as a transport that
- * cannot play usually fails on every frame. */
-static void transport_play(tolk_channel *ch, tolk_leg leg, const int16_t *frame, unsigned flags) {
-    tolk_instance *t = ch->transport;
-    const tolk_transport *tr = transport_of(t);
-    tolk_status (*play_ex)(void *, void *, tolk_leg, const int16_t *, size_t, unsigned) =
-        DESC_FN(&tr->base, tolk_transport, play_ex);
-    tolk_status st = play_ex ? play_ex(t->self, ch->tstate, leg, frame, TOLK_FRAME_SAMPLES, flags)
-                             : tr->play(t->self, ch->tstate, leg, frame, TOLK_FRAME_SAMPLES);
-    ch->out[leg].handed++;
-    if (st == TOLK_OK) return;
-    count_error(ch->core, t->name, "play", TOLK_SEV_LOW);
-    if (!ch->play_failed_logged) {
-        ch->play_failed_logged = 1;
-        log_msg(TOLK_LOG_WARN, t->who, "%s: play() to leg %s failed (status %d); later failures of "
-                "this call are only counted (errors_total{error_type=\"play\"})",
-                ch->id, leg_name(leg), (int)st);
-    }
-}
-
-/* The phrase's first frame was handed to play: remembered until the
- * transport says it was played out (channel_played). */
-static void ear_mark_add(outbuf *ob, const phrase *ph) {
-    if (ob->ear_n == EAR_RING) { /* no feedback for a while: forget the oldest */
-        ob->ear_head = (ob->ear_head + 1) % EAR_RING;
-        ob->ear_n--;
-    }
-    ear_mark *m = &ob->ear[(ob->ear_head + ob->ear_n) % EAR_RING];
-    m->frame = ob->handed - 1;
-    m->t_speech_end = ph->t_speech_end;
-    m->t_first_out = ph->t_first_out;
-    m->seq = ph->seq;
-    ob->ear_n++;
-}
-
-void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
-    core *c = ch->core;
-    outbuf *ob = &ch->out[leg];
-    int16_t frame[TOLK_FRAME_SAMPLES];
-    outbuf_pop(ob, frame);
-    metrics_add(c->m.qdepth[Q_PLAYBACK], -1);
-    ch->frames_out[leg]++;
-    int handed = !ch->closed;
-    if (handed) {
-        transport_play(ch, leg, frame, ob->in_spurt ? 0 : TOLK_PLAY_TALKSPURT);
-        ob->in_spurt = 1;
-    }
-    direction *d = dir_to(ch, leg);
-    double now = mono_now();
-    while (d->marks_head && d->marks_head->out_pos < ob->played) {
-        phrase *ph = d->marks_head;
-        d->marks_head = ph->mark_next;
-        if (!d->marks_head) d->marks_tail = NULL;
-        ph->mark_next = NULL;
-        ph->t_first_out = now;
-        if (handed) ear_mark_add(ob, ph);
-        metrics_observe(c->m.qwait[Q_PLAYBACK], (now - ph->t_tts_first) * 1000.0);
-        observe_stage(d, "total", now - ph->t_speech_end);
-        metrics_add(c->m.translations_s, 1);
-        phrase_report_emit(ph, 1);
-        /* the TTS request may still be streaming the rest of the phrase */
-        if (d->tts.busy != ph) phrase_free(ph);
-    }
-}
-
-void channel_play_silence(tolk_channel *ch, tolk_leg leg) {
-    static const int16_t zeros[TOLK_FRAME_SAMPLES];
-    if (ch->closed) return;
-    ch->silence_out[leg]++;
-    ch->out[leg].in_spurt = 0;
-    transport_play(ch, leg, zeros, TOLK_PLAY_SILENCE);
-}
-
-void deliver_now(tolk_channel *ch, tolk_leg leg) {
-    if (ch->paced) {
-        playback_schedule(ch->core, &ch->out[leg]);
-        return;
-    }
-    while (ch->out[leg].len >= TOLK_FRAME_SAMPLES) channel_play_frame(ch, leg);
-}
-
-/* A paced leg ran out of audio: the end of the call may be near. */
-void channel_leg_idle(tolk_channel *ch) { schedule_finish(ch); }
-
-void channel_played(tolk_channel *ch, tolk_leg leg, uint64_t frames) {
-    if (!ch || ch->closed || (leg != TOLK_LEG_A && leg != TOLK_LEG_B)) return;
-    outbuf *ob = &ch->out[leg];
-    if (frames > ob->handed) frames = ob->handed; /* cannot have played what it never got */
-    if (frames <= ob->heard) return;
-    ob->heard = frames;
-    core *c = ch->core;
-    direction *d = dir_to(ch, leg);
-    double now = mono_now();
-    while (ob->ear_n && ob->ear[ob->ear_head].frame < frames) {
-        ear_mark m = ob->ear[ob->ear_head];
-        ob->ear_head = (ob->ear_head + 1) % EAR_RING;
-        ob->ear_n--;
-        observe_stage(d, "ear", now - m.t_speech_end);
-        if (!c->obs.phrase_ear) continue;
-        phrase_report r = {
-            .channel_id = ch->id,
-            .seq = m.seq,
-            .from_leg = d->src,
-            .from = d->from,
-            .to = d->to,
-            .start_s = -1,
-            .end_s = -1,
-            .stt_ms = -1,
-            .mt_ms = -1,
-            .tts_first_ms = -1,
-            .latency_ms = (m.t_first_out - m.t_speech_end) * 1000.0,
-            .mt_wait_ms = -1,
-            .tts_wait_ms = -1,
-            .playback_wait_ms = -1,
-            .ear_latency_ms = (now - m.t_speech_end) * 1000.0,
-            .ok = 1,
-        };
-        c->obs.phrase_ear(c->obs.ud, &r);
-    }
-}
-
-/* ---- mode of a direction ---- */
-
-void channel_direction_mode(direction *d, tolk_mode mode) {
-    tolk_channel *ch = d->ch;
-    const tolk_transport *tr = transport_of(ch->transport);
-    tolk_status (*fn)(void *, void *, tolk_leg, tolk_mode) =
-        DESC_FN(&tr->base, tolk_transport, direction_mode);
-    if (!fn || ch->closed || d->told == mode) return;
-    d->told = mode;
-    d->bridged = 0;
-    tolk_status st = fn(ch->transport->self, ch->tstate, d->src, mode);
-    d->bridged = mode == TOLK_MODE_PASSTHROUGH && st == TOLK_OK;
-    log_msg(TOLK_LOG_VERB, "channel", "%s: %s->%s now %s%s", ch->id, d->from, d->to,
-            conf_mode_name(mode), d->bridged ? ", bridged by the transport" : "");
-}
 
 /* ---- events ---- */
 
@@ -412,12 +162,6 @@ tolk_status channel_audio(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, si
 tolk_status channel_audio_at(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n,
                              double captured_at) {
     return audio_in(ch, leg, pcm, n, captured_at < 0 ? 0 : captured_at);
-}
-
-int phrase_marked(direction *d, phrase *ph) {
-    for (phrase *m = d->marks_head; m; m = m->mark_next)
-        if (m == ph) return 1;
-    return 0;
 }
 
 /* ---- open / end ---- */
@@ -603,13 +347,6 @@ static int channel_drained(tolk_channel *ch) {
     if (!ch->dir[0].input_ended && !ch->dir[1].input_ended) return 0;
     if (ch->out[0].len || ch->out[1].len) return 0;
     return pipeline_drained(&ch->dir[0]) && pipeline_drained(&ch->dir[1]);
-}
-
-void schedule_finish(tolk_channel *ch) {
-    if (!ev_is_active(&ch->finish)) {
-        ev_timer_set(&ch->finish, 0., 0.);
-        ev_timer_start(ch->core->loop, &ch->finish);
-    }
 }
 
 static void on_finish(struct ev_loop *loop, ev_timer *w, int revents) {

@@ -1,5 +1,6 @@
-/* The core object: loop, signals, the playback clock, configuration
- * generations and their reload, and shutdown with drain. */
+/* The core object, the top of core/ (core.h lists the layers): the loop
+ * and its signals, loading and reloading conf.d into generations, starting
+ * transports, and shutdown with drain. */
 #include "core.h"
 
 #include <errno.h>
@@ -29,6 +30,8 @@ core *core_new(const char *confdir, const char *plugin_path) {
     c->started = mono_now();
     c->log_level_override = -1;
     playback_init(c);
+    c->on_reset_done = channel_resume_after_reset;
+    c->on_instance_down = pipeline_instance_down;
     host_init(c, &c->host);
     core_metrics_init(c);
     recovery_init(c);

@@ -365,6 +365,11 @@ typedef struct core_metrics {
 } core_metrics;
 
 struct core {
+    /* recovery.c's events; core_new() subscribes the pipeline (recovery.c
+     * sits below pipeline.c and does not call it) */
+    void (*on_reset_done)(core *c, tolk_instance *inst, chain *ch);
+    void (*on_instance_down)(core *c, tolk_instance *inst, tolk_status st, tolk_severity sev,
+                             const char *why);
     struct ev_loop *loop;
     worker_pool *workers;
     tolk_host host;
@@ -409,6 +414,21 @@ struct core {
     int skip_metrics; /* tolk-translate: exporters of the configuration are not created */
 };
 
+/* The files of the core, top to bottom: each calls only files below it.
+ *   core.c          the core object: signals, reload, drain, shutdown
+ *   host.c          the host table lent to plugins (handles checked here)
+ *   channel.c       calls: open, states, input framing, drain, end
+ *   backlog.c       admission of a call's input (pull sources wait)
+ *   pipeline.c      each direction's STT stream and MT/TTS stages, recovery
+ *   shed.c          bounding what a call holds (live sources shed)
+ *   generation.c    configurations and their plugin instances
+ *   recovery.c      provider health and the recovery tiers
+ *   playback.c      output buffers, the playback clock, the frame-out path
+ *   phrase.c        phrases, stage queues, the per-phrase report, metrics
+ *   core_metrics.c  the core's metric families and error counts
+ * and beside them: loop.c, loader.c, conf.c, metrics.c, handle.c,
+ * mtcache.c, framebuf.c, http.c, ws.c, log.c, util.c. */
+
 /* ---- core.c ---- */
 /* Creates the core on the default loop. confdir may be NULL (tests). */
 core *core_new(const char *confdir, const char *plugin_path);
@@ -437,47 +457,58 @@ tolk_instance *core_add_instance(core *c, const char *name, const char *plugin,
 tolk_instance *core_find_instance(core *c, const char *name);
 tolk_status instance_start_transport(tolk_instance *inst);
 
-/* ---- generation.c ---- */
-generation *generation_build(core *c, conf_set *cs, const generation *prev, conf_errors *errs);
-void generation_ref(generation *g);
-void generation_unref(generation *g);
-chain *generation_route(generation *g, tolk_kind kind, const char *from, const char *to);
-tolk_instance *instance_new(core *c, const conf_instance *ci, conf_errors *errs);
-void instance_unref(tolk_instance *inst);
+/* ---- host.c ---- */
+void host_init(core *c, tolk_host *h);
+void host_free(void);
+/* A plugin used a retired handle: counted, logged once per plugin. */
+void late_callback(const char *what, const void *handle);
 
 /* ---- channel.c ---- */
 tolk_channel *channel_open(core *c, tolk_instance *transport, const tolk_channel_info *info,
                            void *tstate, tolk_status *why);
 tolk_status channel_audio(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n);
+tolk_status channel_audio_at(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n,
+                             double captured_at);
 void channel_input_end(tolk_channel *ch, tolk_leg leg);
 void channel_close(tolk_channel *ch);
 /* End a channel from the core side (shutdown): hangs up the transport. */
 void channel_end(tolk_channel *ch, const char *why);
-/* Plays one frame of ch's buffer for leg (the wheel calls it). */
-void channel_play_frame(tolk_channel *ch, tolk_leg leg);
-/* Continuous playout: a frame of silence for leg (the wheel calls it). */
-void channel_play_silence(tolk_channel *ch, tolk_leg leg);
-void channel_leg_idle(tolk_channel *ch);
-/* ABI 1.2 transport services (host.c lends them). */
-tolk_status channel_audio_at(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n,
-                             double captured_at);
 void channel_dtmf(tolk_channel *ch, tolk_leg leg, char digit, unsigned duration_ms);
 void channel_progress(tolk_channel *ch, tolk_progress p, tolk_leg leg);
-void channel_played(tolk_channel *ch, tolk_leg leg, uint64_t frames);
 /* Publishes an event of the call to the observer, the log and the metrics. */
 void channel_publish(tolk_channel *ch, int leg, const char *name, const json_t *data);
 
 /* ---- backlog.c ---- */
-/* The bound on a direction's unfinished audio, in samples. */
-uint64_t backlog_bound(const tolk_channel *ch);
-/* Audio of the direction not yet translated and played, in samples. */
-uint64_t backlog_samples(const direction *d);
 void backlog_init(tolk_channel *ch, const tolk_channel_info *info);
 void backlog_stop(tolk_channel *ch);
 /* Before channel_audio() takes audio of leg: TOLK_OK, or TOLK_E_AGAIN for a
  * pull channel that is full (input_ready() follows from the loop). A live
  * channel that is full sheds its oldest audio instead. */
 tolk_status backlog_admit(tolk_channel *ch, tolk_leg leg);
+
+/* ---- pipeline.c (and pipeline.h) ---- */
+void stream_result(tolk_stream *s, const tolk_transcript *t);
+void stream_failed(tolk_stream *s, tolk_status st, tolk_severity sev, const char *why);
+void stream_flushed(tolk_stream *s);
+void stream_ready(tolk_stream *s);
+void request_mt_done(tolk_request *r, tolk_status st, const char *text);
+void request_mt_result(tolk_request *r, const tolk_mt_result *res);
+void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n);
+void request_tts_done(tolk_request *r, tolk_status st);
+/* recovery.c's events, as core_new() subscribes the pipeline to them: a
+ * reset ended (every stage waiting for it resumes); report() marked inst
+ * down (recognisers on it fail over). */
+void channel_resume_after_reset(core *c, tolk_instance *inst, chain *ch);
+void pipeline_instance_down(core *c, tolk_instance *inst, tolk_status st, tolk_severity sev,
+                            const char *why);
+
+/* ---- shed.c ---- */
+/* The bound on a direction's unfinished audio, in samples, and the level a
+ * call over it comes back under (three quarters). */
+uint64_t backlog_bound(const tolk_channel *ch);
+uint64_t backlog_low_water(const tolk_channel *ch);
+/* Audio of the direction not yet translated and played, in samples. */
+uint64_t backlog_samples(const direction *d);
 /* A live channel over its bound drops its oldest audio (channel_audio()
  * and TTS audio call it; a pull channel's input waits instead). */
 void backlog_shed(direction *d);
@@ -488,26 +519,13 @@ void backlog_report_pending_lost(direction *d);
 /* Voiced audio the recogniser never heard: counted, logged, reported. */
 void backlog_audio_lost(direction *d, uint64_t samples, const char *reason);
 
-/* ---- playback.c ---- */
-void playback_init(core *c);
-void playback_free(core *c);
-void outbuf_push(core *c, outbuf *ob, const int16_t *pcm, size_t n);
-void outbuf_pad(core *c, outbuf *ob);
-void outbuf_pop(outbuf *ob, int16_t *frame);
-void outbuf_free(core *c, outbuf *ob);
-/* Paced legs: join the wheel if a whole frame is waiting. */
-void playback_schedule(core *c, outbuf *ob);
-void stream_result(tolk_stream *s, const tolk_transcript *t);
-void stream_failed(tolk_stream *s, tolk_status st, tolk_severity sev, const char *why);
-void stream_flushed(tolk_stream *s);
-void request_mt_done(tolk_request *r, tolk_status st, const char *text);
-void request_mt_result(tolk_request *r, const tolk_mt_result *res);
-void stream_ready(tolk_stream *s);
-/* report() marked inst down: recognisers on it fail over (pipeline.c). */
-void pipeline_instance_down(core *c, tolk_instance *inst, tolk_status st, tolk_severity sev,
-                            const char *why);
-void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n);
-void request_tts_done(tolk_request *r, tolk_status st);
+/* ---- generation.c ---- */
+generation *generation_build(core *c, conf_set *cs, const generation *prev, conf_errors *errs);
+void generation_ref(generation *g);
+void generation_unref(generation *g);
+chain *generation_route(generation *g, tolk_kind kind, const char *from, const char *to);
+tolk_instance *instance_new(core *c, const conf_instance *ci, conf_errors *errs);
+void instance_unref(tolk_instance *inst);
 
 /* ---- recovery.c ---- */
 void recovery_init(core *c);
@@ -523,26 +541,54 @@ size_t chain_pick(chain *ch);
 tier recovery_next(core *c, const conf_recovery *rc, ladder *lad, chain *ch, size_t *idx,
                    tolk_status st, tolk_severity sev);
 void recovery_count(core *c, tolk_instance *inst, tier t, int success);
-/* Tier 2 / tier 4 work; when it ends, every stage waiting for it resumes
- * (channel_resume_after_reset). */
+/* Tier 2 / tier 4 work; when it ends, c->on_reset_done resumes every stage
+ * waiting for it. */
 void instance_reset(core *c, const conf_recovery *rc, tolk_instance *inst);
 void chain_reset(core *c, const conf_recovery *rc, chain *ch);
 void recovery_forget_chain(chain *ch);
 double recovery_delay(const conf_recovery *rc, const ladder *lad);
-/* host->report(): a failed operation of inst; a serious one marks it down. */
+/* host->report(): a failed operation of inst; a serious one marks it down
+ * (and c->on_instance_down moves its streams). */
 void instance_report(core *c, tolk_instance *inst, tolk_status st, tolk_severity sev,
                      const char *why);
-void channel_resume_after_reset(core *c, tolk_instance *inst, chain *ch);
 void instance_reset_done(tolk_instance *inst, tolk_status st);
 
-/* ---- host.c ---- */
-void host_init(core *c, tolk_host *h);
-void host_free(void);
-/* A plugin used a retired handle: counted, logged once per plugin. */
-void late_callback(const char *what, const void *handle);
+/* ---- playback.c ---- */
+void playback_init(core *c);
+void playback_free(core *c);
+void outbuf_push(core *c, outbuf *ob, const int16_t *pcm, size_t n);
+void outbuf_pad(core *c, outbuf *ob);
+void outbuf_pop(outbuf *ob, int16_t *frame);
+void outbuf_free(core *c, outbuf *ob);
+/* Paced legs: join the wheel if a whole frame is waiting. */
+void playback_schedule(core *c, outbuf *ob);
+/* Plays one frame of ch's buffer for leg (the wheel calls it). */
+void channel_play_frame(tolk_channel *ch, tolk_leg leg);
+/* Continuous playout: a frame of silence for leg (the wheel calls it). */
+void channel_play_silence(tolk_channel *ch, tolk_leg leg);
+/* Audio is waiting for leg: played now (a file) or scheduled (a call). */
+void deliver_now(tolk_channel *ch, tolk_leg leg);
+/* host->channel_played(): latency to the ear. */
+void channel_played(tolk_channel *ch, tolk_leg leg, uint64_t frames);
+/* Tells the transport the direction's new mode (direction_mode); when it
+ * bridges an untranslated direction itself, the core stops playing it. */
+void channel_direction_mode(direction *d, tolk_mode mode);
+
+/* ---- core_metrics.c ---- */
 void core_metrics_init(core *c);
 void count_error(core *c, const char *component, const char *type, tolk_severity sev);
-/* After an instance's destroy(): stops what it left behind on the loop. */
-void host_release_instance(tolk_instance *inst);
+
+/* ---- small helpers every layer uses ---- */
+
+static inline const char *leg_name(tolk_leg leg) { return leg == TOLK_LEG_A ? "a" : "b"; }
+
+/* The call may be able to end: checked from the loop, never inside a
+ * plugin's call (channel.c's on_finish decides). */
+static inline void schedule_finish(tolk_channel *ch) {
+    if (!ev_is_active(&ch->finish)) {
+        ev_timer_set(&ch->finish, 0., 0.);
+        ev_timer_start(ch->core->loop, &ch->finish);
+    }
+}
 
 #endif

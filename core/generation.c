@@ -62,7 +62,9 @@ void instance_unref(tolk_instance *inst) {
     inst->desc->destroy(inst->self);
     http_forget_instance(inst);
     ws_forget_instance(inst);
-    host_release_instance(inst);
+    size_t nio = loop_io_stop_all(&inst->ios);
+    if (nio)
+        log_msg(TOLK_LOG_WARN, inst->who, "destroyed with %zu io watcher(s) still running: stopped", nio);
     log_msg(TOLK_LOG_VERB, inst->who, "destroyed");
     json_decref(inst->settings);
     mtcache_free(inst->mtcache);

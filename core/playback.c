@@ -1,4 +1,6 @@
-/* Playback: per-leg audio buffers and the clock that paces them.
+/* Playback: per-leg audio buffers, the clock that paces them, and the
+ * frame-out path (what the transport is handed: play/play_ex, continuous
+ * silence, talkspurt flags, played-out feedback, mode changes).
  *
  * The clock is a timerfd ticking every millisecond, not an ev_timer:
  * epoll's millisecond timeouts would put up to 1 ms of jitter on every frame,
@@ -18,6 +20,7 @@
 #include "core.h"
 #include "log.h"
 #include "metrics.h"
+#include "phrase.h"
 
 #define SLOTS 20
 /* If the loop was held up, catch up at most one full turn; beyond that the
@@ -140,7 +143,7 @@ static void run_slot(core *c, int slot) {
         if (!over && ob->len >= TOLK_FRAME_SAMPLES) {
             channel_play_frame(ch, ob->leg);
             /* a continuous leg stays; its audio ran out, so the call may be over */
-            if (ob->continuous && ob->len < TOLK_FRAME_SAMPLES) channel_leg_idle(ch);
+            if (ob->continuous && ob->len < TOLK_FRAME_SAMPLES) schedule_finish(ch);
         } else if (!over && ob->continuous) {
             channel_play_silence(ch, ob->leg);
         }
@@ -150,7 +153,7 @@ static void run_slot(core *c, int slot) {
         if (over || (!ob->continuous && ob->len < TOLK_FRAME_SAMPLES)) {
             wheel_remove(c, ob);
             ob->in_spurt = 0;
-            channel_leg_idle(ch);
+            schedule_finish(ch);
         }
     }
 }
@@ -185,4 +188,145 @@ void playback_free(core *c) {
     if (ev_is_active(&c->clock_w)) ev_io_stop(c->loop, &c->clock_w);
     if (c->clock_fd >= 0) close(c->clock_fd);
     c->clock_fd = -1;
+}
+
+/* ---- the frame-out path: what the transport is handed ---- */
+
+static const tolk_transport *transport_of(tolk_instance *i) { return (const tolk_transport *)i->desc; }
+
+static direction *dir_to(tolk_channel *ch, tolk_leg leg) { return &ch->dir[leg == TOLK_LEG_A]; }
+
+/* Hands one frame to the transport: play_ex() when it has one. A failure
+ * is counted every time but logged once per call, as a transport that
+ * cannot play usually fails on every frame. */
+static void transport_play(tolk_channel *ch, tolk_leg leg, const int16_t *frame, unsigned flags) {
+    tolk_instance *t = ch->transport;
+    const tolk_transport *tr = transport_of(t);
+    tolk_status (*play_ex)(void *, void *, tolk_leg, const int16_t *, size_t, unsigned) =
+        DESC_FN(&tr->base, tolk_transport, play_ex);
+    tolk_status st = play_ex ? play_ex(t->self, ch->tstate, leg, frame, TOLK_FRAME_SAMPLES, flags)
+                             : tr->play(t->self, ch->tstate, leg, frame, TOLK_FRAME_SAMPLES);
+    ch->out[leg].handed++;
+    if (st == TOLK_OK) return;
+    count_error(ch->core, t->name, "play", TOLK_SEV_LOW);
+    if (!ch->play_failed_logged) {
+        ch->play_failed_logged = 1;
+        log_msg(TOLK_LOG_WARN, t->who, "%s: play() to leg %s failed (status %d); later failures of "
+                "this call are only counted (errors_total{error_type=\"play\"})",
+                ch->id, leg_name(leg), (int)st);
+    }
+}
+
+/* The phrase's first frame was handed to play: remembered until the
+ * transport says it was played out (channel_played). */
+static void ear_mark_add(outbuf *ob, const phrase *ph) {
+    if (ob->ear_n == EAR_RING) { /* no feedback for a while: forget the oldest */
+        ob->ear_head = (ob->ear_head + 1) % EAR_RING;
+        ob->ear_n--;
+    }
+    ear_mark *m = &ob->ear[(ob->ear_head + ob->ear_n) % EAR_RING];
+    m->frame = ob->handed - 1;
+    m->t_speech_end = ph->t_speech_end;
+    m->t_first_out = ph->t_first_out;
+    m->seq = ph->seq;
+    ob->ear_n++;
+}
+
+void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
+    core *c = ch->core;
+    outbuf *ob = &ch->out[leg];
+    int16_t frame[TOLK_FRAME_SAMPLES];
+    outbuf_pop(ob, frame);
+    metrics_add(c->m.qdepth[Q_PLAYBACK], -1);
+    ch->frames_out[leg]++;
+    int handed = !ch->closed;
+    if (handed) {
+        transport_play(ch, leg, frame, ob->in_spurt ? 0 : TOLK_PLAY_TALKSPURT);
+        ob->in_spurt = 1;
+    }
+    direction *d = dir_to(ch, leg);
+    double now = mono_now();
+    while (d->marks_head && d->marks_head->out_pos < ob->played) {
+        phrase *ph = d->marks_head;
+        d->marks_head = ph->mark_next;
+        if (!d->marks_head) d->marks_tail = NULL;
+        ph->mark_next = NULL;
+        ph->t_first_out = now;
+        if (handed) ear_mark_add(ob, ph);
+        metrics_observe(c->m.qwait[Q_PLAYBACK], (now - ph->t_tts_first) * 1000.0);
+        observe_stage(d, "total", now - ph->t_speech_end);
+        metrics_add(c->m.translations_s, 1);
+        phrase_report_emit(ph, 1);
+        /* the TTS request may still be streaming the rest of the phrase */
+        if (d->tts.busy != ph) phrase_free(ph);
+    }
+}
+
+void channel_play_silence(tolk_channel *ch, tolk_leg leg) {
+    static const int16_t zeros[TOLK_FRAME_SAMPLES];
+    if (ch->closed) return;
+    ch->silence_out[leg]++;
+    ch->out[leg].in_spurt = 0;
+    transport_play(ch, leg, zeros, TOLK_PLAY_SILENCE);
+}
+
+void deliver_now(tolk_channel *ch, tolk_leg leg) {
+    if (ch->paced) {
+        playback_schedule(ch->core, &ch->out[leg]);
+        return;
+    }
+    while (ch->out[leg].len >= TOLK_FRAME_SAMPLES) channel_play_frame(ch, leg);
+}
+
+void channel_played(tolk_channel *ch, tolk_leg leg, uint64_t frames) {
+    if (!ch || ch->closed || (leg != TOLK_LEG_A && leg != TOLK_LEG_B)) return;
+    outbuf *ob = &ch->out[leg];
+    if (frames > ob->handed) frames = ob->handed; /* cannot have played what it never got */
+    if (frames <= ob->heard) return;
+    ob->heard = frames;
+    core *c = ch->core;
+    direction *d = dir_to(ch, leg);
+    double now = mono_now();
+    while (ob->ear_n && ob->ear[ob->ear_head].frame < frames) {
+        ear_mark m = ob->ear[ob->ear_head];
+        ob->ear_head = (ob->ear_head + 1) % EAR_RING;
+        ob->ear_n--;
+        observe_stage(d, "ear", now - m.t_speech_end);
+        if (!c->obs.phrase_ear) continue;
+        phrase_report r = {
+            .channel_id = ch->id,
+            .seq = m.seq,
+            .from_leg = d->src,
+            .from = d->from,
+            .to = d->to,
+            .start_s = -1,
+            .end_s = -1,
+            .stt_ms = -1,
+            .mt_ms = -1,
+            .tts_first_ms = -1,
+            .latency_ms = (m.t_first_out - m.t_speech_end) * 1000.0,
+            .mt_wait_ms = -1,
+            .tts_wait_ms = -1,
+            .playback_wait_ms = -1,
+            .ear_latency_ms = (now - m.t_speech_end) * 1000.0,
+            .ok = 1,
+        };
+        c->obs.phrase_ear(c->obs.ud, &r);
+    }
+}
+
+/* ---- mode of a direction ---- */
+
+void channel_direction_mode(direction *d, tolk_mode mode) {
+    tolk_channel *ch = d->ch;
+    const tolk_transport *tr = transport_of(ch->transport);
+    tolk_status (*fn)(void *, void *, tolk_leg, tolk_mode) =
+        DESC_FN(&tr->base, tolk_transport, direction_mode);
+    if (!fn || ch->closed || d->told == mode) return;
+    d->told = mode;
+    d->bridged = 0;
+    tolk_status st = fn(ch->transport->self, ch->tstate, d->src, mode);
+    d->bridged = mode == TOLK_MODE_PASSTHROUGH && st == TOLK_OK;
+    log_msg(TOLK_LOG_VERB, "channel", "%s: %s->%s now %s%s", ch->id, d->from, d->to,
+            conf_mode_name(mode), d->bridged ? ", bridged by the transport" : "");
 }

@@ -7,8 +7,8 @@
  *              for new calls until its health() says it is well again
  *   4 reset    reset every provider of the chain, at most once per cooldown,
  *              then start again from the primary
- * When every tier is spent the channel falls back to passthrough for that
- * direction (channel.c): the caller is heard untranslated, never silence.
+ * When every tier is spent the direction falls back to passthrough
+ * (pipeline.c): the caller is heard untranslated, never silence.
  * Plugins know nothing of this; the core replays what it kept (audio since
  * the last final result, the text of a request) to the provider it moves to. */
 #include <math.h>
@@ -184,10 +184,10 @@ static void reset_finish(tolk_instance *inst, tolk_status st) {
         if (--ch->resetting == 0) {
             log_msg(TOLK_LOG_WARN, "recovery", "provider set '%s' reset %s", ch->name,
                     ch->reset_failed ? "with failures" : "done");
-            channel_resume_after_reset(c, NULL, ch);
+            if (c->on_reset_done) c->on_reset_done(c, NULL, ch);
         }
     }
-    channel_resume_after_reset(c, inst, NULL);
+    if (c->on_reset_done) c->on_reset_done(c, inst, NULL);
 }
 
 static void on_reset_timer(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -285,7 +285,7 @@ void instance_report(core *c, tolk_instance *inst, tolk_status st, tolk_severity
     log_msg(TOLK_LOG_WARN, inst->who,
             "marked down: new calls avoid it, running calls move to a backup at their next "
             "request, until it is healthy again");
-    pipeline_instance_down(c, inst, st, sev, why);
+    if (c->on_instance_down) c->on_instance_down(c, inst, st, sev, why);
 }
 
 /* ---- health probes ---- */
