@@ -350,7 +350,9 @@ int main(int argc, char **argv) {
     double wall = mono_now() - t0;
     /* what happens after the report (core_free) is not part of it */
     c->obs.phrase = NULL;
-    code = R.ended && !R.cut_short ? 0 : EXIT_PIPELINE;
+    /* a phrase that was lost is a failure of the run, as tolk-translate(1)
+     * says: the report says which, the exit status that there were some */
+    code = R.ended && !R.cut_short && R.lost == 0 ? 0 : EXIT_PIPELINE;
     /* the output file's fate: a write error (a full disk) is in its health */
     const char *write_error = NULL;
     json_t *detail = NULL;

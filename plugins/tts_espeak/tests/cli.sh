@@ -47,7 +47,7 @@ $TR --voice no-such-voice --json "$T/in.wav" "$T/out-x.wav" >"$T/x.json" 2>"$T/e
 check "an unknown --voice falls back to the language's voice" grep -q '"lost":0' "$T/x.json"
 
 $TR --from en --to zz --json "$T/in.wav" "$T/out-zz.wav" >"$T/zz.json" 2>"$T/err-zz"
-check "unsupported language: tolk-translate still exits 0" [ $? -eq 0 ]
+check "unsupported language: tolk-translate exits 3 (a phrase lost)" [ $? -eq 3 ]
 check "unsupported language: the phrase is reported lost" grep -q '"ok":false' "$T/zz.json"
 check "unsupported language: the log says declined" grep -qi "declined" "$T/err-zz"
 
