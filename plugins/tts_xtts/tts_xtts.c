@@ -99,6 +99,7 @@ typedef struct job {
     int head_decided;
     size_t header_skip; /* header bytes still to drop */
     int odd_byte;       /* -1, or a low byte waiting for its high byte */
+    int http_status;    /* of the answer: only a 200's body is audio */
     int in_body;        /* inside on_body: cancel() defers the free */
     int cancelled;
 } job;
@@ -131,6 +132,7 @@ typedef struct clone {
     unsigned char *wav;
     size_t wav_len;
     tolk_http *http;
+    server *srv; /* the server asked */
     int pin;
 } clone;
 
@@ -434,12 +436,17 @@ static void on_clone_done(void *ud, tolk_http *h, const tolk_http_result *res) {
     xtts *d = c->d;
     (void)h;
     c->http = NULL;
-    server *s = first_up(d);
+    server *s = c->srv;
     if (res->status != TOLK_OK || res->http_status >= 500) {
         char why[200];
-        snprintf(why, sizeof why, "clone_speaker: %s",
-                 res->status != TOLK_OK ? (res->error ? res->error : "no answer") : "server error");
+        if (res->status != TOLK_OK)
+            snprintf(why, sizeof why, "clone_speaker: %s", res->error && *res->error ? res->error : "no answer");
+        else
+            snprintf(why, sizeof why, "clone_speaker: HTTP %d", res->http_status);
         d->host->log(d->inst, TOLK_LOG_WARN, "cloning voice '%s' failed (%s): retried later", c->name, why);
+        /* a timeout may just be a long recording on a busy GPU: only a
+         * server that does not answer at all leaves the pool */
+        if (res->status == TOLK_E_BACKEND || res->http_status >= 500) server_down(s, why);
         return; /* the prober retries it */
     }
     json_t *doc = res->http_status == 200 ? json_loadb(res->body ? res->body : "", res->body_len, 0, NULL) : NULL;
@@ -451,7 +458,7 @@ static void on_clone_done(void *ud, tolk_http *h, const tolk_http_result *res) {
         clone_free(c);
         return;
     }
-    if (s) s->clones++;
+    s->clones++;
     d->clones_done++;
     if (c->save_path && json_dump_file(cond, c->save_path, JSON_COMPACT) != 0)
         d->host->log(d->inst, TOLK_LOG_WARN, "cannot cache voice '%s' in %s", c->name, c->save_path);
@@ -487,6 +494,7 @@ static void clone_start(xtts *d, clone *c) {
                              .body = body, .body_len = len, .connect_timeout = d->connect_timeout,
                              .total_timeout = d->clone_timeout, .max_body = 4 << 20,
                              .on_done = on_clone_done, .ud = c};
+    c->srv = s;
     c->http = d->host->http_request(d->inst, &req);
     free(body);
 }
@@ -622,7 +630,9 @@ static void pcm_out(job *j, const unsigned char *p, size_t n) {
 }
 
 static void on_stream_response(void *ud, tolk_http *h, int http_status) {
-    (void)ud, (void)h, (void)http_status;
+    job *j = ud;
+    (void)h;
+    j->http_status = http_status;
 }
 
 static int on_stream_body(void *ud, tolk_http *h, const void *data, size_t n) {
@@ -631,6 +641,7 @@ static int on_stream_body(void *ud, tolk_http *h, const void *data, size_t n) {
     (void)h;
     const unsigned char *p = data;
     if (j->cancelled) return 1;
+    if (j->http_status != 200) return 0; /* an error page, not audio: on_done judges it */
     j->in_body = 1;
     if (!j->head_decided) {
         /* "RIFF" first: the 44-byte header of add_wav_header, never played */
@@ -775,6 +786,16 @@ static void fail_queue_soon(xtts *d) {
 /* ------------------------------------------------------------------ */
 /* The TTS table                                                       */
 
+/* XTTS takes bare lower-case codes ("es", "zh"): "es-MX" -> "es". */
+static char *xtts_language(const char *in) {
+    char code[16];
+    size_t n = 0;
+    for (; in && in[n] && in[n] != '-' && in[n] != '_' && n + 1 < sizeof code; n++)
+        code[n] = (char)(in[n] >= 'A' && in[n] <= 'Z' ? in[n] - 'A' + 'a' : in[n]);
+    code[n] = '\0';
+    return strdup(n ? code : "en");
+}
+
 static tolk_status xtts_speak_req(void *self, tolk_request *r, const tolk_tts_request *q) {
     xtts *d = self;
     if (!q || !TOLK_HAS(q, tolk_tts_request, rate) || !q->text) return TOLK_E_INVAL;
@@ -800,7 +821,7 @@ static tolk_status xtts_speak_req(void *self, tolk_request *r, const tolk_tts_re
     j->r = r;
     j->odd_byte = -1;
     j->text = strdup(q->text);
-    j->language = strdup(q->language && *q->language ? q->language : "en");
+    j->language = xtts_language(q->language);
     j->voice = dup_or_null(q->voice);
     j->rs = d->host->resampler_new(XTTS_RATE, TOLK_SAMPLE_RATE, d->quality);
     if (!j->text || !j->language || (q->voice && !j->voice) || !j->rs) {

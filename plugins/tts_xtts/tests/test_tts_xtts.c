@@ -250,8 +250,19 @@ static void done(rec *R) {
     tu_log_clear();
 }
 
+/* Each test starts with idle fakes: a stream a previous test left (its
+ * client gone) ends first. */
 static void reset_fakes(void) {
-    for (int i = 0; i < NFAKES; i++) fake_post(i, "/_fake/reset", "");
+    for (int i = 0; i < NFAKES; i++) {
+        for (int t = 0; t < 100; t++) {
+            json_t *st = fake_state(i);
+            json_int_t active = json_integer_value(json_object_get(st, "active"));
+            json_decref(st);
+            if (!active) break;
+            usleep(50000);
+        }
+        fake_post(i, "/_fake/reset", "");
+    }
 }
 
 static const char *const spanish[] = {"hola mundo", "gracias amigo", "buenos días"};
@@ -281,7 +292,7 @@ static double json_num(json_t *j) { return json_number_value(j); }
 static long long server_int(rec *R, size_t i, const char *key) {
     json_t *h = tu_health(R->c, "tts-xtts");
     json_t *v = json_object_get(json_array_get(json_object_get(h, "servers"), i), key);
-    long long r = v ? (long long)json_number_value(v) : -1;
+    long long r = json_is_boolean(v) ? json_is_true(v) : v ? (long long)json_number_value(v) : -1;
     json_decref(h);
     return r;
 }
@@ -390,6 +401,56 @@ static void test_stall_fails_over_to_the_backup(void **state) {
     assert_true(tu_log_has("stream stalled"));
     assert_int_equal(server_int(R, 0, "timeouts"), 1);
     assert_true(tu_log_has("failed (timeout"));
+    done(R);
+}
+
+/* The connection drops after one word: the phrase fails over, the server
+ * leaves the pool (TOLK_E_BACKEND) and is back once it answers. */
+static void test_reset_mid_stream_fails_over(void **state) {
+    reset_fakes();
+    fake_post(0, "/_fake/plan", "{\"responses\": [{\"reset_after_words\": 1}]}");
+    run_opts o = {.probe_interval = 5};
+    rec *R = run(&o);
+    assert_int_equal(R->n, 3);
+    for (size_t i = 0; i < 3; i++) assert_true(R->ok[i]);
+    assert_int_equal(R->tts_failovers, 1);
+    assert_int_equal(server_int(R, 0, "failures"), 1);
+    assert_int_equal(server_int(R, 0, "timeouts"), 0);
+    assert_true(tu_log_has("leaves the pool"));
+    done(R);
+}
+
+/* A 500 answer is no audio: nothing of its body is played. */
+static void test_server_error_is_not_played(void **state) {
+    reset_fakes();
+    fake_post(0, "/_fake/plan", "{\"responses\": [{\"status\": 500}]}");
+    run_opts o = {.probe_interval = 5};
+    rec *R = run(&o);
+    assert_int_equal(R->n, 3);
+    for (size_t i = 0; i < 3; i++) assert_true(R->ok[i]);
+    assert_int_equal(R->tts_failovers, 1);
+    assert_int_equal(tu_health_int(R->c, "tts-xtts", "pcm_bytes"), 0);
+    assert_true(tu_log_has("HTTP 500"));
+    done(R);
+}
+
+/* The caller hangs up while phrases stream and wait: they are cancelled
+ * (the debug build aborts on a callback after cancel()), the server's
+ * slot comes free and stays in the pool. */
+static void test_hangup_cancels_streams(void **state) {
+    reset_fakes();
+    /* the last phrase's audio is late: the call is gone before it comes */
+    fake_post(0, "/_fake/plan", "{\"responses\": [{}, {}, {\"delay_ms\": 1500}]}");
+    run_opts o = {.calls = "realtime = true; paced = false; hangup = \"close\";"};
+    rec *R = run(&o);
+    assert_int_equal(fake_count(0, "requests"), 3);
+    assert_true(R->n >= 2 && R->ok[0] && R->ok[1]);
+    assert_true(tu_health_int(R->c, "calls", "frames_played.b") <= 4 * FRAMES_PER_WORD + 3);
+    assert_int_equal(tu_health_int(R->c, "tts-xtts", "queue_depth"), 0);
+    assert_int_equal(server_int(R, 0, "busy"), 0);
+    assert_int_equal(server_int(R, 0, "up"), 1);
+    assert_int_equal(tu_health_int(R->c, "tts-xtts", "failures"), 0);
+    assert_false(tu_log_has("had already ended"));
     done(R);
 }
 
@@ -520,6 +581,9 @@ int main(void) {
         cmocka_unit_test(test_two_calls_use_both_servers),
         cmocka_unit_test(test_one_server_makes_the_second_call_wait),
         cmocka_unit_test(test_stall_fails_over_to_the_backup),
+        cmocka_unit_test(test_reset_mid_stream_fails_over),
+        cmocka_unit_test(test_server_error_is_not_played),
+        cmocka_unit_test(test_hangup_cancels_streams),
         cmocka_unit_test(test_dead_url_leaves_the_pool_and_returns),
         cmocka_unit_test(test_all_down_fails_over_at_once),
         cmocka_unit_test(test_reference_wav_is_cloned_once_and_cached),

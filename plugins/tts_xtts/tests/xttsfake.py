@@ -30,7 +30,8 @@ Test control (not part of the server's API, under /_fake/):
   POST /_fake/config  {"force_header": true} header even with add_wav_header false
                       (an old server); {"down": true} every API request is answered by
                       closing the connection, /languages included, until down is false
-  GET  /_fake/state   {"requests": [...], "clones": [...], "max_active": n, "waited": n}
+  GET  /_fake/state   {"requests": [...], "clones": [...], "max_active": n, "waited": n,
+                      "active": streams in progress}
   POST /_fake/reset   forget plan, config and what was seen
 
 Usage: xttsfake.py PORTFILE   (binds 127.0.0.1:0, writes the port to PORTFILE)
@@ -151,7 +152,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_fake/state":
             with LOCK:
                 return self.reply(200, {"requests": SEEN, "clones": CLONES, "max_active": ACTIVE[1],
-                                        "waited": ACTIVE[2]})
+                                        "waited": ACTIVE[2], "active": ACTIVE[0]})
         if CONFIG["down"]:
             return self.refuse()
         if self.path == "/languages":
@@ -253,8 +254,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.wfile.flush()
-        if step.get("delay_ms"):
-            time.sleep(step["delay_ms"] / 1000.0)
+        # the model thinks; a client that hangs up meanwhile frees the model
+        deadline = time.time() + step.get("delay_ms", 0) / 1000.0
+        while time.time() < deadline:
+            if self.client_gone():
+                self.close_connection = True
+                return
         try:
             if req.get("add_wav_header", True) or CONFIG["force_header"]:
                 self.chunk(wav_header())  # a chunk of its own, as the server yields it
