@@ -537,6 +537,7 @@ static void on_studio(void *ud, tolk_http *h, const tolk_http_result *res) {
         return;
     }
     d->studio_cond = cond;
+    TOLK_LOG(d->host, d->inst, TOLK_LOG_INFO, "studio speaker '%s' ready", d->studio_speaker);
 }
 
 static void studio_fetch(xtts *d) {
@@ -809,8 +810,9 @@ static tolk_status xtts_speak_req(void *self, tolk_request *r, const tolk_tts_re
         return TOLK_E_BACKEND;
     }
     if (!cond_for(d, q->voice)) {
-        /* the studio speaker is still being fetched, or no voice is set up */
-        if (d->studio_speaker) return TOLK_E_AGAIN;
+        /* the default voice is still being cloned or fetched: soon */
+        if ((d->default_voice && clone_find(d, d->default_voice)) || (d->studio_speaker && !d->default_voice))
+            return TOLK_E_AGAIN;
         d->host->log(d->inst, TOLK_LOG_ERR, "no conditioning for voice '%s' and no default voice",
                      q->voice ? q->voice : "");
         return TOLK_E_BACKEND;

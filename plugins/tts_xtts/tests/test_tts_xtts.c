@@ -190,6 +190,7 @@ typedef struct run_opts {
     int clones_before_calls; /* wait for this many clones before starting the calls */
     char *profiles;        /* reuse this profiles directory (stolen), NULL: a new one */
     double probe_interval; /* 0: 0.2 s */
+    const char *voice;     /* the default: "default_voice = \"alice\";" */
 } run_opts;
 
 static rec *run(const run_opts *o) {
@@ -216,9 +217,9 @@ static rec *run(const run_opts *o) {
     tu_write(R->dir, "40-tts.conf",
              "instances = (\n"
              "  { name = \"tts-xtts\"; plugin = \"tts_xtts\"; settings: { urls = [ %s ]; profiles_dir = \"%s\"; "
-             "default_voice = \"alice\"; probe_interval = %g; stall_timeout = 1.0; connect_timeout = 1.0; %s }; },\n"
+             "%s probe_interval = %g; stall_timeout = 1.0; connect_timeout = 1.0; %s }; },\n"
              "  { name = \"tts-b\"; plugin = \"tts_mock\"; settings: { latency_ms = 5; ms_per_char = 10; }; } );\n",
-             o->urls ? o->urls : urls, R->profiles, o->probe_interval > 0 ? o->probe_interval : 0.2, o->xtts ? o->xtts : "");
+             o->urls ? o->urls : urls, R->profiles, o->voice ? o->voice : "default_voice = \"alice\";", o->probe_interval > 0 ? o->probe_interval : 0.2, o->xtts ? o->xtts : "");
     tu_write(R->dir, "50-chains.conf",
              "chains = ( { name = \"stt\"; kind = \"stt\"; providers = [ \"stt-a\" ]; },\n"
              "  { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-a\" ]; },\n"
@@ -232,6 +233,7 @@ static rec *run(const run_opts *o) {
     assert_int_equal(core_load(R->c), 0);
     for (int t = 0; t < 500 && tu_health_int(R->c, "tts-xtts", "clones") < o->clones_before_calls; t++)
         tu_run_until(R->c, NULL, NULL, 0.01);
+    for (int t = 0; t < 500 && o->voice && !tu_log_has("studio speaker"); t++) tu_run_until(R->c, NULL, NULL, 0.01);
     assert_int_equal(core_start_transports(R->c), 0);
     assert_true(tu_run_until(R->c, ended, R, 30));
     return R;
@@ -538,6 +540,21 @@ static void test_reference_wav_is_cloned_once_and_cached(void **state) {
     done(R);
 }
 
+/* No default profile: the server's studio speaker, as GET /studio_speakers
+ * gives it. */
+static void test_studio_speaker_is_the_default(void **state) {
+    reset_fakes();
+    run_opts o = {.voice = "studio_speaker = \"Claribel Dervla\";"};
+    rec *R = run(&o);
+    assert_spoken_by_xtts(R, 3);
+    json_t *st = fake_state(0);
+    json_t *reqs = json_object_get(st, "requests");
+    for (size_t i = 0; i < 3; i++)
+        assert_true(json_num(json_object_get(json_array_get(reqs, i), "speaker_embedding0")) == 0.75);
+    json_decref(st);
+    done(R);
+}
+
 static void cache_gauge(void *ud, const tolk_metric_sample *s) {
     if (!strcmp(s->name, "voice_embedding_cache_size") && s->label_values &&
         !strcmp(s->label_values[0], "tts-xtts"))
@@ -588,6 +605,7 @@ int main(void) {
         cmocka_unit_test(test_all_down_fails_over_at_once),
         cmocka_unit_test(test_reference_wav_is_cloned_once_and_cached),
         cmocka_unit_test(test_voice_sample_is_cloned_and_used),
+        cmocka_unit_test(test_studio_speaker_is_the_default),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     for (int i = 0; i < NFAKES; i++) fake_stop(i);
