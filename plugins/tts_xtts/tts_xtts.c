@@ -20,7 +20,11 @@
  * it is asked GET /languages and comes back once it answers 200. When no
  * URL is left, a request fails at once with TOLK_E_BACKEND and
  * host->report() says so: the core fails over to the chain's backup. A stall
- * fails its request with TOLK_E_TIMEOUT for the core's recovery.
+ * fails its request with TOLK_E_TIMEOUT for the core's recovery; a 4xx
+ * (FastAPI's 422: a field or language the server does not take) fails only
+ * that phrase, with TOLK_E_INVAL, and the server stays. Languages are sent
+ * as bare lower-case codes ("es-MX" -> "es"); the rate hint is ignored (the
+ * server's /tts_stream has no speed parameter).
  *
  * Voices: a request's voice names a profile in profiles_dir: <name>.json
  * holds the conditioning itself ({"speaker_embedding", "gpt_cond_latent"},

@@ -16,9 +16,12 @@ It follows the server's API (server/main.py, protocols.md section 3.1 and 10.3):
   GET  /studio_speakers  {"<name>": {"speaker_embedding", "gpt_cond_latent"}, ...}
   GET  /languages    the model's languages (JSON array)
 
-One stream at a time, like the stock server with its single model: a second
-/tts_stream waits until the first has finished (or its client went away), then
-streams. The audio is a deterministic tone per word of the text, WORD_MS long,
+One stream at a time, as protocols.md 10.3 says of the stock server: main.py
+has one model and no lock; its endpoint is a plain `def` whose generator
+Starlette runs in a worker thread, so a second request is accepted and waits
+for the GPU rather than being refused. Here a second /tts_stream is accepted
+and waits (no byte of it is sent) until the first has finished or its client
+went away, then streams. The audio is a deterministic tone per word of the text, WORD_MS long,
 so a test can count what it gets.
 
 Test control (not part of the server's API, under /_fake/):
