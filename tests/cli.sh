@@ -175,7 +175,13 @@ check "no chain for the languages: says which" grep -q "no tts chain .* serves e
 "$B/tests/mkwav" "$T/int.wav" 16000 1 16 60 800 1200
 $TR "$T/int.wav" "$T/int-out.wav" >"$T/int.out" 2>"$T/int.err" &
 tpid=$!
-sleep 1
+# signal it once it is translating: a background job of a non-interactive
+# shell starts with SIGINT ignored until tolk-translate installs its handler
+n=0
+while c=$(grep -c '^\[' "$T/int.out" 2>/dev/null); [ "${c:-0}" -lt 2 ] && [ $n -lt 300 ]; do
+    sleep 0.1
+    n=$((n + 1))
+done
 kill -INT $tpid
 wait $tpid
 check "SIGINT: exit 130" [ $? -eq 130 ]
