@@ -369,12 +369,14 @@ static int send_text(dg_stream *s, const char *json) {
     return s->ws && s->d->host->ws_send(s->ws, json, strlen(json), 0) == TOLK_OK;
 }
 
-/* The pending chunk goes out; 0 when the stream failed doing it. */
-static int send_chunk(dg_stream *s) {
+/* The pending chunk goes out; 0 when the stream failed doing it. `force`
+ * (flush, finalize): one more chunk past the bound, and no host callback
+ * from inside those calls. */
+static int send_chunk(dg_stream *s, int force) {
     dg *d = s->d;
     if (!s->chunk_len || !s->ws) return 1;
     size_t queued = d->host->ws_buffered(s->ws);
-    if (queued > d->max_buffered) {
+    if (queued > d->max_buffered && !force) {
         char why[160];
         d->backpressure++;
         snprintf(why, sizeof why, "Deepgram is not taking audio in real time: %zu bytes queued", queued);
@@ -426,7 +428,7 @@ static tolk_status dg_feed(void *state, const int16_t *pcm, size_t n) {
     if (s->chunk_len >= s->d->chunk_bytes) {
         /* a failure here is reported through stt_failed, not twice */
         enter(s);
-        send_chunk(s);
+        send_chunk(s, 0);
         leave(s);
     }
     return TOLK_OK;
@@ -477,14 +479,14 @@ static void on_tick(void *ud) {
                  d->finalize_timeout);
         phrase_end(s, 1);
     }
-    if (live(s) && s->chunk_len && now - s->last_audio >= d->keepalive) send_chunk(s);
+    if (live(s) && s->chunk_len && now - s->last_audio >= d->keepalive) send_chunk(s, 0);
     if (live(s) && now - s->last_audio >= d->keepalive && now - s->last_keepalive >= d->keepalive) {
         if (!s->samples_sent) {
             /* audio first: a stream that never had audio is closed anyway */
             int16_t silence[TOLK_FRAME_SAMPLES] = {0};
             chunk_add(s, silence, TOLK_FRAME_SAMPLES);
             s->offset_samples += TOLK_FRAME_SAMPLES;
-            send_chunk(s);
+            send_chunk(s, 1);
         } else if (send_text(s, "{\"type\":\"KeepAlive\"}")) {
             d->keepalives++;
         }
@@ -690,39 +692,24 @@ static void dg_close(void *state) {
 static tolk_status dg_finalize(void *state) {
     dg_stream *s = state;
     if (!live(s) || s->flushing) return TOLK_DECLINED;
-    enter(s);
-    tolk_status st = TOLK_PENDING;
-    if (!send_chunk(s)) {
-        st = TOLK_E_BACKEND;
-    } else if (!s->finalizing) {
-        if (send_text(s, "{\"type\":\"Finalize\"}")) {
-            s->finalizing = 1;
-            s->finalize_deadline = s->d->host->now() + s->d->finalize_timeout;
-            s->d->finalizes++;
-        } else {
-            st = TOLK_DECLINED;
-        }
-    }
-    if (leave(s)) return st;
-    return st;
+    send_chunk(s, 1);
+    if (s->finalizing) return TOLK_PENDING; /* the one asked for is still due */
+    if (!send_text(s, "{\"type\":\"Finalize\"}")) return TOLK_DECLINED;
+    s->finalizing = 1;
+    s->finalize_deadline = s->d->host->now() + s->d->finalize_timeout;
+    s->d->finalizes++;
+    return TOLK_PENDING;
 }
 
 static tolk_status dg_flush(void *state) {
     dg_stream *s = state;
     if (!live(s)) return TOLK_OK;
     if (s->flushing) return TOLK_PENDING;
-    enter(s);
-    tolk_status st = TOLK_PENDING;
-    if (!send_chunk(s)) {
-        st = TOLK_E_BACKEND;
-    } else if (send_text(s, "{\"type\":\"CloseStream\"}")) {
-        s->flushing = 1;
-        s->flush_deadline = s->d->host->now() + s->d->flush_timeout;
-    } else {
-        st = TOLK_OK; /* the connection is closing: nothing more will come */
-    }
-    leave(s);
-    return st;
+    send_chunk(s, 1);
+    if (!send_text(s, "{\"type\":\"CloseStream\"}")) return TOLK_OK; /* closing: nothing more comes */
+    s->flushing = 1;
+    s->flush_deadline = s->d->host->now() + s->d->flush_timeout;
+    return TOLK_PENDING;
 }
 
 /* ------------------------------------------------------------------ */
