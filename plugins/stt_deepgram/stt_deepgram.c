@@ -81,8 +81,10 @@ static const tolk_option dg_options[] = {
      .help = "Deepgram API key (default: the environment variable DEEPGRAM_API_KEY)"},
     {.key = "url", .type = TOLK_OPT_STRING, .default_value = DEFAULT_URL,
      .help = "base URL, wss:// (ws:// for local tests); /v1/listen is appended"},
-    {.key = "model", .type = TOLK_OPT_STRING, .default_value = "nova-3",
-     .help = "model: nova-3, nova-2-phonecall, ..."},
+    {.key = "api", .type = TOLK_OPT_STRING, .default_value = "v1",
+     .help = "v1: /v1/listen (Nova models); v2: /v2/listen (Flux, turn-based)"},
+    {.key = "model", .type = TOLK_OPT_STRING,
+     .help = "model (default: nova-3 on v1, flux-general-en on v2)"},
     {.key = "language", .type = TOLK_OPT_STRING,
      .help = "language sent to Deepgram (default: the stream's language; \"multi\" for code-switching)"},
     {.key = "interim_results", .type = TOLK_OPT_BOOL, .default_value = "true",
@@ -97,8 +99,16 @@ static const tolk_option dg_options[] = {
     {.key = "punctuate", .type = TOLK_OPT_BOOL, .default_value = "true", .help = "punctuation"},
     {.key = "keyterms", .type = TOLK_OPT_STRING_LIST,
      .help = "key terms to boost (one keyterm= parameter each; Nova-3)"},
-    {.key = "chunk_ms", .type = TOLK_OPT_INT, .default_value = "20", .min = 20, .max = 1000,
-     .help = "audio per binary message, milliseconds (whole 20 ms frames)"},
+    {.key = "chunk_ms", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1000,
+     .help = "audio per binary message, milliseconds (whole 20 ms frames); 0: 20 on v1, 80 on v2 (Flux's advice)"},
+    {.key = "eot_threshold", .type = TOLK_OPT_DOUBLE, .min = 0.5, .max = 0.9,
+     .help = "Flux: end-of-turn confidence that ends a turn (Deepgram's default 0.7)"},
+    {.key = "eager_eot_threshold", .type = TOLK_OPT_DOUBLE, .min = 0.3, .max = 0.9,
+     .help = "Flux: confidence for EagerEndOfTurn (tentative ends, TOLK_TRANSCRIPT_EAGER_END); unset: none"},
+    {.key = "eot_timeout_ms", .type = TOLK_OPT_INT, .min = 500, .max = 10000,
+     .help = "Flux: a turn ends after this much silence whatever the confidence (Deepgram's default 5000)"},
+    {.key = "language_hints", .type = TOLK_OPT_STRING_LIST,
+     .help = "Flux flux-general-multi: language_hint values (default: the stream's language)"},
     {.key = "max_buffered", .type = TOLK_OPT_INT, .default_value = "320000", .min = 1280, .max = 1e9,
      .help = "bytes of audio queued unsent above which the stream fails (10 s at 16 kHz)"},
     {.key = "keepalive_interval", .type = TOLK_OPT_DOUBLE, .default_value = "4", .min = 0.05, .max = 9,
@@ -157,7 +167,10 @@ struct dg {
     const tolk_host *host;
     tolk_instance *inst;
     char *url, *auth_header, *model, *language, *ca_file;
-    json_t *keyterms;
+    json_t *keyterms, *language_hints;
+    int flux; /* api v2 */
+    double eot_threshold, eager_eot_threshold; /* 0: not sent */
+    int eot_timeout_ms;
     int interim, vad_events, smart_format, punctuate, insecure;
     int endpointing, utterance_end_ms;
     size_t chunk_bytes, max_buffered;
@@ -167,7 +180,7 @@ struct dg {
     /* health counters */
     uint64_t streams_opened, messages, malformed, failures, refused, rate_limited, undecodable,
         watchdog, backpressure, keepalives, finalizes, finalize_timeouts, flush_timeouts, finals,
-        partials, utterance_ends, speech_started, metadata;
+        partials, utterance_ends, speech_started, metadata, eager_ends, turns_resumed, errors;
     int last_close_code, last_http_status;
 };
 
@@ -235,8 +248,8 @@ static void phrase_append(dg_stream *s, const char *text, double start, double e
     if (end > s->phrase_end) s->phrase_end = end;
 }
 
-static void deliver(dg_stream *s, const char *text, int is_final, double confidence, double stability,
-                    double start, double end) {
+static void deliver_flags(dg_stream *s, const char *text, int is_final, double confidence, double stability,
+                          double start, double end, unsigned flags) {
     tolk_transcript t = {.size = sizeof t,
                          .text = text ? text : "",
                          .is_final = is_final,
@@ -244,13 +257,18 @@ static void deliver(dg_stream *s, const char *text, int is_final, double confide
                          .start_sample = to_samples(s, start),
                          .end_sample = to_samples(s, end),
                          .stability = stability,
-                         .flags = 0};
+                         .flags = flags};
     if (t.end_sample < t.start_sample) t.end_sample = t.start_sample;
     if (is_final)
         s->d->finals++;
     else
         s->d->partials++;
     s->d->host->stt_result(s->stream, &t);
+}
+
+static void deliver(dg_stream *s, const char *text, int is_final, double confidence, double stability,
+                    double start, double end) {
+    deliver_flags(s, text, is_final, confidence, stability, start, end, 0);
 }
 
 /* The phrase is over: its segments as one final (an empty one only when
@@ -329,6 +347,45 @@ static void on_utterance_end(dg_stream *s, json_t *msg) {
     if (s->has_phrase) phrase_end(s, 0);
 }
 
+/* Flux: one TurnInfo per event of a turn; the transcript is the whole
+ * turn so far, and the window the audio it covers. */
+static void on_turn_info(dg_stream *s, json_t *msg) {
+    dg *d = s->d;
+    const char *event = json_string_value(json_object_get(msg, "event"));
+    const char *text = json_string_value(json_object_get(msg, "transcript"));
+    if (!event || !text) {
+        d->malformed++;
+        return;
+    }
+    double start = json_number_value(json_object_get(msg, "audio_window_start"));
+    double end = json_number_value(json_object_get(msg, "audio_window_end"));
+    double eot = json_is_number(json_object_get(msg, "end_of_turn_confidence"))
+                     ? json_number_value(json_object_get(msg, "end_of_turn_confidence"))
+                     : -1;
+    if (!strcmp(event, "EndOfTurn")) {
+        /* the turn is the phrase: one final, even after ForceEndTurn with nothing heard */
+        int asked = s->finalizing;
+        s->finalizing = 0;
+        free(s->last_interim);
+        s->last_interim = NULL;
+        s->agreeing = 0;
+        if (*text || asked) deliver(s, text, 1, -1, 1.0, start, end);
+    } else if (!strcmp(event, "EagerEndOfTurn")) {
+        /* tentative: confirmed by an EndOfTurn with the same text, or
+         * withdrawn by TurnResumed */
+        d->eager_ends++;
+        deliver_flags(s, text, 0, -1, eot, start, end, TOLK_TRANSCRIPT_EAGER_END);
+    } else if (!strcmp(event, "TurnResumed")) {
+        d->turns_resumed++;
+        deliver(s, text, 0, -1, interim_stability(s, text), start, end); /* without the flag: withdrawn */
+    } else if (*text) { /* Update, StartOfTurn, and events added later */
+        if (!strcmp(event, "StartOfTurn")) d->speech_started++;
+        deliver(s, text, 0, -1, interim_stability(s, text), start, end);
+    } else if (!strcmp(event, "StartOfTurn")) {
+        d->speech_started++;
+    }
+}
+
 static void on_message(void *ud, tolk_ws *ws, const void *data, size_t n, int binary) {
     dg_stream *s = ud;
     dg *d = s->d;
@@ -345,6 +402,18 @@ static void on_message(void *ud, tolk_ws *ws, const void *data, size_t n, int bi
             d->host->log(d->inst, TOLK_LOG_WARN, "Deepgram sent a %s message of %zu bytes that is not %s%s%s; ignored",
                          binary ? "binary" : "text", n, msg ? "a typed JSON object" : "JSON",
                          msg || binary ? "" : ": ", msg || binary ? "" : err.text);
+    } else if (d->flux && !strcmp(type, "TurnInfo")) {
+        on_turn_info(s, msg);
+    } else if (d->flux && !strcmp(type, "Error")) {
+        char why[300];
+        const char *code = json_string_value(json_object_get(msg, "code"));
+        const char *desc = json_string_value(json_object_get(msg, "description"));
+        d->errors++;
+        snprintf(why, sizeof why, "Deepgram Flux error %s: %s", code ? code : "?", desc ? desc : "");
+        fail(s, TOLK_E_BACKEND, TOLK_SEV_HIGH, why);
+    } else if (d->flux && !strcmp(type, "Connected")) {
+        TOLK_LOG(d->host, d->inst, TOLK_LOG_VERB, "Deepgram Flux request %s",
+                 json_string_value(json_object_get(msg, "request_id")) ? json_string_value(json_object_get(msg, "request_id")) : "?");
     } else if (!strcmp(type, "Results")) {
         on_results(s, msg);
     } else if (!strcmp(type, "UtteranceEnd")) {
@@ -596,7 +665,42 @@ static void param(char **buf, size_t *len, size_t *cap, const char *key, const c
     url_put(buf, len, cap, value, 1);
 }
 
+/* Flux: its own parameters; the language comes with the model, hints only on multi */
+static char *flux_url(const dg *d, const char *language) {
+    char *buf = NULL, num[32];
+    size_t len = 0, cap = 0;
+    url_put(&buf, &len, &cap, d->url, 0);
+    url_put(&buf, &len, &cap, "/v2/listen", 0);
+    param(&buf, &len, &cap, "model", d->model);
+    param(&buf, &len, &cap, "encoding", "linear16");
+    snprintf(num, sizeof num, "%d", TOLK_SAMPLE_RATE);
+    param(&buf, &len, &cap, "sample_rate", num);
+    if (d->eot_threshold > 0) {
+        snprintf(num, sizeof num, "%g", d->eot_threshold);
+        param(&buf, &len, &cap, "eot_threshold", num);
+    }
+    if (d->eager_eot_threshold > 0) {
+        snprintf(num, sizeof num, "%g", d->eager_eot_threshold);
+        param(&buf, &len, &cap, "eager_eot_threshold", num);
+    }
+    if (d->eot_timeout_ms > 0) {
+        snprintf(num, sizeof num, "%d", d->eot_timeout_ms);
+        param(&buf, &len, &cap, "eot_timeout_ms", num);
+    }
+    for (size_t i = 0; i < json_array_size(d->keyterms); i++)
+        param(&buf, &len, &cap, "keyterm", json_string_value(json_array_get(d->keyterms, i)));
+    if (strstr(d->model, "multi")) {
+        if (json_array_size(d->language_hints))
+            for (size_t i = 0; i < json_array_size(d->language_hints); i++)
+                param(&buf, &len, &cap, "language_hint", json_string_value(json_array_get(d->language_hints, i)));
+        else if (language && strcmp(language, "multi"))
+            param(&buf, &len, &cap, "language_hint", language);
+    }
+    return buf;
+}
+
 static char *listen_url(const dg *d, const char *language) {
+    if (d->flux) return flux_url(d, language);
     char *buf = NULL, num[32];
     size_t len = 0, cap = 0;
     url_put(&buf, &len, &cap, d->url, 0);
@@ -694,7 +798,9 @@ static tolk_status dg_finalize(void *state) {
     if (!live(s) || s->flushing) return TOLK_DECLINED;
     send_chunk(s, 1);
     if (s->finalizing) return TOLK_PENDING; /* the one asked for is still due */
-    if (!send_text(s, "{\"type\":\"Finalize\"}")) return TOLK_DECLINED;
+    /* Flux has no Finalize: ForceEndTurn ends the turn and its EndOfTurn follows */
+    if (!send_text(s, s->d->flux ? "{\"type\":\"ForceEndTurn\"}" : "{\"type\":\"Finalize\"}"))
+        return TOLK_DECLINED;
     s->finalizing = 1;
     s->finalize_deadline = s->d->host->now() + s->d->finalize_timeout;
     s->d->finalizes++;
@@ -722,6 +828,20 @@ static tolk_status dg_check_config(const json_t *cfg, tolk_config_error *err) {
         snprintf(err->message, sizeof err->message, "must start with wss:// (or ws:// for a local test)");
         return TOLK_E_INVAL;
     }
+    const char *api = json_string_value(json_object_get(cfg, "api"));
+    if (api && strcmp(api, "v1") && strcmp(api, "v2")) {
+        err->key = "api";
+        snprintf(err->message, sizeof err->message, "'%s' is not v1 (Nova) or v2 (Flux)", api);
+        return TOLK_E_INVAL;
+    }
+    const char *model = json_string_value(json_object_get(cfg, "model"));
+    int flux = api && !strcmp(api, "v2");
+    if (model && flux != !strncmp(model, "flux", 4)) {
+        err->key = "model";
+        snprintf(err->message, sizeof err->message, "%s", flux ? "api v2 takes only Flux models (flux-general-en, flux-general-multi)"
+                                                                : "Flux models need api = \"v2\"");
+        return TOLK_E_INVAL;
+    }
     json_t *chunk = json_object_get(cfg, "chunk_ms");
     if (json_is_integer(chunk) && json_integer_value(chunk) % 20) {
         err->key = "chunk_ms";
@@ -740,6 +860,7 @@ static void dg_destroy(void *self) {
     free(d->language);
     free(d->ca_file);
     json_decref(d->keyterms);
+    json_decref(d->language_hints);
     free(d);
 }
 
@@ -770,7 +891,16 @@ static tolk_status dg_create(const tolk_host *host, tolk_instance *inst, const j
     size_t klen = strlen(key);
     d->auth_header = malloc(klen + 32);
     if (d->auth_header) snprintf(d->auth_header, klen + 32, "Authorization: Token %s", key);
-    d->model = dup_or_null(host->cfg_string(cfg, "model"));
+    const char *api = host->cfg_string(cfg, "api");
+    d->flux = api && !strcmp(api, "v2");
+    const char *model = host->cfg_string(cfg, "model");
+    d->model = strdup(model ? model : d->flux ? "flux-general-en" : "nova-3");
+    d->eot_threshold = host->cfg_double(cfg, "eot_threshold");
+    d->eager_eot_threshold = host->cfg_double(cfg, "eager_eot_threshold");
+    d->eot_timeout_ms = (int)host->cfg_int(cfg, "eot_timeout_ms");
+    d->language_hints = json_array();
+    for (size_t i = 0; i < host->cfg_list_size(cfg, "language_hints"); i++)
+        json_array_append_new(d->language_hints, json_string(host->cfg_list_string(cfg, "language_hints", i)));
     d->language = dup_or_null(host->cfg_string(cfg, "language"));
     d->ca_file = dup_or_null(host->cfg_string(cfg, "ca_file"));
     d->keyterms = json_array();
@@ -783,7 +913,9 @@ static tolk_status dg_create(const tolk_host *host, tolk_instance *inst, const j
     d->insecure = host->cfg_bool(cfg, "insecure");
     d->endpointing = (int)host->cfg_int(cfg, "endpointing");
     d->utterance_end_ms = (int)host->cfg_int(cfg, "utterance_end_ms");
-    d->chunk_bytes = (size_t)host->cfg_int(cfg, "chunk_ms") / 20 * TOLK_FRAME_BYTES;
+    int64_t chunk_ms = host->cfg_int(cfg, "chunk_ms");
+    if (chunk_ms <= 0) chunk_ms = d->flux ? 80 : 20;
+    d->chunk_bytes = (size_t)chunk_ms / 20 * TOLK_FRAME_BYTES;
     if (!d->chunk_bytes) d->chunk_bytes = TOLK_FRAME_BYTES;
     d->max_buffered = (size_t)host->cfg_int(cfg, "max_buffered");
     d->keepalive = host->cfg_double(cfg, "keepalive_interval");
@@ -792,11 +924,12 @@ static tolk_status dg_create(const tolk_host *host, tolk_instance *inst, const j
     d->results_timeout = host->cfg_double(cfg, "results_timeout");
     d->connect_timeout = host->cfg_double(cfg, "connect_timeout");
     d->refused_hold = host->cfg_double(cfg, "refused_hold");
-    if (!d->url || !d->auth_header || !d->model || !d->keyterms || d->keepalive <= 0) {
+    if (!d->url || !d->auth_header || !d->model || !d->keyterms || !d->language_hints || d->keepalive <= 0) {
         dg_destroy(d);
         return TOLK_E_NOMEM;
     }
-    TOLK_LOG(host, inst, TOLK_LOG_VERB, "Deepgram at %s/v1/listen, model %s", d->url, d->model);
+    TOLK_LOG(host, inst, TOLK_LOG_VERB, "Deepgram at %s%s, model %s", d->url, d->flux ? "/v2/listen" : "/v1/listen",
+             d->model);
     *self = d;
     return TOLK_OK;
 }
@@ -815,7 +948,7 @@ static tolk_health dg_health(void *self, json_t **detail_new) {
     if (detail_new)
         *detail_new = json_pack(
             "{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-            "s:I, s:i, s:i}",
+            "s:I, s:i, s:i, s:s, s:I, s:I, s:I}",
             "url", d->url, "model", d->model, "streams", (json_int_t)d->streams_opened, "streams_open",
             (json_int_t)open, "messages", (json_int_t)d->messages, "malformed", (json_int_t)d->malformed,
             "failures", (json_int_t)d->failures, "refused", (json_int_t)d->refused, "rate_limited",
@@ -825,7 +958,9 @@ static tolk_health dg_health(void *self, json_t **detail_new) {
             (json_int_t)d->finalize_timeouts, "flush_timeouts", (json_int_t)d->flush_timeouts, "finals",
             (json_int_t)d->finals, "partials", (json_int_t)d->partials, "utterance_ends",
             (json_int_t)d->utterance_ends, "speech_started", (json_int_t)d->speech_started,
-            "last_close_code", d->last_close_code, "last_http_status", d->last_http_status);
+            "last_close_code", d->last_close_code, "last_http_status", d->last_http_status, "api",
+            d->flux ? "v2" : "v1", "eager_ends", (json_int_t)d->eager_ends, "turns_resumed",
+            (json_int_t)d->turns_resumed, "errors", (json_int_t)d->errors);
     return refused ? TOLK_FAILED : TOLK_HEALTHY;
 }
 

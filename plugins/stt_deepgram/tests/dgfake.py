@@ -35,9 +35,18 @@ its words come as two is_final segments, the second with speech_final true.
 With endpointing=false the segments come after 100 ms of silence without
 speech_final, and UtteranceEnd after utterance_end_ms.
 
+Flux (/v2/listen, model flux-general-*): Connected on open; a turn starts
+with the first burst (StartOfTurn), Update every 240 ms of its audio; with
+eager_eot_threshold in the query, EagerEndOfTurn after eager_ms of silence
+(TurnResumed if speech comes back first: the next burst joins the turn);
+EndOfTurn after eot_ms of silence, or at once on {"type":"ForceEndTurn"}
+(an empty one when no turn is open); CloseStream ends the open turn and
+closes 1000. Every message carries sequence_id.
+
 Test control (not Deepgram's API), HTTP on the same port, under /_fake/:
   POST /_fake/reset    forget the plan, the connections, the config
-  POST /_fake/config   {"idle_timeout": s, "interim_ms": ms, "script": [..]}
+  POST /_fake/config   {"idle_timeout": s, "interim_ms": ms, "script": [..],
+                        "eager_ms": ms, "eot_ms": ms}
   POST /_fake/plan     {"connections": [step, ...]}: the next upgrades take
                        these steps in order, then normal service. A step:
                        {"refuse": 429}            refuse the upgrade
@@ -72,7 +81,7 @@ from array import array
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 LOCK = threading.Lock()
-DEFAULT_CONFIG = {"idle_timeout": 10.0, "interim_ms": 200,
+DEFAULT_CONFIG = {"idle_timeout": 10.0, "interim_ms": 200, "eager_ms": 100, "eot_ms": 300,
                   "script": ["hello world", "thank you", "good morning"]}
 CONFIG = dict(DEFAULT_CONFIG)
 PLAN = []
@@ -195,6 +204,14 @@ class Stream:
         self.utterance = None    # last word end awaiting UtteranceEnd
         self.silence_ms = 0
         self.closed = False
+        # Flux (/v2/listen)
+        self.flux = record["path"] == "/v2/listen"
+        self.sequence_id = 0
+        self.turn = None         # the turn being heard: words of its finished bursts
+        self.turn_index = 0
+        self.eager = "eager_eot_threshold" in self.q
+        self.eager_ms = int(config["eager_ms"])
+        self.eot_ms = int(config["eot_ms"])
 
     # ---- sending ----
     def send_json(self, obj):
@@ -203,6 +220,9 @@ class Stream:
         if self.step.get("malformed") and obj.get("type") == "Results":
             self.sock.sendall(frame(0x1, b'{"type":"Results","channel":'))
             self.sock.sendall(frame(0x1, b'{"type":"Wibble","note":"a type nobody knows yet"}'))
+        if self.flux:
+            obj["sequence_id"] = self.sequence_id
+            self.sequence_id += 1
         self.sock.sendall(frame(0x1, json.dumps(obj).encode()))
         with LOCK:
             self.rec["messages_sent"] += 1
@@ -270,7 +290,69 @@ class Stream:
         self.utterance = s["end"]
         self.seg = None
 
+    # ---- Flux: turns ----
+    def turn_words(self):
+        words = list(self.turn["words"])
+        if self.seg is not None:
+            words += self.seg["words"][:self.heard()]
+        return words
+
+    def turn_info(self, event, confidence):
+        t = self.turn
+        self.send_json({"type": "TurnInfo", "request_id": self.request_id, "event": event,
+                        "turn_index": self.turn_index, "audio_window_start": round(t["start"], 6),
+                        "audio_window_end": round(self.frames * FRAME_MS / 1000.0, 6),
+                        "transcript": " ".join(self.turn_words()),
+                        "words": [{"word": w, "confidence": 0.98} for w in self.turn_words()],
+                        "end_of_turn_confidence": confidence})
+
+    def end_turn(self):
+        if self.seg is not None:
+            self.turn["words"] += self.seg["words"][:self.heard()]
+            self.seg = None
+        self.turn_info("EndOfTurn", 0.9)
+        self.turn = None
+        self.turn_index += 1
+
+    def on_frame_flux(self, pcm):
+        t = self.frames * FRAME_MS / 1000.0
+        self.frames += 1
+        rms = math.sqrt(sum(x * x for x in pcm) / len(pcm)) if len(pcm) else 0
+        if rms > VOICED_RMS:
+            if self.turn is None:
+                self.turn = {"words": [], "start": t, "eager": False, "since_update": 0}
+            if self.seg is None:
+                line = self.script[self.line % len(self.script)]
+                self.line += 1
+                self.seg = {"words": line.split(), "start": t, "end": t, "voiced_ms": 0, "done": 0}
+                if not self.turn["words"]:
+                    self.turn_info("StartOfTurn", 0.01)
+                elif self.turn["eager"]:
+                    self.turn["eager"] = False
+                    self.turn_info("TurnResumed", 0.2)
+            self.silence_ms = 0
+            self.seg["voiced_ms"] += FRAME_MS
+            self.seg["end"] = t + FRAME_MS / 1000.0
+        elif self.turn is not None:
+            self.silence_ms += FRAME_MS
+            if self.seg is not None and self.silence_ms >= SEGMENT_SILENCE_MS:
+                self.turn["words"] += self.seg["words"]
+                self.seg = None
+            if self.eager and not self.turn["eager"] and self.silence_ms >= self.eager_ms:
+                self.turn["eager"] = True
+                self.turn_info("EagerEndOfTurn", 0.6)
+            if self.silence_ms >= self.eot_ms:
+                self.end_turn()
+                return
+        if self.turn is not None:
+            self.turn["since_update"] += FRAME_MS
+            if self.turn["since_update"] >= 240:
+                self.turn["since_update"] = 0
+                self.turn_info("Update", 0.1)
+
     def on_frame(self, pcm):
+        if self.flux:
+            return self.on_frame_flux(pcm)
         t = self.frames * FRAME_MS / 1000.0
         self.frames += 1
         rms = math.sqrt(sum(x * x for x in pcm) / len(pcm)) if len(pcm) else 0
@@ -332,7 +414,15 @@ class Stream:
             kind = "(not json)"
         with LOCK:
             self.rec["controls"].append(kind)
-        if kind == "Finalize":
+        if self.flux and kind == "ForceEndTurn":
+            if self.turn is None:
+                self.turn = {"words": [], "start": self.frames * FRAME_MS / 1000.0, "eager": False, "since_update": 0}
+            self.end_turn()
+        elif self.flux and kind == "CloseStream":
+            if self.turn is not None:
+                self.end_turn()
+            self.close(1000, "")
+        elif kind == "Finalize":
             s = self.seg
             if s is not None:
                 n = self.heard()
@@ -433,7 +523,7 @@ def serve(sock):
             step = PLAN.pop(0) if PLAN else {}
             config = dict(CONFIG)
         request_id = str(uuid.uuid4())
-        if url.path != "/v1/listen":
+        if url.path not in ("/v1/listen", "/v2/listen"):
             rec["refused"] = 404
             return http_reply(sock, 404, {"err_code": "NOT_FOUND", "err_msg": "Not found", "request_id": request_id})
         key = api_key(headers)
@@ -455,7 +545,10 @@ def serve(sock):
         if offered:
             reply += "Sec-WebSocket-Protocol: %s\r\n" % offered.split(",")[0].strip()
         sock.sendall((reply + "\r\n").encode())
-        Stream(sock, query, step, rec, config).run()
+        stream = Stream(sock, query, step, rec, config)
+        if stream.flux:
+            stream.send_json({"type": "Connected", "request_id": request_id})
+        stream.run()
     except (EOFError, ConnectionError, OSError, ValueError, KeyError):
         pass
     finally:

@@ -119,7 +119,8 @@ typedef struct rec {
     size_t n;
     int ok[MAXR];
     char text[MAXR][96], tr[MAXR][96], stt[MAXR][24];
-    size_t partials, finals, good_stability;
+    size_t partials, finals, good_stability, eager;
+    char eager_text[MAXR][96];
     double final_start[MAXR], final_end[MAXR]; /* seconds in the caller's audio */
     int ended;
 } rec;
@@ -143,6 +144,7 @@ static void on_transcript(void *ud, const transcript_event *e) {
         R->finals++;
     } else {
         R->partials++;
+        if (e->eager_end && R->eager < MAXR) snprintf(R->eager_text[R->eager++], sizeof R->eager_text[0], "%s", e->text);
         if (e->stability > 0 && e->stability <= 1) R->good_stability++;
     }
 }
@@ -430,6 +432,53 @@ static void test_finalize(void **state) {
     done(R);
 }
 
+/* Flux: a turn is a phrase; EagerEndOfTurn reaches the core as a partial
+ * marked TOLK_TRANSCRIPT_EAGER_END, then EndOfTurn confirms it. */
+static void test_flux_turns(void **state) {
+    call_opts o = {.dg = "api = \"v2\"; eager_eot_threshold = 0.5; eot_timeout_ms = 3000;", .soft_retries = 0};
+    rec *R = run(&o);
+    assert_phrases(R, 0, 3, "stt-dg");
+    json_t *conns = fake_connections();
+    assert_int_equal(json_array_size(conns), 1);
+    json_t *c = json_array_get(conns, 0);
+    assert_string_equal(json_string_value(json_object_get(c, "path")), "/v2/listen");
+    assert_string_equal(query1(c, "model"), "flux-general-en");
+    assert_string_equal(query1(c, "encoding"), "linear16");
+    assert_string_equal(query1(c, "sample_rate"), "16000");
+    assert_string_equal(query1(c, "eager_eot_threshold"), "0.5");
+    assert_string_equal(query1(c, "eot_timeout_ms"), "3000");
+    assert_null(query1(c, "language")); /* Flux takes the language from the model */
+    assert_string_equal(json_string_value(json_object_get(json_object_get(c, "headers"), "authorization")),
+                        "Token " KEY);
+    /* 80 ms chunks, as Deepgram advises for Flux (the last may be shorter) */
+    json_int_t bytes = json_integer_value(json_object_get(c, "audio_bytes"));
+    json_int_t messages = json_integer_value(json_object_get(c, "audio_messages"));
+    assert_true(messages <= bytes / 2560 + 1 && messages >= bytes / 2560);
+    assert_int_equal(controls_count(c, "CloseStream"), 1);
+    json_decref(conns);
+    assert_int_equal(R->eager, 3);
+    for (size_t i = 0; i < 3; i++) assert_string_equal(R->eager_text[i], english[i]);
+    assert_int_equal(R->finals, 3);
+    assert_int_equal(tu_health_int(R->c, "stt-dg", "eager_ends"), 3);
+    done(R);
+}
+
+/* Speech comes back after an EagerEndOfTurn: TurnResumed withdraws it and
+ * the turn goes on; one phrase, final once the speaker is done. */
+static void test_flux_turn_resumed(void **state) {
+    call_opts o = {.dg = "api = \"v2\"; eager_eot_threshold = 0.5;", .config = "{\"eot_ms\": 700}",
+                   .soft_retries = 0};
+    rec *R = run(&o);
+    assert_int_equal(R->n, 1);
+    assert_true(R->ok[0]);
+    assert_string_equal(R->text[0], "hello world thank you good morning");
+    assert_string_equal(R->tr[0], "hola mundo gracias amigo buenos días");
+    assert_int_equal(R->eager, 3);
+    assert_int_equal(tu_health_int(R->c, "stt-dg", "turns_resumed"), 2);
+    assert_int_equal(R->finals, 1);
+    done(R);
+}
+
 static void test_key_from_the_environment(void **state) {
     char *dir = tu_tmpdir();
     tu_write(dir, "tolk.conf", "core: { workers = 1; };\n"
@@ -470,6 +519,8 @@ int main(void) {
         cmocka_unit_test(test_watchdog_fires_on_a_silent_stream),
         cmocka_unit_test(test_keepalive_in_silence),
         cmocka_unit_test(test_finalize),
+        cmocka_unit_test(test_flux_turns),
+        cmocka_unit_test(test_flux_turn_resumed),
         cmocka_unit_test(test_key_from_the_environment),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
