@@ -294,7 +294,7 @@ class Stream:
     def turn_words(self):
         words = list(self.turn["words"])
         if self.seg is not None:
-            words += self.seg["words"][:self.heard()]
+            words += self.seg["words"][self.seg["done"]:self.heard()]
         return words
 
     def turn_info(self, event, confidence):
@@ -307,9 +307,10 @@ class Stream:
                         "end_of_turn_confidence": confidence})
 
     def end_turn(self):
+        # a burst still being heard goes on in the next turn with its other words
+        self.turn["words"] = self.turn_words()
         if self.seg is not None:
-            self.turn["words"] += self.seg["words"][:self.heard()]
-            self.seg = None
+            self.seg["done"] = max(self.seg["done"], self.heard())
         self.turn_info("EndOfTurn", 0.9)
         self.turn = None
         self.turn_index += 1
@@ -321,13 +322,12 @@ class Stream:
         if rms > VOICED_RMS:
             if self.turn is None:
                 self.turn = {"words": [], "start": t, "eager": False, "since_update": 0}
+                self.turn_info("StartOfTurn", 0.01)
             if self.seg is None:
                 line = self.script[self.line % len(self.script)]
                 self.line += 1
                 self.seg = {"words": line.split(), "start": t, "end": t, "voiced_ms": 0, "done": 0}
-                if not self.turn["words"]:
-                    self.turn_info("StartOfTurn", 0.01)
-                elif self.turn["eager"]:
+                if self.turn["eager"]:
                     self.turn["eager"] = False
                     self.turn_info("TurnResumed", 0.2)
             self.silence_ms = 0
@@ -336,7 +336,7 @@ class Stream:
         elif self.turn is not None:
             self.silence_ms += FRAME_MS
             if self.seg is not None and self.silence_ms >= SEGMENT_SILENCE_MS:
-                self.turn["words"] += self.seg["words"]
+                self.turn["words"] += self.seg["words"][self.seg["done"]:]
                 self.seg = None
             if self.eager and not self.turn["eager"] and self.silence_ms >= self.eager_ms:
                 self.turn["eager"] = True

@@ -479,6 +479,21 @@ static void test_flux_turn_resumed(void **state) {
     done(R);
 }
 
+/* Flux has no Finalize: finalize() sends ForceEndTurn, and the turn's
+ * EndOfTurn is the final. */
+static void test_flux_force_end_turn(void **state) {
+    call_opts o = {.core = "max_phrase_seconds = 0.3;", .dg = "api = \"v2\"; finalize_timeout = 0.3;",
+                   .calls = REALTIME, .soft_retries = 0};
+    rec *R = run(&o);
+    assert_phrases(R, 0, 3, "stt-dg");
+    json_t *conns = fake_connections();
+    assert_true(controls_count(json_array_get(conns, 0), "ForceEndTurn") >= 3);
+    assert_int_equal(controls_count(json_array_get(conns, 0), "Finalize"), 0);
+    json_decref(conns);
+    assert_true(tu_health_int(R->c, "stt-dg", "finalizes") - tu_health_int(R->c, "stt-dg", "finalize_timeouts") >= 3);
+    done(R);
+}
+
 static void test_key_from_the_environment(void **state) {
     char *dir = tu_tmpdir();
     tu_write(dir, "tolk.conf", "core: { workers = 1; };\n"
@@ -521,6 +536,7 @@ int main(void) {
         cmocka_unit_test(test_finalize),
         cmocka_unit_test(test_flux_turns),
         cmocka_unit_test(test_flux_turn_resumed),
+        cmocka_unit_test(test_flux_force_end_turn),
         cmocka_unit_test(test_key_from_the_environment),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
