@@ -1,7 +1,8 @@
 /*
- * stt_deepgram -- Deepgram live speech recognition (Nova models on
- * wss://api.deepgram.com/v1/listen), over the core's WebSocket client
- * (host->ws_connect, ABI 1.2): the plugin drives no socket itself.
+ * stt_deepgram -- Deepgram live speech recognition: Nova models on
+ * wss://api.deepgram.com/v1/listen, or Flux on /v2/listen (api = "v2"),
+ * over the core's WebSocket client (host->ws_connect, ABI 1.2): the plugin
+ * drives no socket itself.
  *
  * One WebSocket per stream (one direction of a call). open() connects and
  * returns TOLK_PENDING; host->stt_ready() follows on the WebSocket's open,
@@ -45,6 +46,16 @@
  * results come, then Metadata and a close 1000: host->stt_flushed(). After
  * `flush_timeout` the stream is flushed with what it has.
  * close(): ws_cancel(); no callback after it returns.
+ *
+ * Flux (v2): turn-based. TurnInfo Update/StartOfTurn are partials (the
+ * whole turn so far), EagerEndOfTurn a partial flagged
+ * TOLK_TRANSCRIPT_EAGER_END (stability: its end_of_turn_confidence: the
+ * text stays if the turn has ended), TurnResumed a partial without the flag
+ * (the tentative end withdrawn), EndOfTurn the final, its window the
+ * phrase's place. No language= (the model decides; language_hint on
+ * flux-general-multi); 80 ms chunks by default; finalize() sends
+ * ForceEndTurn, since Flux has no Finalize; an Error message fails the
+ * stream.
  *
  * Failures (host->stt_failed):
  *   upgrade refused 401/403  TOLK_E_BACKEND, TOLK_SEV_PERMANENT: a bad key;
@@ -151,6 +162,8 @@ typedef struct dg_stream {
     /* the phrase being heard: is_final segments so far */
     char *phrase;
     double phrase_start, phrase_end; /* seconds, Deepgram's clock */
+    double confidence_sum;           /* of its segments, for the phrase's */
+    int confidence_n;
     int has_phrase;
     char *last_interim;
     int agreeing; /* successive interims that extended the previous one */
@@ -235,8 +248,12 @@ static uint64_t to_samples(const dg_stream *s, double seconds) {
     return n > 0 ? (uint64_t)llround(n) : 0;
 }
 
-static void phrase_append(dg_stream *s, const char *text, double start, double end) {
+static void phrase_append(dg_stream *s, const char *text, double confidence, double start, double end) {
     if (!text || !*text) return;
+    if (confidence >= 0) {
+        s->confidence_sum += confidence;
+        s->confidence_n++;
+    }
     size_t old = s->phrase ? strlen(s->phrase) : 0, n = strlen(text);
     char *p = realloc(s->phrase, old + n + 2);
     if (!p) return;
@@ -277,6 +294,9 @@ static void phrase_end(dg_stream *s, int even_empty) {
     int had = s->has_phrase;
     char *text = s->phrase;
     double start = s->phrase_start, end = s->phrase_end;
+    double confidence = s->confidence_n ? s->confidence_sum / s->confidence_n : -1;
+    s->confidence_sum = 0;
+    s->confidence_n = 0;
     s->phrase = NULL;
     s->has_phrase = 0;
     s->phrase_start = s->phrase_end = 0;
@@ -285,7 +305,7 @@ static void phrase_end(dg_stream *s, int even_empty) {
     s->agreeing = 0;
     if (s->finalizing) even_empty = 1;
     s->finalizing = 0;
-    if ((had || even_empty) && live(s)) deliver(s, had ? text : "", 1, had ? 0.9 : -1, 1.0, start, end);
+    if ((had || even_empty) && live(s)) deliver(s, had ? text : "", 1, had ? confidence : -1, 1.0, start, end);
     free(text);
 }
 
@@ -329,7 +349,7 @@ static void on_results(dg_stream *s, json_t *msg) {
         free(joined);
         return;
     }
-    phrase_append(s, text, start, end);
+    phrase_append(s, text, confidence, start, end);
     free(s->last_interim);
     s->last_interim = NULL;
     s->agreeing = 0;
@@ -374,6 +394,7 @@ static void on_turn_info(dg_stream *s, json_t *msg) {
         /* tentative: confirmed by an EndOfTurn with the same text, or
          * withdrawn by TurnResumed */
         d->eager_ends++;
+        /* the text stays if the turn has ended: its end-of-turn confidence is the stability */
         deliver_flags(s, text, 0, -1, eot, start, end, TOLK_TRANSCRIPT_EAGER_END);
     } else if (!strcmp(event, "TurnResumed")) {
         d->turns_resumed++;
@@ -623,6 +644,9 @@ static void on_close(void *ud, tolk_ws *ws, const tolk_ws_close_info *info) {
     } else if (info->status == TOLK_E_TIMEOUT) {
         snprintf(why, sizeof why, "Deepgram connection timed out%s%s", *reason ? ": " : "", reason);
         fail(s, TOLK_E_TIMEOUT, TOLK_SEV_MEDIUM, why);
+    } else if (info->code == 1006) {
+        snprintf(why, sizeof why, "no connection to Deepgram (%s)", *reason ? reason : "dropped");
+        fail(s, TOLK_E_BACKEND, TOLK_SEV_HIGH, why);
     } else {
         snprintf(why, sizeof why, "Deepgram closed the stream (%d%s%s)", info->code, *reason ? " " : "", reason);
         fail(s, TOLK_E_BACKEND, TOLK_SEV_HIGH, why);

@@ -52,6 +52,8 @@ Test control (not Deepgram's API), HTTP on the same port, under /_fake/:
                        {"refuse": 429}            refuse the upgrade
                        {"close_after_ms": N, "code": 1011}
                                                   close after N ms of audio
+                       {"drop_after_ms": N}       drop the TCP connection
+                                                  after N ms of audio
                        {"stall": true}            take audio, answer nothing
                        {"script_from": K}         hear the first burst as
                                                   script line K (a stream
@@ -401,6 +403,9 @@ class Stream:
                 pcm.byteswap()
             self.on_frame(pcm)
             self.audio_ms += FRAME_MS
+            if self.step.get("drop_after_ms") is not None and self.audio_ms >= self.step["drop_after_ms"]:
+                self.sock.shutdown(socket.SHUT_RDWR)  # no close frame: the network died
+                raise EOFError
             after = self.step.get("close_after_ms")
             if after is not None and self.audio_ms >= after:
                 self.close(int(self.step.get("code", 1011)), self.step.get("reason", "NET-0000"))

@@ -157,6 +157,7 @@ static int ended(void *ud) {
 typedef struct call_opts {
     const char *dg;       /* extra settings of stt-dg */
     const char *key;      /* NULL: KEY */
+    const char *url;      /* NULL: the fake */
     const char *plan;     /* the fake's per-connection steps, or NULL */
     const char *config;   /* the fake's config, or NULL */
     const char *backup;   /* stt_mock's script, NULL: the whole script */
@@ -180,6 +181,8 @@ static rec *run(const call_opts *o) {
         free(body);
     }
     rec *R = xcalloc(1, sizeof *R);
+    char fake_url[64];
+    snprintf(fake_url, sizeof fake_url, "ws://127.0.0.1:%d", g_port);
     R->dir = tu_tmpdir();
     tu_log_capture();
     tu_log_clear();
@@ -191,11 +194,11 @@ static rec *run(const call_opts *o) {
     tu_write_mock_pipeline(R->dir);
     tu_write(R->dir, "20-stt.conf",
              "instances = (\n"
-             "  { name = \"stt-dg\"; plugin = \"stt_deepgram\"; settings: { url = \"ws://127.0.0.1:%d\"; "
+             "  { name = \"stt-dg\"; plugin = \"stt_deepgram\"; settings: { url = \"%s\"; "
              "api_key = \"%s\"; %s }; },\n"
              "  { name = \"stt-b\"; plugin = \"stt_mock\"; settings: { phrases = [ %s ]; silence_ms = 200; "
              "latency_ms = 10; partial_ms = 0; }; } );\n",
-             g_port, o->key ? o->key : KEY, o->dg ? o->dg : "",
+             o->url ? o->url : fake_url, o->key ? o->key : KEY, o->dg ? o->dg : "",
              o->backup ? o->backup : "\"hello world\", \"thank you\", \"good morning\"");
     tu_write(R->dir, "50-chains.conf",
              "chains = ( { name = \"stt\"; kind = \"stt\"; providers = [ \"stt-dg\", \"stt-b\" ]; },\n"
@@ -494,6 +497,28 @@ static void test_flux_force_end_turn(void **state) {
     done(R);
 }
 
+/* The network goes away mid-call (no close frame: 1006): backend failure,
+ * the backup takes over with the replay. */
+static void test_dropped_connection_fails_over(void **state) {
+    call_opts o = {.plan = "[{\"drop_after_ms\": 1000}]", .backup = "\"thank you\", \"good morning\"",
+                   .calls = REALTIME, .soft_retries = 0};
+    rec *R = run(&o);
+    assert_phrases(R, 0, 1, "stt-dg");
+    assert_phrases(R, 1, 3, "stt-b");
+    assert_int_equal(tu_health_int(R->c, "stt-dg", "last_close_code"), 1006);
+    assert_true(tu_log_has("no connection to Deepgram (connection dropped without a close frame)"));
+    done(R);
+}
+
+/* No Deepgram at all: the connection fails, the backup recognises. */
+static void test_no_server_fails_over(void **state) {
+    call_opts o = {.url = "ws://127.0.0.1:1", .calls = REALTIME, .soft_retries = 1};
+    rec *R = run(&o);
+    assert_phrases(R, 0, 3, "stt-b");
+    assert_true(tu_health_int(R->c, "stt-dg", "failures") >= 1);
+    done(R);
+}
+
 static void test_key_from_the_environment(void **state) {
     char *dir = tu_tmpdir();
     tu_write(dir, "tolk.conf", "core: { workers = 1; };\n"
@@ -537,6 +562,8 @@ int main(void) {
         cmocka_unit_test(test_flux_turns),
         cmocka_unit_test(test_flux_turn_resumed),
         cmocka_unit_test(test_flux_force_end_turn),
+        cmocka_unit_test(test_dropped_connection_fails_over),
+        cmocka_unit_test(test_no_server_fails_over),
         cmocka_unit_test(test_key_from_the_environment),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
