@@ -52,6 +52,8 @@ Test control (not Deepgram's API), HTTP on the same port, under /_fake/:
                        {"refuse": 429}            refuse the upgrade
                        {"close_after_ms": N, "code": 1011}
                                                   close after N ms of audio
+                       {"error_after_ms": N}      Flux: an Error message after
+                                                  N ms of audio, then close 1011
                        {"drop_after_ms": N}       drop the TCP connection
                                                   after N ms of audio
                        {"stall": true}            take audio, answer nothing
@@ -406,6 +408,11 @@ class Stream:
             if self.step.get("drop_after_ms") is not None and self.audio_ms >= self.step["drop_after_ms"]:
                 self.sock.shutdown(socket.SHUT_RDWR)  # no close frame: the network died
                 raise EOFError
+            if self.flux and self.step.get("error_after_ms") is not None and self.audio_ms >= self.step["error_after_ms"]:
+                self.send_json({"type": "Error", "code": "INTERNAL_SERVER_ERROR",
+                                "description": "the fake was told to fail"})
+                self.close(1011, "INTERNAL_SERVER_ERROR")
+                return
             after = self.step.get("close_after_ms")
             if after is not None and self.audio_ms >= after:
                 self.close(int(self.step.get("code", 1011)), self.step.get("reason", "NET-0000"))

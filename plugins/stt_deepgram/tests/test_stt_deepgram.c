@@ -519,6 +519,20 @@ static void test_no_server_fails_over(void **state) {
     done(R);
 }
 
+/* A Flux Error message fails the stream; the retry hears the replay. */
+static void test_flux_error_is_retried(void **state) {
+    call_opts o = {.dg = "api = \"v2\";", .plan = "[{\"error_after_ms\": 1400}, {\"script_from\": 1}]",
+                   .soft_retries = 1};
+    rec *R = run(&o);
+    assert_phrases(R, 0, 3, "stt-dg");
+    assert_true(tu_log_has("Deepgram Flux error INTERNAL_SERVER_ERROR: the fake was told to fail"));
+    assert_int_equal(tu_health_int(R->c, "stt-dg", "errors"), 1);
+    json_t *conns = fake_connections();
+    assert_int_equal(json_array_size(conns), 2);
+    json_decref(conns);
+    done(R);
+}
+
 static void test_key_from_the_environment(void **state) {
     char *dir = tu_tmpdir();
     tu_write(dir, "tolk.conf", "core: { workers = 1; };\n"
@@ -564,6 +578,7 @@ int main(void) {
         cmocka_unit_test(test_flux_force_end_turn),
         cmocka_unit_test(test_dropped_connection_fails_over),
         cmocka_unit_test(test_no_server_fails_over),
+        cmocka_unit_test(test_flux_error_is_retried),
         cmocka_unit_test(test_key_from_the_environment),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
