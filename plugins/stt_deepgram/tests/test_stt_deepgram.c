@@ -390,12 +390,15 @@ static void test_watchdog_fires_on_a_silent_stream(void **state) {
     done(R);
 }
 
+/* Leg A says one phrase, leg B nothing, for 2.1 s of a live call. */
+#define QUIET_B "realtime = true; mode = \"bidirectional\"; phrases = 1; speech_ms = 600; gap_ms = 1500;"
+
 /* Leg B says nothing: its stream gets one frame of silence first (Deepgram
  * closes a stream that never had audio, KeepAlive or not), then KeepAlives;
  * the fake's inactivity close (1 s here) never comes. */
 static void test_keepalive_in_silence(void **state) {
     call_opts o = {.dg = "keepalive_interval = 0.25;", .config = "{\"idle_timeout\": 1.0}",
-                   .calls = "realtime = true; mode = \"bidirectional\"; phrases = 1; speech_ms = 600; gap_ms = 2000;",
+                   .calls = QUIET_B,
                    .soft_retries = 0};
     rec *R = run(&o);
     assert_int_equal(R->n, 1);
@@ -416,6 +419,28 @@ static void test_keepalive_in_silence(void **state) {
     json_decref(conns);
     assert_int_equal(tu_health_int(R->c, "stt-dg", "failures"), 0);
     assert_true(tu_health_int(R->c, "stt-dg", "keepalives") >= 3);
+    done(R);
+}
+
+/* The control for the test above: with KeepAlives too rare, the fake
+ * closes the stream that never had audio (NET-0001), as Deepgram does. */
+static void test_a_stream_without_audio_is_closed(void **state) {
+    call_opts o = {.dg = "keepalive_interval = 5;", .config = "{\"idle_timeout\": 1.0}", .calls = QUIET_B,
+                   .soft_retries = 0};
+    rec *R = run(&o);
+    assert_int_equal(R->n, 1);
+    assert_true(R->ok[0]);
+    json_t *conns = fake_connections();
+    int closed = 0;
+    for (size_t i = 0; i < json_array_size(conns); i++) {
+        json_t *c = json_array_get(conns, i);
+        if (json_integer_value(json_object_get(c, "audio_bytes")) == 0 &&
+            json_integer_value(json_object_get(c, "server_close")) == 1011)
+            closed++;
+    }
+    assert_int_equal(closed, 1);
+    json_decref(conns);
+    assert_true(tu_log_has("Deepgram closed the stream (1011 Deepgram did not receive audio data"));
     done(R);
 }
 
@@ -572,6 +597,7 @@ int main(void) {
         cmocka_unit_test(test_malformed_json_does_not_break_the_stream),
         cmocka_unit_test(test_watchdog_fires_on_a_silent_stream),
         cmocka_unit_test(test_keepalive_in_silence),
+        cmocka_unit_test(test_a_stream_without_audio_is_closed),
         cmocka_unit_test(test_finalize),
         cmocka_unit_test(test_flux_turns),
         cmocka_unit_test(test_flux_turn_resumed),
