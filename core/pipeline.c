@@ -1146,9 +1146,11 @@ int pipeline_drained(direction *d) {
     if (d->spoke && !d->input_ended) return 0;
     if (d->translate) {
         if (d->input_ended && d->stream.open && !d->stream.flushed) return 0;
-        /* a stream being recovered still owes the end of the input */
+        /* a stream being recovered still owes the end of the input (a retry
+         * due now is pending, no longer active, until its callback runs) */
         if (d->input_ended && !d->stream.open &&
-            (ev_is_active(&d->stt.retry) || d->stt.wait_reset || d->stt.wait_chain))
+            (ev_is_active(&d->stt.retry) || ev_is_pending(&d->stt.retry) || d->stt.wait_reset ||
+             d->stt.wait_chain))
             return 0;
     }
     if (d->mt.q.head || d->mt.busy || d->tts.q.head || d->tts.busy || d->marks_head) return 0;
