@@ -1,3 +1,7 @@
+#include <sys/wait.h>
+#include <sys/socket.h>
+#include <signal.h>
+#include <arpa/inet.h>
 #include "testutil.h"
 
 #include <ftw.h>
@@ -116,4 +120,63 @@ long long tu_health_int(core *c, const char *instance, const char *key) {
     long long r = v ? (long long)json_number_value(v) : -1;
     json_decref(d);
     return r;
+}
+
+int tu_fake_start(const char *script, pid_t *pid) {
+    char *dir = tu_tmpdir();
+    char *portfile = xasprintf("%s/port", dir);
+    char *path = xasprintf("%s/%s", getenv("top_srcdir"), script);
+    int port = 0;
+    *pid = fork();
+    if (*pid == 0) {
+        execlp("python3", "python3", path, portfile, (char *)NULL);
+        _exit(127);
+    }
+    /* the script writes the file whole (rename), once it listens */
+    for (int t = 0; t < 300 && !port; t++) {
+        FILE *f = fopen(portfile, "r");
+        if (f) {
+            if (fscanf(f, "%d", &port) != 1) port = 0;
+            fclose(f);
+        }
+        if (!port) usleep(20000);
+    }
+    assert_true(port > 0);
+    tu_rm_rf(dir);
+    free(dir);
+    free(portfile);
+    free(path);
+    return port;
+}
+
+void tu_fake_stop(pid_t *pid) {
+    if (*pid > 0) {
+        kill(*pid, SIGTERM);
+        waitpid(*pid, NULL, 0);
+    }
+    *pid = 0;
+}
+
+char *tu_http(int port, const char *method, const char *path, const char *body) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    char *req = xasprintf("%s %s HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                          method, path, body ? strlen(body) : 0, body ? body : "");
+    assert_true(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+    free(req);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = xmalloc(cap);
+    ssize_t n;
+    while ((n = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)n;
+        if (len + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+    }
+    close(fd);
+    buf[len] = '\0';
+    char *b = strstr(buf, "\r\n\r\n");
+    char *out = xstrdup(b ? b + 4 : "");
+    free(buf);
+    return out;
 }

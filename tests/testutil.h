@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <sys/types.h>
 /* cmocka.h needs the three above */
 #include <cmocka.h>
 
@@ -28,5 +29,15 @@ void tu_log_clear(void);
 json_t *tu_health(core *c, const char *instance);
 /* key may be a dotted path: "frames_sent.a". -1 if absent. */
 long long tu_health_int(core *c, const char *instance, const char *key);
+
+/* Local fake servers for the network plugins' tests: a Python script
+ * (path relative to top_srcdir) that binds 127.0.0.1:0 and writes its port
+ * to the file named by its only argument. Returns the port; the pid goes
+ * to *pid for tu_fake_stop(). */
+int tu_fake_start(const char *script, pid_t *pid);
+void tu_fake_stop(pid_t *pid);
+/* A blocking HTTP/1.0 exchange with 127.0.0.1:port (a fake's control
+ * side); the response body, new. */
+char *tu_http(int port, const char *method, const char *path, const char *body);
 
 #endif

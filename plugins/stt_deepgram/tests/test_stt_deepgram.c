@@ -33,61 +33,10 @@ static int g_port;
 
 /* ---- the fake server ---- */
 
-static void fake_start(void) {
-    char *dir = tu_tmpdir();
-    char *portfile = xasprintf("%s/port", dir);
-    char *script = xasprintf("%s/plugins/stt_deepgram/tests/dgfake.py", getenv("top_srcdir"));
-    g_fake = fork();
-    if (g_fake == 0) {
-        execlp("python3", "python3", script, portfile, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 250 && !g_port; i++) {
-        FILE *f = fopen(portfile, "r");
-        if (f) {
-            if (fscanf(f, "%d", &g_port) != 1) g_port = 0;
-            fclose(f);
-        }
-        if (!g_port) usleep(20000);
-    }
-    assert_true(g_port > 0);
-    tu_rm_rf(dir);
-    free(dir);
-    free(portfile);
-    free(script);
-}
-
-static void fake_stop(void) {
-    if (g_fake > 0) {
-        kill(g_fake, SIGTERM);
-        waitpid(g_fake, NULL, 0);
-    }
-    g_fake = 0;
-}
-
-/* A blocking HTTP/1.0 exchange with the fake's control side; the body, new. */
+static void fake_start(void) { g_port = tu_fake_start("plugins/stt_deepgram/tests/dgfake.py", &g_fake); }
+static void fake_stop(void) { tu_fake_stop(&g_fake); }
 static char *fake_http(const char *method, const char *path, const char *body) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    char *req = xasprintf("%s %s HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                          method, path, body ? strlen(body) : 0, body ? body : "");
-    assert_true(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
-    free(req);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = xmalloc(cap);
-    ssize_t n;
-    while ((n = read(fd, buf + len, cap - len - 1)) > 0) {
-        len += (size_t)n;
-        if (len + 1 >= cap) buf = xrealloc(buf, cap *= 2);
-    }
-    close(fd);
-    buf[len] = '\0';
-    char *b = strstr(buf, "\r\n\r\n");
-    char *out = xstrdup(b ? b + 4 : "");
-    free(buf);
-    return out;
+    return tu_http(g_port, method, path, body);
 }
 
 /* Every upgrade the fake saw, as a JSON array (new reference). */

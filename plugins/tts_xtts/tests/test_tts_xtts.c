@@ -37,61 +37,10 @@ static int g_port[NFAKES];
 
 /* ---- the fake servers ---- */
 
-static void fake_start(int i) {
-    char *dir = tu_tmpdir();
-    char *portfile = xasprintf("%s/port", dir);
-    char *script = xasprintf("%s/plugins/tts_xtts/tests/xttsfake.py", getenv("top_srcdir"));
-    g_fake[i] = fork();
-    if (g_fake[i] == 0) {
-        execlp("python3", "python3", script, portfile, (char *)NULL);
-        _exit(127);
-    }
-    for (int t = 0; t < 300 && !g_port[i]; t++) {
-        FILE *f = fopen(portfile, "r");
-        if (f) {
-            if (fscanf(f, "%d", &g_port[i]) != 1) g_port[i] = 0;
-            fclose(f);
-        }
-        if (!g_port[i]) usleep(20000);
-    }
-    assert_true(g_port[i] > 0);
-    tu_rm_rf(dir);
-    free(dir);
-    free(portfile);
-    free(script);
-}
-
-static void fake_stop(int i) {
-    if (g_fake[i] > 0) {
-        kill(g_fake[i], SIGTERM);
-        waitpid(g_fake[i], NULL, 0);
-    }
-    g_fake[i] = 0;
-}
-
-/* A blocking HTTP/1.0 exchange with fake i; the response body, new. */
+static void fake_start(int i) { g_port[i] = tu_fake_start("plugins/tts_xtts/tests/xttsfake.py", &g_fake[i]); }
+static void fake_stop(int i) { tu_fake_stop(&g_fake[i]); }
 static char *fake_http(int i, const char *method, const char *path, const char *body) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_port[i])};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    char *req = xasprintf("%s %s HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                          method, path, body ? strlen(body) : 0, body ? body : "");
-    assert_true(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
-    free(req);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = xmalloc(cap);
-    ssize_t n;
-    while ((n = read(fd, buf + len, cap - len - 1)) > 0) {
-        len += (size_t)n;
-        if (len + 1 >= cap) buf = xrealloc(buf, cap *= 2);
-    }
-    close(fd);
-    buf[len] = '\0';
-    char *b = strstr(buf, "\r\n\r\n");
-    char *out = xstrdup(b ? b + 4 : "");
-    free(buf);
-    return out;
+    return tu_http(g_port[i], method, path, body);
 }
 
 static void fake_post(int i, const char *path, const char *body) { free(fake_http(i, "POST", path, body)); }
