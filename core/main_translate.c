@@ -1,4 +1,6 @@
 /* tolk-translate: one WAV file through the core's pipeline as one call. */
+#include "config.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -15,10 +17,7 @@
 #include "core.h"
 #include "log.h"
 #include "metrics.h"
-
-#ifndef PACKAGE_VERSION
-#define PACKAGE_VERSION "unknown"
-#endif
+#include "version-git.h"
 
 enum { EXIT_INPUT = 1, EXIT_USAGE = 2, EXIT_PIPELINE = 3 };
 /* Interrupted by a signal: 128 + its number, as a shell reports it. */
@@ -261,7 +260,10 @@ int main(int argc, char **argv) {
             break;
         case 'P': plugin_path = optarg; break;
         case 'l': level = optarg; break;
-        case 'V': printf("tolk-translate %s\n", PACKAGE_VERSION); return 0;
+        case 'V':
+            printf("tolk-translate %s%s (plugin ABI %d.%d)\n", PACKAGE_VERSION, TOLK_GIT_SUFFIX,
+                   TOLK_ABI_MAJOR, TOLK_ABI_MINOR);
+            return 0;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return EXIT_USAGE;
         }

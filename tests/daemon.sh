@@ -129,6 +129,9 @@ check "--check-config names the FIFO" grep -q "$T/f/x.conf: is a FIFO (named pip
 version=$(sed -n 's/^#define PACKAGE_VERSION "\(.*\)"$/\1/p' "$B/config.h")
 "$TOLKD" --version >"$T/version"
 check "tolkd --version prints configure's version ($(cat "$T/version"))" grep -q "^tolkd $version[ (]" "$T/version"
+"$B/tolk-translate" --version >"$T/tversion"
+check "tolk-translate --version prints configure's version ($(cat "$T/tversion"))" \
+    grep -q "^tolk-translate $version[ (]" "$T/tversion"
 
 # --- a running tolkd: a reload of 20k endpoints while /healthz is polled ---
 C="$T/live"
