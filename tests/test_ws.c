@@ -375,10 +375,14 @@ static void test_client_close_with_code(void **state) {
     assert_int_equal(r.info.code, 4000);
     assert_string_equal(r.info.reason, "switching provider");
     assert_int_equal(r.info.by_peer, 0);
-    /* what arrives before the peer's close frame is still delivered */
-    assert_int_equal(r.messages, 1);
-    assert_string_equal(r.msg[0], "last words");
+    /* what was sent before ws_close() goes out before the close frame */
     char line[256];
+    assert_true(fake_expect(&g_fake, "got last words", line, sizeof line, HANG_GUARD));
+    /* its echo is delivered if it arrives before lws has sent the close
+     * frame; after that, lws 4.1 drops data frames (a race the test cannot
+     * steer: under valgrind it goes either way) */
+    assert_true(r.messages <= 1);
+    if (r.messages) assert_string_equal(r.msg[0], "last words");
     assert_true(fake_expect(&g_fake, "close 4000 ", line, sizeof line, HANG_GUARD));
     assert_string_equal(line, "close 4000 switching provider");
     end_core(c);

@@ -134,6 +134,8 @@ def messages(sock, answer_pings=True):
 
 def echo(sock, answer_pings=True):
     for opcode, data in messages(sock, answer_pings):
+        if opcode == 0x1 and len(data) < 64:
+            say("got " + data.decode("utf-8", "replace"))
         sock.sendall(frame(opcode, data))
 
 
