@@ -80,8 +80,8 @@ static void on_input_guard(struct ev_loop *loop, ev_timer *w, int revents) {
     }
 }
 
+/* After channel_open() has read ch->flags from the transport's info. */
 void backlog_init(tolk_channel *ch, const tolk_channel_info *info) {
-    ch->flags = info && TOLK_HAS(info, tolk_channel_info, flags) ? info->flags : 0;
     if ((ch->flags & TOLK_CHAN_PULL) && !DESC_FN(ch->transport->desc, tolk_transport, input_ready)) {
         /* refused audio would never be asked for again: treat it as live */
         log_msg(TOLK_LOG_WARN, ch->transport->who,

@@ -747,12 +747,7 @@ static void stream_start(direction *d, int reopened) {
         d->unfed = 0;
     }
     if (d->stream.open && d->input_ended) {
-        const tolk_stt *stt = stt_of(d->stream.inst);
-        tolk_status st = DESC_FN(&stt->base, tolk_stt, flush) ? stt->flush(d->stream.state) : TOLK_OK;
-        if (st == TOLK_PENDING)
-            d->stream.flushing = 1;
-        else
-            d->stream.flushed = 1;
+        pipeline_input_end(d);
         /* the call may have been waiting only for this stream to end */
         schedule_finish(ch);
     }
