@@ -61,7 +61,7 @@ static void on_input_guard(struct ev_loop *loop, ev_timer *w, int revents) {
     for (int leg = 0; leg < 2; leg++) {
         direction *d = &ch->dir[leg];
         if (!d->refused || !d->translate) continue;
-        pipeline_check_stall(d);
+        pipeline_check_stall(d, now);
         if (!d->stream.open || now - d->last_final < REPLAY_STALL_SECONDS ||
             now - ch->refused_since < REPLAY_STALL_SECONDS)
             continue;
@@ -82,6 +82,7 @@ static void on_input_guard(struct ev_loop *loop, ev_timer *w, int revents) {
 
 /* After channel_open() has read ch->flags from the transport's info. */
 void backlog_init(tolk_channel *ch, const tolk_channel_info *info) {
+    ch->backlog_bound = (uint64_t)(ch->gen->conf->core.max_backlog_seconds * TOLK_SAMPLE_RATE);
     if ((ch->flags & TOLK_CHAN_PULL) && !DESC_FN(ch->transport->desc, tolk_transport, input_ready)) {
         /* refused audio would never be asked for again: treat it as live */
         log_msg(TOLK_LOG_WARN, ch->transport->who,
@@ -97,13 +98,14 @@ void backlog_stop(tolk_channel *ch) { stop_watchers(ch); }
 
 tolk_status backlog_admit(tolk_channel *ch, tolk_leg leg) {
     direction *d = &ch->dir[leg];
-    uint64_t bound = backlog_bound(ch);
     if (!(ch->flags & TOLK_CHAN_PULL)) {
-        backlog_shed(d);
+        /* backlog_shed()'s own first test, here because this runs on every
+         * frame of every live call */
+        if (d->phrase_samples + ch->out[d->dst].len > backlog_bound(ch)) backlog_shed(d);
         return TOLK_OK;
     }
     if (d->refused) return TOLK_E_AGAIN;
-    if (backlog_samples(d) < bound) return TOLK_OK;
+    if (backlog_samples(d) < backlog_bound(ch)) return TOLK_OK;
     d->refused = 1;
     core *c = ch->core;
     if (!ev_is_active(&ch->input_resume)) {

@@ -95,7 +95,7 @@ void channel_progress(tolk_channel *ch, tolk_progress p, tolk_leg leg) {
 
 /* `arrival` is when the frame's last sample was captured: the start of the
  * latency clock for what is said in it. */
-static void frame_in(direction *d, const int16_t *frame, double arrival) {
+static void frame_in(direction *d, const int16_t *frame, double arrival, double now) {
     tolk_channel *ch = d->ch;
     core *c = ch->core;
     if (!ch->connected) {
@@ -112,7 +112,7 @@ static void frame_in(direction *d, const int16_t *frame, double arrival) {
     metrics_add(c->m.frames_s, 1);
     metrics_add(c->m.audio_bytes_s, TOLK_FRAME_BYTES);
     if (d->translate) {
-        pipeline_frame(d, frame);
+        pipeline_frame(d, frame, now);
         return;
     }
     if (d->bridged) return; /* the transport carries the original voice */
@@ -148,7 +148,7 @@ static tolk_status audio_in(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, 
                 at = captured_at + (double)consumed / TOLK_SAMPLE_RATE;
                 if (at > now) at = now; /* a transport's clock ahead of ours */
             }
-            frame_in(d, d->inbuf, at);
+            frame_in(d, d->inbuf, at, now);
             if (ch->closed || ch->ending) break;
         }
     }
@@ -381,7 +381,8 @@ void channel_input_end(tolk_channel *ch, tolk_leg leg) {
     if (d->nin) {
         memset(d->inbuf + d->nin, 0, (TOLK_FRAME_SAMPLES - d->nin) * sizeof(int16_t));
         d->nin = 0;
-        frame_in(d, d->inbuf, mono_now());
+        double now = mono_now();
+        frame_in(d, d->inbuf, now, now);
     }
     d->input_ended = 1;
     if (d->translate) pipeline_input_end(d);

@@ -293,6 +293,9 @@ struct tolk_channel {
     ev_timer input_guard;   /* a refused leg whose recogniser stalls */
     double refused_since;
     double shed_logged;     /* mono time of the last "shedding" log line */
+    /* core.max_backlog_seconds of the call's own generation, in samples:
+     * read on every frame, so computed once (backlog_init) */
+    uint64_t backlog_bound;
     uint64_t drain_progress; /* backlog_progress() when the drain deadline was armed */
     const char *end_reason;  /* why channel_end() ended it; NULL: it finished */
 };
@@ -505,7 +508,7 @@ void pipeline_instance_down(core *c, tolk_instance *inst, tolk_status st, tolk_s
 /* ---- shed.c ---- */
 /* The bound on a direction's unfinished audio, in samples, and the level a
  * call over it comes back under (three quarters). */
-uint64_t backlog_bound(const tolk_channel *ch);
+static inline uint64_t backlog_bound(const tolk_channel *ch) { return ch->backlog_bound; }
 uint64_t backlog_low_water(const tolk_channel *ch);
 /* Audio of the direction not yet translated and played, in samples. */
 uint64_t backlog_samples(const direction *d);

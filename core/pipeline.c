@@ -971,12 +971,12 @@ static void maybe_finalize(direction *d) {
     if (st < 0 && d->stream.open) stream_recover(d, st, severity_of(st), "finalize failed");
 }
 
-void pipeline_frame(direction *d, const int16_t *frame) {
+/* now: mono_now() when the frame was handed in (read once per delivery). */
+void pipeline_frame(direction *d, const int16_t *frame, double now) {
     core *c = d->ch->core;
     int voiced = frame_voiced(frame);
     replay_append(d, frame, voiced);
     clone_collect(d, frame, voiced);
-    double now = mono_now();
     if (voiced && !d->speech_since) {
         d->speech_since = now;
         d->speech_start = d->samples_in - TOLK_FRAME_SAMPLES;
@@ -998,12 +998,11 @@ void pipeline_frame(direction *d, const int16_t *frame) {
         return;
     }
     maybe_finalize(d);
-    pipeline_check_stall(d);
+    pipeline_check_stall(d, now);
 }
 
-void pipeline_check_stall(direction *d) {
+void pipeline_check_stall(direction *d, double now) {
     /* a recogniser that hears speech and says nothing for this long hangs */
-    double now = mono_now();
     double since = d->speech_since > d->last_result ? d->speech_since : d->last_result;
     if (d->speech_since && d->stream.open &&
         now - since > call_recovery(d)->stt_timeout) {

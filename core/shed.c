@@ -45,10 +45,6 @@ uint64_t backlog_low_water(const tolk_channel *ch) {
     return backlog_bound(ch) / RESUME_DEN * RESUME_NUM;
 }
 
-uint64_t backlog_bound(const tolk_channel *ch) {
-    return (uint64_t)(ch->gen->conf->core.max_backlog_seconds * TOLK_SAMPLE_RATE);
-}
-
 uint64_t backlog_samples(const direction *d) {
     const outbuf *ob = &d->ch->out[d->dst];
     return (uint64_t)d->replay.frames * TOLK_FRAME_SAMPLES + d->phrase_samples + ob->len;
