@@ -998,7 +998,7 @@ void pipeline_frame(direction *d, const int16_t *frame, double now) {
         return;
     }
     maybe_finalize(d);
-    pipeline_check_stall(d, now);
+    if (d->speech_since) pipeline_check_stall(d, now); /* nothing to check in silence */
 }
 
 void pipeline_check_stall(direction *d, double now) {
