@@ -281,6 +281,8 @@ static const tolk_option core_opts[] = {
     {"max_phrase_seconds", TOLK_OPT_DOUBLE, 0, "20", 0, 600, "a phrase this long is finalised by the recogniser (0: never)"},
     {"max_backlog_seconds", TOLK_OPT_DOUBLE, 0, "30", 1, 3600,
      "unfinished audio a direction of a call may hold before its input waits or sheds"},
+    {"speculative_translation", TOLK_OPT_BOOL, 0, "false", 0, 0,
+     "translate and synthesise on a recogniser's tentative end of a phrase, played only once confirmed"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
 static const tolk_option defaults_opts[] = {
@@ -473,6 +475,7 @@ static void load_core(load_ctx *lc, config_setting_t *s, const char *file) {
     c->mt_context = (int)json_integer_value(json_object_get(v, "mt_context"));
     c->max_phrase_seconds = json_number_value(json_object_get(v, "max_phrase_seconds"));
     c->max_backlog_seconds = json_number_value(json_object_get(v, "max_backlog_seconds"));
+    c->speculative_translation = json_is_true(json_object_get(v, "speculative_translation"));
     const char *lvl = json_string_value(json_object_get(v, "log_level"));
     int l = log_level_parse(lvl);
     if (l < 0)

@@ -27,6 +27,7 @@ typedef struct conf_core {
     int translation_cache; /* entries per MT instance; 0: off */
     int mt_context;        /* earlier phrases sent to MT plugins that use context */
     double max_phrase_seconds; /* a phrase this long is finalised; 0: never */
+    int speculative_translation; /* translate on a recogniser's tentative end */
     double max_backlog_seconds; /* unfinished audio per direction of a call */
 } conf_core;
 

@@ -180,6 +180,13 @@ struct phrase {
     stage_kind recovery_stage;
     char recovery_from[64], recovery_to[64];
     uint64_t backlog; /* samples it adds to dir->phrase_samples while it lives */
+    /* Speculative translation (pipeline.c): started on a tentative end of
+     * the phrase; its audio is held here until the final result confirms
+     * the text. `speculated` stays set once confirmed, for the report. */
+    int speculative, speculated;
+    int16_t *held;
+    size_t nheld, capheld;
+    double t_speculated; /* when the tentative end arrived */
 };
 
 
@@ -219,6 +226,7 @@ struct direction {
     size_t unfed;        /* newest frames of the replay buffer no stream has had:
                           * queue_depth{input} while the recogniser recovers */
     phrase *marks_head, *marks_tail;
+    phrase *spec; /* a speculative translation waiting for its final result */
     unsigned next_seq;
     int input_ended;
     int spoke; /* src sent audio */
@@ -321,6 +329,10 @@ typedef struct phrase_report {
     double ear_latency_ms;
     int mt_cached; /* translation from the cache: mt_ms is the lookup */
     int ok; /* 0: the phrase was lost (error) */
+    /* translated ahead of its final result (core.speculative_translation);
+     * speculative_lead_ms: how long before the final it started */
+    int speculated;
+    double speculative_lead_ms;
     /* recovery: NULL when no stage of the phrase failed */
     const char *recovery_tier, *recovery_stage, *recovery_from, *recovery_to;
 } phrase_report;

@@ -99,6 +99,7 @@ static void on_phrase(void *ud, const phrase_report *r) {
             json_object_set_new(o, "recovery", json_null());
         if (R->realtime) json_ms(o, "latency_ms", r->latency_ms);
         if (r->ear_latency_ms >= 0) json_ms(o, "ear_latency_ms", r->ear_latency_ms);
+        if (r->speculated) json_ms(o, "speculative_lead_ms", r->speculative_lead_ms);
         char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
         printf("%s\n", line);
         free(line);

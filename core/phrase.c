@@ -38,6 +38,18 @@ void fifo_push(phrase_fifo_head *f, phrase *p) {
     f->n++;
 }
 
+int fifo_remove(phrase_fifo_head *f, phrase *p) {
+    for (phrase **pp = &f->head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next) {
+        if (*pp != p) continue;
+        *pp = p->next;
+        if (f->tail == p) f->tail = prev;
+        f->n--;
+        p->next = NULL;
+        return 1;
+    }
+    return 0;
+}
+
 phrase *fifo_pop(phrase_fifo_head *f) {
     phrase *p = f->head;
     if (p) {
@@ -50,7 +62,9 @@ phrase *fifo_pop(phrase_fifo_head *f) {
 }
 
 void phrase_free(phrase *ph) {
+    if (ph->dir->spec == ph) ph->dir->spec = NULL;
     ph->dir->phrase_samples -= ph->backlog;
+    free(ph->held);
     for (size_t i = 0; i < ph->ncontext; i++) free(ph->context[i]);
     free(ph->context);
     free(ph->cache_key);
@@ -64,6 +78,8 @@ static double ms_between(double a, double b) { return a > 0 && b > 0 ? (b - a) *
 void phrase_report_emit(phrase *ph, int ok) {
     direction *d = ph->dir;
     core *c = d->ch->core;
+    /* not a phrase yet: its final result has not come (pipeline.c) */
+    if (ph->speculative) return;
     if (!ok) c->lost_phrases++;
     if (!c->obs.phrase) return;
     phrase_report r = {
@@ -89,6 +105,8 @@ void phrase_report_emit(phrase *ph, int ok) {
         .ear_latency_ms = -1,
         .mt_cached = ph->mt_cached,
         .ok = ok,
+        .speculated = ph->speculated,
+        .speculative_lead_ms = ph->speculated ? ms_between(ph->t_speculated, ph->t_stt_final) : -1,
     };
     static const char *const stages[] = {"stt", "mt", "tts"};
     if (ph->recovery_tier != TIER_NONE) {
@@ -103,6 +121,13 @@ void phrase_report_emit(phrase *ph, int ok) {
 /* A phrase that cannot be finished: counted, reported, and the pipeline
  * goes on with the next one. */
 void phrase_lost(phrase *ph, const char *stage_name, tolk_instance *inst, tolk_status st) {
+    if (ph->speculative) {
+        /* the final result will start it again, if it comes */
+        log_msg(TOLK_LOG_VERB, "channel", "%s: speculative translation failed at %s (status %d): \"%s\"",
+                ph->dir->ch->id, stage_name, (int)st, ph->text ? ph->text : "");
+        phrase_free(ph);
+        return;
+    }
     log_msg(TOLK_LOG_WARN, "channel", "%s: phrase %u lost at %s (%s, status %d): \"%s\"",
             ph->dir->ch->id, ph->seq, stage_name, inst ? inst->who : "no provider", (int)st,
             ph->text ? ph->text : "");

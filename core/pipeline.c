@@ -508,6 +508,46 @@ void request_mt_done(tolk_request *r, tolk_status status, const char *text) {
     request_mt_result(r, &res);
 }
 
+/* The phrase's first audio: from here on the listener waits for it. */
+static void audio_begins(direction *d, phrase *ph) {
+    tolk_channel *ch = d->ch;
+    ph->out_pos = ch->out[d->dst].written;
+    ph->mark_next = NULL;
+    if (d->marks_tail)
+        d->marks_tail->mark_next = ph;
+    else
+        d->marks_head = ph;
+    d->marks_tail = ph;
+}
+
+static void audio_queue(direction *d, const int16_t *pcm, size_t n) {
+    tolk_channel *ch = d->ch;
+    outbuf_push(ch->core, &ch->out[d->dst], pcm, n);
+    /* a synthesiser far ahead of a live call's playback must not grow it for ever */
+    backlog_shed(d);
+    deliver_now(ch, d->dst);
+}
+
+static void spec_discard(direction *d, const char *why);
+
+/* A speculative phrase's audio waits in the phrase. A minute of it means
+ * the tentative end was no end at all. */
+#define SPEC_HOLD_MAX (60 * TOLK_SAMPLE_RATE)
+static void spec_hold(direction *d, phrase *ph, const int16_t *pcm, size_t n) {
+    if (ph->nheld + n > SPEC_HOLD_MAX) {
+        spec_discard(d, "its audio grew past a minute");
+        return;
+    }
+    if (ph->nheld + n > ph->capheld) {
+        size_t cap = ph->capheld ? ph->capheld : 16 * TOLK_FRAME_SAMPLES;
+        while (cap < ph->nheld + n) cap *= 2;
+        ph->held = xrealloc(ph->held, cap * sizeof *ph->held);
+        ph->capheld = cap;
+    }
+    memcpy(ph->held + ph->nheld, pcm, n * sizeof *pcm);
+    ph->nheld += n;
+}
+
 void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
     if (!r || !r->active || !pcm || n == 0) return;
     phrase *ph = r->ph;
@@ -528,18 +568,13 @@ void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
         ph->t_tts_first = mono_now();
         observe_stage(d, "tts_first", ph->t_tts_first - ph->t_tts_start);
         observe_component(ch->core, r->inst, "synthesize_first", ph->t_tts_first - ph->t_tts_start);
-        ph->out_pos = ch->out[d->dst].written;
-        ph->mark_next = NULL;
-        if (d->marks_tail)
-            d->marks_tail->mark_next = ph;
-        else
-            d->marks_head = ph;
-        d->marks_tail = ph;
+        if (!ph->speculative) audio_begins(d, ph);
     }
-    outbuf_push(ch->core, &ch->out[d->dst], pcm, n);
-    /* a synthesiser far ahead of a live call's playback must not grow it for ever */
-    backlog_shed(d);
-    deliver_now(ch, d->dst);
+    if (ph->speculative) {
+        spec_hold(d, ph, pcm, n);
+        return;
+    }
+    audio_queue(d, pcm, n);
 }
 
 void request_tts_done(tolk_request *r, tolk_status status) {
@@ -562,6 +597,11 @@ void request_tts_done(tolk_request *r, tolk_status status) {
     stage_succeeded(st);
     ph->t_tts_done = mono_now();
     observe_component(ch->core, r->inst, "synthesize", ph->t_tts_done - ph->t_tts_start);
+    if (ph->speculative) {
+        /* held until the final result says whether it was the phrase */
+        stage_pump(st);
+        return;
+    }
     outbuf_pad(ch->core, &ch->out[d->dst]);
     if (!ph->has_audio) {
         phrase_lost(ph, "tts", r->inst, TOLK_E_BACKEND);
@@ -578,6 +618,8 @@ void request_tts_done(tolk_request *r, tolk_status status) {
 static void stream_close(direction *d) {
     tolk_stream *s = &d->stream;
     if (!s->open) return;
+    /* the tentative end was this stream's; a new one will decide again */
+    spec_discard(d, "the recogniser stream closed");
     s->open = 0;
     s->ready = 0;
     ev_timer_stop(d->ch->core->loop, &d->stt.timeout);
@@ -819,13 +861,18 @@ static void publish_transcript(direction *d, const tolk_transcript *t, const cha
     c->obs.transcript(c->obs.ud, &e);
 }
 
-/* The direction's last phrases, for the context of later MT requests. */
-static void context_push(direction *d, phrase *ph) {
-    size_t keep = (size_t)d->ch->gen->conf->core.mt_context;
-    if (keep > ARRAY_LEN(d->context)) keep = ARRAY_LEN(d->context);
+/* The direction's last phrases, for the context of later MT requests:
+ * copied into a phrase when it starts, and the phrase's own text added
+ * once it is final. */
+static void context_copy(direction *d, phrase *ph) {
     ph->ncontext = d->ncontext;
     ph->context = ph->ncontext ? xcalloc(ph->ncontext, sizeof *ph->context) : NULL;
     for (size_t i = 0; i < ph->ncontext; i++) ph->context[i] = xstrdup(d->context[i]);
+}
+
+static void context_push(direction *d, phrase *ph) {
+    size_t keep = (size_t)d->ch->gen->conf->core.mt_context;
+    if (keep > ARRAY_LEN(d->context)) keep = ARRAY_LEN(d->context);
     if (keep == 0) return;
     if (d->ncontext == keep) {
         free(d->context[0]);
@@ -833,6 +880,100 @@ static void context_push(direction *d, phrase *ph) {
         d->ncontext--;
     }
     d->context[d->ncontext++] = xstrdup(ph->text);
+}
+
+/* ---- speculative translation (core.speculative_translation) ----
+ * A recogniser's tentative end of a phrase (TOLK_TRANSCRIPT_EAGER_END, e.g.
+ * Deepgram Flux's EagerEndOfTurn) starts MT and TTS for its text at once;
+ * the audio is held in the phrase. A final result with the same text makes
+ * it the phrase and releases the audio at once; a partial without the flag
+ * (the turn resumed), a different final text, or a failing stream throws it
+ * away. Nothing speculative is ever heard. */
+
+static tolk_series *spec_series(const char *outcome) {
+    tolk_metric *m = metrics_family("speculative_translations_total",
+                                    "Translations started on a tentative end of phrase: outcome "
+                                    "confirmed (played when the final result came) or discarded",
+                                    TOLK_METRIC_COUNTER, "outcome", NULL, 0);
+    return m ? metrics_series_v(m, outcome, NULL) : NULL;
+}
+
+/* pump: let the stage go on with its next phrase (not while the direction
+ * is being cancelled) */
+static void spec_drop(direction *d, const char *why, int pump) {
+    phrase *ph = d->spec;
+    if (!ph) return;
+    core *c = d->ch->core;
+    d->spec = NULL;
+    metrics_add(spec_series("discarded"), 1);
+    log_msg(TOLK_LOG_VERB, "channel", "%s: %s->%s: speculative translation dropped (%s): \"%s\"",
+            d->ch->id, d->from, d->to, why, ph->text);
+    stage *stages[] = {&d->mt, &d->tts};
+    for (size_t i = 0; i < ARRAY_LEN(stages); i++) {
+        stage *st = stages[i];
+        if (st->busy == ph) {
+            stage_stop_timers(st);
+            if (ph->req.active) request_cancel(st, &ph->req);
+            st->busy = NULL;
+            phrase_free(ph);
+            if (pump) stage_pump(st);
+            return;
+        }
+        if (fifo_remove(&st->q, ph)) {
+            queue_depth(c, i == 0 ? Q_MT : Q_TTS, -1);
+            phrase_free(ph);
+            return;
+        }
+    }
+    phrase_free(ph); /* finished: only its held audio was left */
+}
+
+static void spec_discard(direction *d, const char *why) { spec_drop(d, why, 1); }
+
+static void spec_start(direction *d, const tolk_transcript *t, char *text) {
+    if (d->spec && !strcmp(d->spec->text, text)) {
+        free(text); /* the same tentative end again */
+        return;
+    }
+    spec_discard(d, "a new tentative end");
+    core *c = d->ch->core;
+    phrase *ph = xcalloc(1, sizeof *ph);
+    ph->dir = d;
+    ph->speculative = ph->speculated = 1;
+    ph->text = text;
+    ph->start_sample = d->stream_base + t->start_sample;
+    ph->stt_inst = d->stream.inst;
+    ph->t_speculated = ph->t_enq = mono_now();
+    context_copy(d, ph);
+    d->spec = ph;
+    fifo_push(&d->mt.q, ph);
+    queue_depth(c, Q_MT, 1);
+    stage_pump(&d->mt);
+}
+
+/* The final result confirmed ph's text: it is the phrase, and what it
+ * holds plays now. */
+static void spec_confirm(direction *d, phrase *ph) {
+    tolk_channel *ch = d->ch;
+    ph->speculative = 0;
+    metrics_add(spec_series("confirmed"), 1);
+    if (!ph->has_audio) {
+        if (ph->t_tts_done) phrase_lost(ph, "tts", ph->tts_inst, TOLK_E_BACKEND);
+        return; /* still at MT or TTS: it goes on like any phrase */
+    }
+    int16_t *held = ph->held;
+    size_t n = ph->nheld;
+    int done = ph->t_tts_done > 0;
+    ph->held = NULL;
+    ph->nheld = ph->capheld = 0;
+    audio_begins(d, ph);
+    outbuf_push(ch->core, &ch->out[d->dst], held, n);
+    free(held);
+    if (done) outbuf_pad(ch->core, &ch->out[d->dst]);
+    /* From here ph is playback's: its first frame reports it, and frees it
+     * if its synthesis is over (possibly inside deliver_now()). */
+    backlog_shed(d);
+    deliver_now(ch, d->dst);
 }
 
 void stream_result(tolk_stream *s, const tolk_transcript *t) {
@@ -854,6 +995,12 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     char *text = utf8_clean(t->text ? t->text : "", 4096);
     publish_transcript(d, t, text);
     if (!t->is_final) {
+        int eager = TOLK_HAS(t, tolk_transcript, flags) && (t->flags & TOLK_TRANSCRIPT_EAGER_END);
+        if (eager && *text && d->ch->gen->conf->core.speculative_translation) {
+            spec_start(d, t, text);
+            return;
+        }
+        if (d->spec) spec_discard(d, "the phrase goes on");
         free(text);
         return;
     }
@@ -873,14 +1020,27 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     if (d->speech_since) queue_depth(c, Q_STT, -1);
     d->speech_since = 0;
     d->finalize_asked = 0;
-    if (!*text) {
-        free(text);
-        return;
+    phrase *ph = NULL;
+    if (d->spec) {
+        if (!strcmp(d->spec->text, text)) {
+            ph = d->spec;
+            d->spec = NULL;
+            free(text);
+        } else {
+            spec_discard(d, "the final text differs");
+        }
     }
-    phrase *ph = xcalloc(1, sizeof *ph);
-    ph->dir = d;
+    if (!ph) {
+        if (!*text) {
+            free(text);
+            return;
+        }
+        ph = xcalloc(1, sizeof *ph);
+        ph->dir = d;
+        ph->text = text;
+        context_copy(d, ph);
+    }
     ph->seq = ++d->next_seq;
-    ph->text = text;
     ph->start_sample = d->stream_base + t->start_sample;
     ph->end_sample = end;
     ph->t_speech_end = arrival_time(d, ph->end_sample);
@@ -891,13 +1051,17 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     observe_stage(d, "stt", ph->t_stt_final - ph->t_speech_end);
     observe_component(c, s->inst, "recognize", ph->t_stt_final - ph->t_speech_end);
     metrics_observe(c->m.qwait[Q_STT], (ph->t_stt_final - ph->t_speech_end) * 1000.0);
-    metrics_add(c->m.words_s, (double)count_words(text));
-    ph->t_enq = ph->t_stt_final;
+    metrics_add(c->m.words_s, (double)count_words(ph->text));
     ph->backlog = ph->end_sample > ph->start_sample ? ph->end_sample - ph->start_sample : 0;
     d->phrase_samples += ph->backlog;
-    fifo_push(&d->mt.q, ph);
-    queue_depth(c, Q_MT, 1);
-    stage_pump(&d->mt);
+    if (ph->speculative) {
+        spec_confirm(d, ph);
+    } else {
+        ph->t_enq = ph->t_stt_final;
+        fifo_push(&d->mt.q, ph);
+        queue_depth(c, Q_MT, 1);
+        stage_pump(&d->mt);
+    }
     /* A phrase boundary is where a running call can go back to a recovered
      * primary: the stream is replaced from a timer, outside the plugin's
      * callback, and the new one hears the audio kept since this result. */
@@ -1106,6 +1270,7 @@ static void free_fifo(core *c, phrase_fifo_head *f, int q) {
 
 void pipeline_cancel(direction *d) {
     core *c = d->ch->core;
+    spec_drop(d, "the direction is cancelled", 0);
     stream_close(d);
     stage *stages[] = {&d->stt, &d->mt, &d->tts};
     for (size_t i = 0; i < ARRAY_LEN(stages); i++) {

@@ -22,7 +22,7 @@ export TOLK_PLUGIN_PATH="$PWD/plugins" TOLK_TEST_FIXTURES="$PWD/tests/plugins/.l
     top_srcdir="$top" top_builddir="$PWD"
 vg_pass=0
 for t in test_loader test_config test_metrics test_pipeline test_reload test_daemon test_recovery \
-    test_abi12 test_http test_ws test_backlog test_log test_transport; do
+    test_abi12 test_http test_ws test_backlog test_log test_transport test_speculate; do
     if valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
         "./tests/$t" >"tests/$t.valgrind.log" 2>&1; then
         echo "PASS: $t (valgrind)"

@@ -36,6 +36,15 @@
  *   open_delay_ms  int   0            open() is asynchronous: ready after this long
  *   report_after_ms int  0            host->report() trouble this long after create
  *
+ * Tentative ends (TOLK_TRANSCRIPT_EAGER_END, as Deepgram Flux's
+ * EagerEndOfTurn): with eager_ms > 0, after eager_ms of silence in a phrase
+ * the phrase's whole text comes as a partial with the flag (after
+ * latency_ms); speech resuming before silence_ms withdraws it (a partial
+ * without the flag, as TurnResumed), and the phrase's final confirms it.
+ * eager_differ_every N: every Nth tentative end is followed by a final whose
+ * text differs from it (" indeed" added), as a recogniser that changed its
+ * mind. health() counts eager_ends and eager_withdrawn.
+ *
  * ABI 1.2: partial results carry a stability (k/(k+1) for the k-th partial of
  * a phrase); finalize() ends the phrase being heard now (its final comes
  * after latency_ms, an empty one when nothing is being heard); health()
@@ -105,6 +114,10 @@ static const tolk_option stt_mock_options[] = {
     {.key = "choose", .type = TOLK_OPT_STRING, .default_value = "sequence",
      .help = "which phrase a segment gets: sequence (the script in order) or audio (picked by "
              "the segment's sound, so any stream given the same audio says the same)"},
+    {.key = "eager_ms", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 60000,
+     .help = "silence after which a tentative end (TOLK_TRANSCRIPT_EAGER_END) is sent; 0: never"},
+    {.key = "eager_differ_every", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1e9,
+     .help = "every Nth tentative end gets a final with other text; 0: never"},
     {.key = NULL},
 };
 
@@ -122,6 +135,7 @@ typedef struct stt_event {
     tolk_status st;
     tolk_severity sev;
     double stability; /* partials */
+    unsigned flags;   /* TOLK_TRANSCRIPT_* */
     char *text; /* transcript, or why the stream failed */
 } stt_event;
 
@@ -142,6 +156,7 @@ typedef struct stt_stream {
     uint64_t silence;                  /* unvoiced samples since phrase_end */
     uint64_t next_partial;             /* speech length that triggers the next partial */
     unsigned npartials;
+    int eager_sent;    /* a tentative end of this phrase is out */
     size_t script_pos; /* next line of `phrases` */
     uint64_t crossings; /* zero crossings of the phrase's voiced frames */
     int broken;        /* failed: audio is ignored until close() */
@@ -159,7 +174,8 @@ struct stt_mock {
     const tolk_host *host;
     tolk_instance *inst;
     int64_t threshold, silence_ms, min_speech_ms, partial_ms, latency_ms, drop_after_ms;
-    int64_t open_delay_ms, report_after_ms;
+    int64_t open_delay_ms, report_after_ms, eager_ms, eager_differ_every;
+    uint64_t eager_ends, eager_withdrawn;
     tolk_timer *report_timer;
     uint64_t async_opens, finalizes, early_feeds, reports;
     char last_channel[96], last_target[16];
@@ -305,6 +321,7 @@ static void stream_timer_cb(void *ud)
             .start_sample = e->start,
             .end_sample = e->end,
             .stability = e->kind == EV_FINAL ? 1.0 : e->stability,
+            .flags = e->flags,
         };
         h->stt_result(s->stream, &t);
     }
@@ -341,22 +358,58 @@ static void stream_break(stt_stream *s, tolk_status st, tolk_severity sev, doubl
     stream_push(s, EV_FAILED, delay_s, strdup(why), 0, 0, st, sev);
 }
 
+/* The line the phrase being heard will be recognised as.
+ * choose = audio: a recogniser's answer depends on the sound, not on how
+ * many phrases this stream has heard; a backup stream fed the same audio
+ * again (recovery replay) then says the same thing. */
+static const char *phrase_line(const stt_stream *s)
+{
+    const stt_mock *m = s->m;
+    size_t pick = m->choose_audio ? (size_t)((s->crossings / 64) * 2654435761u % 1000003u)
+                                  : s->script_pos;
+    return m->phrases[pick % m->nphrases];
+}
+
+static void eager_end(stt_stream *s)
+{
+    stt_mock *m = s->m;
+    s->eager_sent = 1;
+    m->eager_ends++;
+    if (stream_push(s, EV_PARTIAL, (double)m->latency_ms / 1000.0, strdup(phrase_line(s)),
+                    s->phrase_start, s->phrase_end, TOLK_OK, TOLK_SEV_LOW) == 0) {
+        s->tail->stability = 0.6;
+        s->tail->flags = TOLK_TRANSCRIPT_EAGER_END;
+    }
+}
+
+static void eager_withdraw(stt_stream *s)
+{
+    stt_mock *m = s->m;
+    s->eager_sent = 0;
+    m->eager_withdrawn++;
+    if (stream_push(s, EV_PARTIAL, (double)m->latency_ms / 1000.0, strdup(phrase_line(s)),
+                    s->phrase_start, s->phrase_end, TOLK_OK, TOLK_SEV_LOW) == 0)
+        s->tail->stability = 0.5;
+}
+
 static void phrase_end(stt_stream *s)
 {
     stt_mock *m = s->m;
+    int eager = s->eager_sent;
     s->in_phrase = 0;
+    s->eager_sent = 0;
     if (s->phrase_end - s->phrase_start < MS_SAMPLES(m->min_speech_ms)) {
         m->noise++;
         return;
     }
-    /* choose = audio: a recogniser's answer depends on the sound, not on how
-     * many phrases this stream has heard; a backup stream fed the same audio
-     * again (recovery replay) then says the same thing */
-    size_t pick = m->choose_audio ? (size_t)((s->crossings / 64) * 2654435761u % 1000003u)
-                                  : s->script_pos;
+    const char *line = phrase_line(s);
     s->script_pos++;
-    const char *line = m->phrases[pick % m->nphrases];
     double latency = (double)m->latency_ms / 1000.0;
+    char differ[512];
+    if (eager && m->eager_differ_every && m->eager_ends % (uint64_t)m->eager_differ_every == 0) {
+        snprintf(differ, sizeof differ, "%s indeed", line);
+        line = differ;
+    }
 
     switch (fault_decide(&m->fault, &m->count)) {
     case FATE_HANG:
@@ -416,12 +469,18 @@ static void frame_analyse(stt_stream *s, const int16_t *pcm)
         }
         s->phrase_end = s->pos;
         s->silence = 0;
+        if (s->eager_sent) eager_withdraw(s);
         for (size_t i = 1; i < TOLK_FRAME_SAMPLES; i++)
             s->crossings += (pcm[i - 1] < 0) != (pcm[i] < 0);
         partial_maybe(s);
     } else if (s->in_phrase) {
         s->silence += TOLK_FRAME_SAMPLES;
-        if (s->silence >= MS_SAMPLES(m->silence_ms)) phrase_end(s);
+        if (s->silence >= MS_SAMPLES(m->silence_ms))
+            phrase_end(s);
+        else if (m->eager_ms && !s->eager_sent && !m->fault.hang &&
+                 s->silence >= MS_SAMPLES(m->eager_ms) &&
+                 s->phrase_end - s->phrase_start >= MS_SAMPLES(m->min_speech_ms))
+            eager_end(s);
     }
 
     if (m->drop_after_ms && !s->broken && s->pos >= MS_SAMPLES(m->drop_after_ms)) {
@@ -626,6 +685,8 @@ static tolk_status stt_mock_create(const tolk_host *host, tolk_instance *inst, c
     m->drop_after_ms = host->cfg_int(cfg, "drop_after_ms");
     m->open_delay_ms = host->cfg_int(cfg, "open_delay_ms");
     m->report_after_ms = host->cfg_int(cfg, "report_after_ms");
+    m->eager_ms = host->cfg_int(cfg, "eager_ms");
+    m->eager_differ_every = host->cfg_int(cfg, "eager_differ_every");
     m->choose_audio = !strcmp(host->cfg_string(cfg, "choose"), "audio");
     if (fault_read(host, inst, cfg, &m->fault)) {
         free(m);
@@ -673,13 +734,14 @@ static tolk_health stt_mock_health(void *self, json_t **detail_new)
     int failing = fault_failing(&m->fault, &m->count);
     if (detail_new)
         *detail_new = json_pack(
-            "{s:I, s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:I, s:s, s:s, s:i}", "requests",
+            "{s:I, s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:I, s:s, s:s, s:i, s:I, s:I}", "requests",
             (json_int_t)m->count.requests, "failures", (json_int_t)m->count.failures, "drops",
             (json_int_t)m->drops, "noise", (json_int_t)m->noise, "streams", (json_int_t)m->nstreams,
             "failing", failing, "async_opens", (json_int_t)m->async_opens, "finalizes",
             (json_int_t)m->finalizes, "early_feeds", (json_int_t)m->early_feeds, "reports",
             (json_int_t)m->reports, "last_channel", m->last_channel, "last_target", m->last_target,
-            "last_leg", m->last_leg);
+            "last_leg", m->last_leg, "eager_ends", (json_int_t)m->eager_ends, "eager_withdrawn",
+            (json_int_t)m->eager_withdrawn);
     return failing ? TOLK_FAILED : TOLK_HEALTHY;
 }
 
