@@ -63,6 +63,11 @@
  * (jitter of the writer or of the loop); behind by more, it starts a new
  * clock. */
 #define CATCHUP_MAX 10
+/* A frame may go in this many frames ahead of the leg's clock: a writer
+ * whose frames come a little early (its clock's phase, scheduling) is not
+ * held until the next tick, which would add up to 20 ms to every phrase's
+ * latency; the rate is still one frame per 20 ms. */
+#define LEAD_FRAMES 1
 /* A reader that is absent (open() says ENXIO) is looked for again this
  * often while there is audio for it. */
 #define REOPEN_S 0.1
@@ -959,7 +964,7 @@ static void feed(call *c, int L, double now) {
         in->t0 = now;
         in->fed_on_clock = 0;
     }
-    int64_t due = (int64_t)floor((now - in->t0) / TOLK_FRAME_SECONDS) + 1 -
+    int64_t due = (int64_t)floor((now - in->t0) / TOLK_FRAME_SECONDS) + 1 + LEAD_FRAMES -
                   (int64_t)in->fed_on_clock;
     if (due > CATCHUP_MAX) due = CATCHUP_MAX;
     while (due > 0 && in->n && c->state == C_LIVE && c->ch) {

@@ -286,7 +286,7 @@ static int is_fifo(const char *path) {
 
 /* ---- tests ---- */
 
-static void test_mock_call_end_to_end(void **state) {
+__attribute__((unused)) static void test_mock_call_end_to_end(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 300;");
     struct stat st;
     /* created with safe permissions: never writable by others */
@@ -323,7 +323,7 @@ static void test_mock_call_end_to_end(void **state) {
 }
 
 /* create_out: the plugin makes {id}_out.pcm and removes it at the end. */
-static void test_created_out_is_removed(void **state) {
+__attribute__((unused)) static void test_created_out_is_removed(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 200; create_out = true;");
     mcall *m = add_call(R, "made-out", 1);
     assert_int_equal(mkfifo(m->in_path, 0600), 0);
@@ -347,7 +347,7 @@ static void test_created_out_is_removed(void **state) {
 
 /* The writer closes the FIFO after the first phrase and opens it again
  * 0.5 s later, within the 3 s grace: one call with both phrases. */
-static void test_writer_returns_within_grace(void **state) {
+__attribute__((unused)) static void test_writer_returns_within_grace(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 3000;");
     mcall *m = add_call(R, "flaky", 2);
     m->pause_after = 10 + 40 + 30; /* the first burst and half its gap */
@@ -366,7 +366,7 @@ static void test_writer_returns_within_grace(void **state) {
 
 /* Beyond the grace time the input has ended: the call is over, and a
  * writer opening the FIFO later is not served by it. */
-static void test_writer_gone_beyond_grace_ends_call(void **state) {
+__attribute__((unused)) static void test_writer_gone_beyond_grace_ends_call(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 200;");
     mcall *m = add_call(R, "gone", 2);
     m->pause_after = 10 + 40 + 30;
@@ -421,7 +421,7 @@ static int slow_ended(void *ud) {
     return S->R->ended == 1 && S->R->c->active == 0;
 }
 
-static void test_slow_then_absent_reader(void **state) {
+__attribute__((unused)) static void test_slow_then_absent_reader(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 200; output = \"continuous\"; out_buffer_ms = 200;");
     mcall *m = add_call(R, "slowreader", 4);
     slow S = {.R = R, .m = m};
@@ -448,7 +448,7 @@ static void test_slow_then_absent_reader(void **state) {
 
 static int settle(void *ud) { return 0; }
 
-static void test_malformed_names_refused(void **state) {
+__attribute__((unused)) static void test_malformed_names_refused(void **state) {
     rig *R = rig_new(0, NULL);
     char long_id[200];
     memset(long_id, 'x', 150);
@@ -477,7 +477,7 @@ static void test_malformed_names_refused(void **state) {
 
 /* A regular file or a symbolic link where a FIFO should be: refused,
  * counted, logged, and the file a link points to is never opened. */
-static void test_regular_file_and_symlink_refused(void **state) {
+__attribute__((unused)) static void test_regular_file_and_symlink_refused(void **state) {
     rig *R = rig_new(0, NULL);
     char *outside = xasprintf("%s/outside.pcm", R->dir);
     assert_int_equal(mkfifo(outside, 0600), 0);
@@ -517,7 +517,7 @@ static void test_regular_file_and_symlink_refused(void **state) {
 
 /* During a call its input FIFO is replaced by a regular file (renamed
  * over it), then a call's JSON is a link: the call ends, refusals counted. */
-static void test_fifo_replaced_during_call(void **state) {
+__attribute__((unused)) static void test_fifo_replaced_during_call(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 5000;");
     mcall *m = add_call(R, "victim", 3);
     mc_make(m);
@@ -546,7 +546,7 @@ static void test_fifo_replaced_during_call(void **state) {
 }
 
 /* Removing a FIFO ends its call at once. */
-static void test_removed_fifo_ends_call(void **state) {
+__attribute__((unused)) static void test_removed_fifo_ends_call(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 5000;");
     mcall *m = add_call(R, "removed", 3);
     mc_make(m);
@@ -559,7 +559,7 @@ static void test_removed_fifo_ends_call(void **state) {
 }
 
 /* The call's JSON: languages and mode; and a bad one refuses the call. */
-static void test_call_json(void **state) {
+__attribute__((unused)) static void test_call_json(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 200;");
     tu_write(R->media, "pt.json", "{\"mode\": \"passthrough\", \"language_a\": \"en\"}");
     tu_write(R->media, "typo.json", "{\"langauge_a\": \"en\"}");
@@ -586,7 +586,7 @@ static void test_call_json(void **state) {
 
 /* A second pair makes the call two-party: each party's translation comes
  * out of its own out pipe. */
-static void test_two_parties(void **state) {
+__attribute__((unused)) static void test_two_parties(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 300;");
     mcall *a = add_call(R, "duo", 2);
     mcall *b = add_call(R, "duo_b", 2);
@@ -609,7 +609,7 @@ static void test_two_parties(void **state) {
 /* A writer much faster than real time on a paced call: the input buffer
  * fills (the writer then waits on the full pipe) and the core gets 20 ms
  * of audio per 20 ms, so nothing is shed and nothing is lost. */
-static void test_fast_writer_paced(void **state) {
+__attribute__((unused)) static void test_fast_writer_paced(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 200; in_buffer_ms = 500;");
     mcall *m = add_call(R, "hasty", 3);
     m->realtime = 0;
@@ -628,7 +628,7 @@ static void test_fast_writer_paced(void **state) {
 
 /* input = "pull": a writer faster than real time is taken as fast as the
  * core takes it (a file-like source), nothing lost. */
-static void test_pull_input(void **state) {
+__attribute__((unused)) static void test_pull_input(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 200; input = \"pull\"; output = \"unpaced\";");
     mcall *m = add_call(R, "fast", 3);
     m->realtime = 0;
@@ -641,7 +641,7 @@ static void test_pull_input(void **state) {
     rig_free(R);
 }
 
-static void test_hundred_calls(void **state) {
+__attribute__((unused)) static void test_hundred_calls(void **state) {
     rig *R = rig_new(0, "eof_grace_ms = 300;");
     for (int i = 0; i < 100; i++) {
         char id[32];
@@ -690,7 +690,7 @@ out:
     return pcm;
 }
 
-static void test_offline_engines_librivox(void **state) {
+__attribute__((unused)) static void test_offline_engines_librivox(void **state) {
     if (access(CLIP, R_OK) != 0 || access("/usr/share/pocketsphinx/model/en-us/en-us", R_OK) != 0)
         skip();
     rig *R = rig_new(1, "eof_grace_ms = 300; mode = \"unidirectional\";");
@@ -715,8 +715,16 @@ static void test_offline_engines_librivox(void **state) {
     rig_free(R);
 }
 
+/* Built twice: test_transport_pipe (mock engines, clean under valgrind) and,
+ * with TP_OFFLINE, test_transport_pipe_offline (libespeak-ng itself reads
+ * uninitialised memory under valgrind, so it stays out of that list). */
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
+#ifdef TP_OFFLINE
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_offline_engines_librivox),
+    };
+#else
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mock_call_end_to_end),
         cmocka_unit_test(test_created_out_is_removed),
@@ -732,7 +740,7 @@ int main(void) {
         cmocka_unit_test(test_fast_writer_paced),
         cmocka_unit_test(test_pull_input),
         cmocka_unit_test(test_hundred_calls),
-        cmocka_unit_test(test_offline_engines_librivox),
     };
+#endif
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
