@@ -150,6 +150,9 @@ struct call {
     out_side out[2];
     char *lang[2], *ep[2], *voice[2];
     int counted; /* the core took it: its end is counted */
+    /* why the call must end, found where the core cannot be told (inside
+     * play()): the next tick ends it */
+    const char *close_why;
 };
 
 struct pipe_tp {
@@ -221,7 +224,7 @@ static const tolk_option options[] = {
     {"eof_grace_ms", TOLK_OPT_INT, 0, "2000", 0, 3600000,
      "a writer that went away may come back this long before its input ends"},
     {"writer_timeout_ms", TOLK_OPT_INT, 0, "30000", 0, 3600000,
-     "a call whose input has had no writer this long after it began ends (0: wait forever)"},
+     "a party whose input has had no audio at all this long has ended (0: wait forever)"},
     {"max_calls", TOLK_OPT_INT, 0, "1000", 1, 100000, "calls at once through this instance"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
@@ -1132,10 +1135,10 @@ static void flush_out(call *c, int L) {
             if (errno == ENXIO) return; /* no reader yet */
             if (errno == ESTALE) {
                 refuse(tp, &tp->refused_replaced, name, "replaced by another file during the call");
-                if (c->state == C_LIVE) call_close(c, "its output FIFO was replaced");
+                if (!c->close_why) c->close_why = "its output FIFO was replaced";
             } else if (errno == ELOOP) {
                 refuse(tp, &tp->refused_symlinks, name, "replaced by a symbolic link");
-                if (c->state == C_LIVE) call_close(c, "its output FIFO was replaced");
+                if (!c->close_why) c->close_why = "its output FIFO was replaced";
             }
             return;
         }
@@ -1222,6 +1225,7 @@ static void tick(void *ud) {
     double util_in = 0, util_out = 0;
     tp->depth++;
     for (call *c = tp->calls; c; c = c->next) {
+        if (c->state == C_LIVE && c->close_why) call_close(c, c->close_why);
         if (c->state != C_LIVE) continue;
         for (int L = 0; L < 2 && c->state == C_LIVE; L++) {
             in_side *in = &c->in[L];

@@ -382,6 +382,64 @@ __attribute__((unused)) static void test_writer_gone_beyond_grace_ends_call(void
     rig_free(R);
 }
 
+/* A pair nobody ever writes to: the call ends after writer_timeout_ms. */
+__attribute__((unused)) static void test_no_writer_times_out(void **state) {
+    rig *R = rig_new(0, "writer_timeout_ms = 300;");
+    mcall *m = add_call(R, "silent", 1);
+    mc_make(m);
+    m->writer_done = 1; /* the media side never opens it for writing */
+    assert_true(tu_run_until(R->c, ended_one, R, 10));
+    assert_int_equal(H(R, "calls_started"), 1);
+    assert_int_equal(H(R, "frames_in"), 0);
+    assert_true(tu_log_has("call silent: no writer for party A's input in 0.3 s"));
+    rig_free(R);
+}
+
+/* Bad settings are reported with the file and line, before anything runs:
+ * a relative directory, a world-writable mode, an existing directory that
+ * everyone may write to. */
+__attribute__((unused)) static void test_bad_settings_have_file_and_line(void **state) {
+    char *dir = tu_tmpdir();
+    tu_log_capture();
+    tu_log_clear();
+    conf_mock(dir);
+    tu_write(dir, "60-pipe.conf",
+             "instance: { name = \"pipe\"; plugin = \"transport_pipe\"; settings: {\n"
+             "  media_dir = \"relative/media\"; }; };\n");
+    core *c = core_new(dir, NULL);
+    assert_int_not_equal(core_load(c), 0);
+    assert_true(tu_log_has("60-pipe.conf:2: "));
+    assert_true(tu_log_has("an absolute path"));
+    core_free(c);
+    tu_log_clear();
+    tu_write(dir, "60-pipe.conf",
+             "instance: { name = \"pipe\"; plugin = \"transport_pipe\"; settings: {\n"
+             "  media_dir = \"/tmp/x\";\n  dir_mode = \"0777\"; }; };\n");
+    c = core_new(dir, NULL);
+    assert_int_not_equal(core_load(c), 0);
+    assert_true(tu_log_has("60-pipe.conf:3: "));
+    assert_true(tu_log_has("never writable by others"));
+    core_free(c);
+    tu_log_clear();
+    char *open_dir = xasprintf("%s/open", dir);
+    assert_int_equal(mkdir(open_dir, 0700), 0);
+    assert_int_equal(chmod(open_dir, 0777), 0);
+    tu_write(dir, "60-pipe.conf",
+             "instance: { name = \"pipe\"; plugin = \"transport_pipe\"; settings: {\n"
+             "  media_dir = \"%s\"; }; };\n",
+             open_dir);
+    c = core_new(dir, NULL);
+    assert_int_not_equal(core_load(c), 0);
+    assert_true(tu_log_has("60-pipe.conf:2: "));
+    assert_true(tu_log_has("is writable by every user"));
+    core_free(c);
+    metrics_shutdown();
+    tu_log_clear();
+    tu_rm_rf(dir);
+    free(open_dir);
+    free(dir);
+}
+
 /* Continuous output (a frame every 20 ms) to a reader that reads a frame
  * every 100 ms, then to no reader at all: the kernel's pipe buffer and the
  * plugin's 200 ms fill, the oldest audio is dropped and counted, and all
@@ -626,6 +684,44 @@ __attribute__((unused)) static void test_fast_writer_paced(void **state) {
     rig_free(R);
 }
 
+/* A _b pair that appears during a one-party call joins it: in a
+ * unidirectional call party B is heard untranslated, out of {id}_b_out.pcm. */
+typedef struct join {
+    rig *R;
+    int made;
+} join;
+
+static int join_pump(void *ud) {
+    join *J = ud;
+    rig *R = J->R;
+    if (!J->made && R->calls[0].sent > 50) {
+        mc_make(&R->calls[1]);
+        J->made = 1;
+    }
+    if (!J->made) {
+        mc_pump(&R->calls[0]);
+        return 0;
+    }
+    return ended_one(R);
+}
+
+__attribute__((unused)) static void test_party_b_joins_later(void **state) {
+    rig *R = rig_new(0, "eof_grace_ms = 300;");
+    mcall *a = add_call(R, "later", 2);
+    mcall *b = add_call(R, "later_b", 1);
+    mc_make(a);
+    join J = {.R = R};
+    assert_true(tu_run_until(R->c, join_pump, &J, 30));
+    tu_run_until(R->c, pump_all, R, 0.2);
+    assert_int_equal(H(R, "calls_started"), 1);
+    assert_true(tu_log_has("call later: party B joined"));
+    assert_int_equal(R->phrases_ok, 2);  /* A's two phrases, translated */
+    assert_true(a->loud_frames >= 15);   /* ... for B */
+    assert_true(b->loud_frames >= 35);   /* B's own 0.8 s tone, for A */
+    assert_int_equal(H(R, "frames_in"), (long long)(a->nframes + b->nframes));
+    rig_free(R);
+}
+
 /* input = "pull": a writer faster than real time is taken as fast as the
  * core takes it (a file-like source), nothing lost. */
 __attribute__((unused)) static void test_pull_input(void **state) {
@@ -730,6 +826,8 @@ int main(void) {
         cmocka_unit_test(test_created_out_is_removed),
         cmocka_unit_test(test_writer_returns_within_grace),
         cmocka_unit_test(test_writer_gone_beyond_grace_ends_call),
+        cmocka_unit_test(test_no_writer_times_out),
+        cmocka_unit_test(test_bad_settings_have_file_and_line),
         cmocka_unit_test(test_slow_then_absent_reader),
         cmocka_unit_test(test_malformed_names_refused),
         cmocka_unit_test(test_regular_file_and_symlink_refused),
@@ -737,6 +835,7 @@ int main(void) {
         cmocka_unit_test(test_removed_fifo_ends_call),
         cmocka_unit_test(test_call_json),
         cmocka_unit_test(test_two_parties),
+        cmocka_unit_test(test_party_b_joins_later),
         cmocka_unit_test(test_fast_writer_paced),
         cmocka_unit_test(test_pull_input),
         cmocka_unit_test(test_hundred_calls),
