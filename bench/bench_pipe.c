@@ -174,16 +174,16 @@ static void on_end(void *ud, tolk_channel *ch) { ((bench *)ud)->ended++; }
 static void write_conf(const char *dir, const char *media, int calls) {
     char path[512];
     FILE *f;
-#define CONF(name, ...)                                                                           \
-    do {                                                                                          \
-        snprintf(path, sizeof path, "%s/%s", dir, name);                                          \
-        f = fopen(path, "w");                                                                     \
-        if (!f) {                                                                                 \
-            perror(path);                                                                         \
-            exit(1);                                                                              \
-        }                                                                                         \
-        fprintf(f, __VA_ARGS__);                                                                  \
-        fclose(f);                                                                                \
+#define CONF(name, ...)                                                                            \
+    do {                                                                                           \
+        snprintf(path, sizeof path, "%s/%s", dir, name);                                           \
+        f = fopen(path, "w");                                                                      \
+        if (!f) {                                                                                  \
+            perror(path);                                                                          \
+            exit(1);                                                                               \
+        }                                                                                          \
+        fprintf(f, __VA_ARGS__);                                                                   \
+        fclose(f);                                                                                 \
     } while (0)
     CONF("tolk.conf",
          "core: { max_channels = %d; workers = 2; drain_timeout = 60.0; log_level = \"warn\"; "
@@ -276,20 +276,22 @@ int main(int argc, char **argv) {
            percentile_sorted(b.lat, b.n, 50), percentile_sorted(b.lat, b.n, 99), MOCK_DELAY_MS);
     printf("  frames in           written %llu, fed to the core %.0f, lost %.0f; input pipe found "
            "full %llu times; media side's lag max %.1f ms\n",
-           (unsigned long long)M.written, fed, lost_in, (unsigned long long)M.stalls,
-           M.lag_max_ms);
+           (unsigned long long)M.written, fed, lost_in, (unsigned long long)M.stalls, M.lag_max_ms);
     printf("  frames out          written %.0f, read %.0f, dropped: overflow %.0f, at end %.0f, "
            "unplayed by the core %llu\n",
            out_w, read_frames, hnum(h, "out_overflow_frames"), hnum(h, "out_dropped_at_end"),
            (unsigned long long)c->out_frames_dropped);
-    printf("  CPU                 tolk %.4f s per call-minute (%.1f%% of one core, %d calls talking, "
-           "%.0f s window); media side %.4f s per call-minute (its whole run)\n",
-           cpu / call_minutes, 100.0 * cpu / wall, calls, wall, M.cpu / ((double)calls * seconds / 60.0));
+    printf(
+        "  CPU                 tolk %.4f s per call-minute (%.1f%% of one core, %d calls talking, "
+        "%.0f s window); media side %.4f s per call-minute (its whole run)\n",
+        cpu / call_minutes, 100.0 * cpu / wall, calls, wall,
+        M.cpu / ((double)calls * seconds / 60.0));
     fflush(stdout);
     json_decref(h);
     core_shutdown(c);
     double drain_end = mono_now() + 10;
-    while (c->active && mono_now() < drain_end) ev_run(c->loop, EVRUN_ONCE | EVRUN_NOWAIT);
+    while (c->active && mono_now() < drain_end)
+        ev_run(c->loop, EVRUN_ONCE | EVRUN_NOWAIT);
     core_free(c);
     metrics_shutdown();
     free(b.lat);

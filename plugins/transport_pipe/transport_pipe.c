@@ -97,10 +97,10 @@ typedef struct in_side {
     int leg;
     int present;
     fifo_id id;
-    int lock_fd;  /* held open for the call: its flock() says the call is ours */
-    int fd;       /* read end, reopened after each EOF */
+    int lock_fd; /* held open for the call: its flock() says the call is ours */
+    int fd;      /* read end, reopened after each EOF */
     tolk_io *io;
-    int reading;  /* io watcher asks for READ */
+    int reading; /* io watcher asks for READ */
     uint8_t part[TOLK_FRAME_BYTES];
     size_t npart;
     int16_t *ring; /* whole frames, cap of them */
@@ -109,11 +109,11 @@ typedef struct in_side {
     int clock_on;
     double t0;
     uint64_t fed_on_clock;
-    int waiting;   /* pull: the core said TOLK_E_AGAIN, until input_ready() */
+    int waiting; /* pull: the core said TOLK_E_AGAIN, until input_ready() */
     int had_data;
-    int eof;       /* every writer went away; the grace time runs */
+    int eof; /* every writer went away; the grace time runs */
     double eof_at;
-    int ended;     /* channel_input_end() sent */
+    int ended; /* channel_input_end() sent */
     uint64_t frames;
 } in_side;
 
@@ -123,7 +123,7 @@ typedef struct out_side {
     int present;
     int created; /* we made it (create_out): we remove it */
     fifo_id id;
-    int fd;      /* -1: no reader yet, or it went away */
+    int fd; /* -1: no reader yet, or it went away */
     tolk_io *io;
     int writing;
     uint8_t *ring; /* whole frames, little-endian */
@@ -181,8 +181,8 @@ struct pipe_tp {
     tolk_series *util_in, *util_out;
 
     uint64_t calls_started, calls_ended, calls_refused, calls_removed, calls_busy;
-    uint64_t refused_names, refused_symlinks, refused_not_fifo, refused_replaced,
-        refused_json, refusals_logged;
+    uint64_t refused_names, refused_symlinks, refused_not_fifo, refused_replaced, refused_json,
+        refusals_logged;
     uint64_t frames_in, frames_out, frames_no_pipe, out_overflow, out_dropped_at_end;
     uint64_t writer_eofs, writer_returns, reader_gone, in_full;
     fifo_id tried[TRIED_RING];
@@ -264,8 +264,7 @@ static const char *jstr(const json_t *cfg, const char *key) {
  * then start calls or plant files). Fills err and returns -1 if not. */
 static int check_dir_stat(const struct stat *st, const char *path, char *err, size_t errsz) {
     if (S_ISLNK(st->st_mode)) {
-        snprintf(err, errsz, "%s is a symbolic link; the media directory must be a real one",
-                 path);
+        snprintf(err, errsz, "%s is a symbolic link; the media directory must be a real one", path);
         return -1;
     }
     if (!S_ISDIR(st->st_mode)) {
@@ -279,8 +278,8 @@ static int check_dir_stat(const struct stat *st, const char *path, char *err, si
     }
     if (st->st_mode & S_IWOTH) {
         snprintf(err, errsz,
-                 "%s is writable by every user (mode %04o): anyone could start calls there",
-                 path, (unsigned)(st->st_mode & 07777));
+                 "%s is writable by every user (mode %04o): anyone could start calls there", path,
+                 (unsigned)(st->st_mode & 07777));
         return -1;
     }
     return 0;
@@ -412,16 +411,14 @@ static void refuse(pipe_tp *tp, uint64_t *counter, const char *name, const char 
     if (!should_log(tp->refusals_logged)) return;
     char b[128];
     TOLK_LOG(tp->host, tp->inst, TOLK_LOG_WARN, "%s/%s refused: %s (%llu refusals so far)",
-             tp->media_dir, shown(name, b, sizeof b), why,
-             (unsigned long long)tp->refusals_logged);
+             tp->media_dir, shown(name, b, sizeof b), why, (unsigned long long)tp->refusals_logged);
 }
 
 /* What the directory holds under name, without following a link:
  * 1 a FIFO (identity in *id), 0 absent, -1 refused (counted, logged). */
 static int probe_fifo_q(pipe_tp *tp, const char *name, fifo_id *id, int quiet) {
     struct stat st;
-    if (fstatat(tp->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
-        return errno == ENOENT ? 0 : -1;
+    if (fstatat(tp->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno == ENOENT ? 0 : -1;
     if (quiet && !S_ISFIFO(st.st_mode)) return -1;
     if (S_ISLNK(st.st_mode)) {
         refuse(tp, &tp->refused_symlinks, name, "a symbolic link (links are never followed)");
@@ -644,7 +641,8 @@ static void start_reading(call *c, int L) {
     pipe_tp *tp = c->tp;
     in_side *in = &c->in[L];
     if (in->fd < 0) return;
-    if (!in->io) in->io = tp->host->io_start(tp->inst, in->fd, TOLK_IO_READ, on_in, in);
+    if (!in->io)
+        in->io = tp->host->io_start(tp->inst, in->fd, TOLK_IO_READ, on_in, in);
     else
         tp->host->io_set(in->io, TOLK_IO_READ);
     in->reading = in->io != NULL;
@@ -745,21 +743,24 @@ static int read_call_json(call *c, int *mode, json_t **call_opts) {
         refuse(tp, &tp->refused_json, name, why);
         return -1;
     }
-    static const char *const keys[] = {"mode",    "endpoint_a", "endpoint_b", "language_a",
-                                       "language_b", "voice_a", "voice_b",   "options", NULL};
+    static const char *const keys[] = {"mode",       "endpoint_a", "endpoint_b",
+                                       "language_a", "language_b", "voice_a",
+                                       "voice_b",    "options",    NULL};
     const char *k;
     json_t *v;
     json_object_foreach(j, k, v) {
         int known = 0;
-        for (size_t i = 0; keys[i]; i++) known |= !strcmp(k, keys[i]);
+        for (size_t i = 0; keys[i]; i++)
+            known |= !strcmp(k, keys[i]);
         int ok = known && (!strcmp(k, "options") ? json_is_object(v) || json_is_null(v)
                                                  : json_is_string(v) || json_is_null(v));
         if (!ok) {
             snprintf(why, sizeof why,
-                     known ? "\"%.64s\" has the wrong type" : "unknown key \"%.64s\" (known: "
-                                                            "mode, endpoint_a, endpoint_b, "
-                                                            "language_a, language_b, voice_a, "
-                                                            "voice_b, options)",
+                     known ? "\"%.64s\" has the wrong type"
+                           : "unknown key \"%.64s\" (known: "
+                             "mode, endpoint_a, endpoint_b, "
+                             "language_a, language_b, voice_a, "
+                             "voice_b, options)",
                      k);
             json_decref(j);
             refuse(tp, &tp->refused_json, name, why);
@@ -908,11 +909,12 @@ static void call_begin(pipe_tp *tp, const char *id) {
     }
     c->ch = ch;
     c->state = C_LIVE;
-    for (int L = 0; L < 2; L++) c->in[L].eof_at = c->t_open;
+    for (int L = 0; L < 2; L++)
+        c->in[L].eof_at = c->t_open;
     TOLK_LOG(tp->host, tp->inst, TOLK_LOG_INFO, "call %s began (%s%s)", id,
-             c->in[1].present ? "two parties" : "one party",
-             opts ? ", options from its JSON" : "");
-    for (int L = 0; L < 2; L++) start_reading(c, L);
+             c->in[1].present ? "two parties" : "one party", opts ? ", options from its JSON" : "");
+    for (int L = 0; L < 2; L++)
+        start_reading(c, L);
     ensure_tick(tp);
 }
 
@@ -937,8 +939,8 @@ static int feed_one(call *c, int L) {
     in_side *in = &c->in[L];
     const int16_t *f = in->ring + in->head * TOLK_FRAME_SAMPLES;
     tp->depth++;
-    tolk_status st = tp->host->channel_audio_at(c->ch, (tolk_leg)L, f, TOLK_FRAME_SAMPLES,
-                                                in->t[in->head]);
+    tolk_status st =
+        tp->host->channel_audio_at(c->ch, (tolk_leg)L, f, TOLK_FRAME_SAMPLES, in->t[in->head]);
     tp->depth--;
     if (st == TOLK_E_AGAIN && tp->input == IN_PULL) {
         in->waiting = 1;
@@ -995,8 +997,7 @@ static int reopen_in(call *c, int L) {
         refuse(tp, &tp->refused_replaced, name, "replaced by another file during the call");
         call_close(c, "its input FIFO was replaced");
     } else if (errno == ENOENT || errno == ELOOP) {
-        if (errno == ELOOP)
-            refuse(tp, &tp->refused_symlinks, name, "replaced by a symbolic link");
+        if (errno == ELOOP) refuse(tp, &tp->refused_symlinks, name, "replaced by a symbolic link");
         call_close(c, "its input FIFO was removed or replaced");
     } else {
         TOLK_LOG(tp->host, tp->inst, TOLK_LOG_ERR, "call %s: reopening %s: %s", c->id, name,
@@ -1014,8 +1015,7 @@ static void on_in(void *ud, int fd, unsigned revents) {
     (void)fd;
     (void)revents;
     {
-        if (c->state != C_LIVE || !in->present || in->ended || in->fd < 0 || !in->reading)
-            return;
+        if (c->state != C_LIVE || !in->present || in->ended || in->fd < 0 || !in->reading) return;
         double now = tp->host->now();
         uint8_t buf[16 * TOLK_FRAME_BYTES];
         for (;;) {
@@ -1065,8 +1065,8 @@ static void on_in(void *ud, int fd, unsigned revents) {
                 in->eof_at = now;
                 tp->writer_eofs++;
                 TOLK_LOG(tp->host, tp->inst, TOLK_LOG_VERB,
-                         "call %s: the writer of party %c went away; waiting %.1f s for it",
-                         c->id, L ? 'B' : 'A', tp->eof_grace);
+                         "call %s: the writer of party %c went away; waiting %.1f s for it", c->id,
+                         L ? 'B' : 'A', tp->eof_grace);
             }
             if (reopen_in(c, L) != 0) return;
             start_reading(c, L);
@@ -1083,8 +1083,9 @@ static void call_end_input(call *c, int L) {
     if (in->ended || c->state != C_LIVE) return;
     in->ended = 1;
     in_close(tp, in);
-    TOLK_LOG(tp->host, tp->inst, TOLK_LOG_VERB, "call %s: input of party %c ended after %llu frames",
-             c->id, L ? 'B' : 'A', (unsigned long long)in->frames);
+    TOLK_LOG(tp->host, tp->inst, TOLK_LOG_VERB,
+             "call %s: input of party %c ended after %llu frames", c->id, L ? 'B' : 'A',
+             (unsigned long long)in->frames);
     if (!c->ch) return;
     if (in->npart) {
         /* the last partial frame; the core pads it */
@@ -1161,8 +1162,7 @@ static void flush_out(call *c, int L) {
             /* EPIPE: the reader went away. Keep the audio for the next. */
             tp->reader_gone++;
             TOLK_LOG(tp->host, tp->inst, TOLK_LOG_VERB, "call %s: the reader of %s_%sout.pcm %s",
-                     c->id, c->id, L ? "b_" : "",
-                     errno == EPIPE ? "went away" : strerror(errno));
+                     c->id, c->id, L ? "b_" : "", errno == EPIPE ? "went away" : strerror(errno));
             out_close(tp, o);
             o->next_open = tp->host->now() + REOPEN_S;
             return;
@@ -1385,8 +1385,8 @@ static void on_inotify(void *ud, int fd, unsigned revents) {
         }
     }
     if (rescan) {
-        TOLK_LOG(tp->host, tp->inst, TOLK_LOG_WARN,
-                 "inotify queue overflowed: rescanning %s", tp->media_dir);
+        TOLK_LOG(tp->host, tp->inst, TOLK_LOG_WARN, "inotify queue overflowed: rescanning %s",
+                 tp->media_dir);
         scan_dir(tp);
     }
     tp->depth--;
@@ -1429,8 +1429,7 @@ static int open_media_dir(pipe_tp *tp) {
     }
     /* A directory made just now gets the mode asked for, whatever the umask. */
     if (made && (st.st_mode & 07777) != tp->dir_mode && fchmod(fd, tp->dir_mode) != 0)
-        TOLK_LOG(tp->host, tp->inst, TOLK_LOG_WARN, "chmod %s: %s", tp->media_dir,
-                 strerror(errno));
+        TOLK_LOG(tp->host, tp->inst, TOLK_LOG_WARN, "chmod %s: %s", tp->media_dir, strerror(errno));
     tp->dirfd = fd;
     return 0;
 }
@@ -1515,8 +1514,8 @@ static tolk_status tp_start(void *self) {
         return TOLK_E_BACKEND;
     }
     if (inotify_add_watch(tp->infd, tp->media_dir,
-                          IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM |
-                              IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW) < 0) {
+                          IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF |
+                              IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW) < 0) {
         TOLK_LOG(tp->host, tp->inst, TOLK_LOG_ERR, "inotify on %s: %s", tp->media_dir,
                  strerror(errno));
         close(tp->infd);
@@ -1647,15 +1646,11 @@ static tolk_health tp_health(void *self, json_t **detail_new) {
 }
 
 static const tolk_transport desc = {
-    .base = {TOLK_PLUGIN_INIT(tolk_transport, TOLK_KIND_TRANSPORT),
-             .name = PLUGIN_NAME,
+    .base = {TOLK_PLUGIN_INIT(tolk_transport, TOLK_KIND_TRANSPORT), .name = PLUGIN_NAME,
              .version = "1.0.0",
              .description = "calls through named pipes (FIFOs) in a media directory",
-             .options = options,
-             .check_config = tp_check_config,
-             .create = tp_create,
-             .destroy = tp_destroy,
-             .health = tp_health},
+             .options = options, .check_config = tp_check_config, .create = tp_create,
+             .destroy = tp_destroy, .health = tp_health},
     .start = tp_start,
     .stop = tp_stop,
     .play = tp_play,
