@@ -59,10 +59,12 @@
 /* Writes of at most PIPE_BUF bytes to a pipe are atomic: whole frames go
  * out or nothing does, so the reader never sees half a sample. */
 #define FRAMES_PER_WRITE (PIPE_BUF / TOLK_FRAME_BYTES)
-/* A paced leg catches up at most this many frames of late audio at once
- * (jitter of the writer or of the loop); behind by more, it starts a new
- * clock. */
-#define CATCHUP_MAX 10
+/* A paced leg's clock gives at most this much credit: frames that come
+ * late (the writer or this loop stalled) are fed as soon as they arrive,
+ * up to 1 s behind the clock, so a stall does not stay in every later
+ * phrase's latency; a writer that was silent longer than that cannot then
+ * send faster than real time for more than 1 s. */
+#define CREDIT_FRAMES 50
 /* A frame may go in this many frames ahead of the leg's clock: a writer
  * whose frames come a little early (its clock's phase, scheduling) is not
  * held until the next tick, which would add up to 20 ms to every phrase's
@@ -969,18 +971,15 @@ static void feed(call *c, int L, double now) {
         in->t0 = now;
         in->fed_on_clock = 0;
     }
+    double behind = (now - in->t0) / TOLK_FRAME_SECONDS - (double)in->fed_on_clock;
+    if (behind > CREDIT_FRAMES) in->t0 += (behind - CREDIT_FRAMES) * TOLK_FRAME_SECONDS;
     int64_t due = (int64_t)floor((now - in->t0) / TOLK_FRAME_SECONDS) + 1 + LEAD_FRAMES -
                   (int64_t)in->fed_on_clock;
-    if (due > CATCHUP_MAX) due = CATCHUP_MAX;
     while (due > 0 && in->n && c->state == C_LIVE && c->ch) {
         if (feed_one(c, L) < 0) return;
         in->fed_on_clock++;
         due--;
     }
-    /* Behind by more than the catch-up: the writer paused or was late;
-     * its next frame starts a new clock rather than a burst. */
-    if (!in->n && (now - in->t0) / TOLK_FRAME_SECONDS - (double)in->fed_on_clock > CATCHUP_MAX)
-        in->clock_on = 0;
 }
 
 /* After EOF: a new read end, so the next writer is seen. The old one
