@@ -819,6 +819,7 @@ static void call_begin(pipe_tp *tp, const char *id) {
         created = 1;
     }
     if ((int64_t)tp->ncalls >= tp->max_calls) {
+        remember_tried(tp, &iid);
         tp->calls_refused++;
         if (should_log(tp->calls_refused))
             TOLK_LOG(tp->host, tp->inst, TOLK_LOG_WARN,

@@ -41,7 +41,7 @@ typedef struct mcall {
     int pause_after; /* > 0: close the writer after this many frames ... */
     double pause_s;  /* ... and come back this much later */
     double paused_at;
-    int reading; /* reads the out pipe */
+    int reading;  /* reads the out pipe */
     size_t chunk; /* > 0: writes this many bytes at a time, frames split anywhere */
     size_t boff;  /* bytes of frame `sent` already written */
     uint64_t out_bytes, loud_frames;
@@ -271,6 +271,8 @@ static int all_ended(void *ud) {
     return R->ended >= (int)R->ncalls && R->c->active == 0;
 }
 
+static int settle(void *ud);
+
 static int ended_one(void *ud) {
     rig *R = ud;
     pump_all(R);
@@ -392,6 +394,26 @@ __attribute__((unused)) static void test_writer_gone_beyond_grace_ends_call(void
     /* nobody reads the in FIFO any more */
     assert_int_equal(open(m->in_path, O_WRONLY | O_NONBLOCK), -1);
     assert_int_equal(errno, ENXIO);
+    rig_free(R);
+}
+
+/* Over max_calls a pair is refused once (both of its names are reported),
+ * counted and logged; the call in progress goes on. */
+__attribute__((unused)) static void test_max_calls(void **state) {
+    rig *R = rig_new(0, "eof_grace_ms = 200; max_calls = 1;");
+    mcall *a = add_call(R, "first", 1);
+    mc_make(a);
+    tu_run_until(R->c, settle, NULL, 0.3);
+    mcall *b = add_call(R, "second", 1);
+    mc_make(b);
+    b->writer_done = 1; /* nobody serves it: the media side does not write */
+    R->ncalls = 1;
+    assert_true(tu_run_until(R->c, all_ended, R, 30));
+    R->ncalls = 2;
+    assert_int_equal(H(R, "calls_started"), 1);
+    assert_int_equal(H(R, "calls_refused"), 1);
+    assert_int_equal(R->phrases_ok, 1);
+    assert_true(tu_log_has("call second refused: 1 calls already (max_calls)"));
     rig_free(R);
 }
 
@@ -849,6 +871,7 @@ int main(void) {
         cmocka_unit_test(test_writer_returns_within_grace),
         cmocka_unit_test(test_writer_gone_beyond_grace_ends_call),
         cmocka_unit_test(test_no_writer_times_out),
+        cmocka_unit_test(test_max_calls),
         cmocka_unit_test(test_bad_settings_have_file_and_line),
         cmocka_unit_test(test_slow_then_absent_reader),
         cmocka_unit_test(test_malformed_names_refused),
