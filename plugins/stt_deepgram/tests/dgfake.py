@@ -67,7 +67,8 @@ Test control (not Deepgram's API), HTTP on the same port, under /_fake/:
                        (names lower-cased), controls (types in order),
                        audio_bytes, audio_messages, server_close, client_close
 
-Usage: dgfake.py PORTFILE   (binds 127.0.0.1:0, writes the port to PORTFILE)
+Usage: dgfake.py PORTFILE [PORT]   (binds 127.0.0.1:PORT, default 0 = any, writes
+       the port to PORTFILE)
 """
 import base64
 import hashlib
@@ -570,7 +571,9 @@ def serve(sock):
 def main():
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
+    # an optional second argument: the port (a test restarts a fake where
+    # its clients expect it)
+    listener.bind(("127.0.0.1", int(sys.argv[2]) if len(sys.argv) > 2 else 0))
     listener.listen(256)
     with open(sys.argv[1] + ".tmp", "w") as f:
         f.write(str(listener.getsockname()[1]))
