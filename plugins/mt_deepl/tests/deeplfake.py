@@ -58,6 +58,9 @@ def translate(text, target):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as DeepL's servers
+    # headers and body go out in separate writes: without TCP_NODELAY the
+    # body waits for the client's delayed ACK (40 ms on Linux)
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         pass

@@ -580,6 +580,10 @@ def main():
     os.rename(sys.argv[1] + ".tmp", sys.argv[1])
     while True:
         conn, _ = listener.accept()
+        # Deepgram's servers (and any WebSocket server that streams results)
+        # send at once: without TCP_NODELAY a message right after another
+        # waits for the client's next packet (the next audio frame, 20 ms)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
