@@ -99,6 +99,14 @@ static void fakes_stop(void) {
         }
 }
 
+/* Killed (make bench-cloud interrupted): the fakes go too. kill() and
+ * waitpid() are async-signal-safe. */
+static void on_signal(int sig) {
+    fakes_stop();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 /* A blocking HTTP/1.0 exchange with a fake's control side; the body, new. */
 static char *fake_http(int i, const char *method, const char *path, const char *body) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -309,6 +317,8 @@ int main(int argc, char **argv) {
     }
     if (calls < 1 || seconds < 5) return 2;
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, on_signal);
+    signal(SIGINT, on_signal);
     log_set_level(TOLK_LOG_WARN);
     if ((m == M_CHAIN || m == M_STT) && fake_start(DG) != 0) return 1;
     if ((m == M_CHAIN || m == M_MT) && fake_start(DL) != 0) return 1;
