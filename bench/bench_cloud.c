@@ -14,7 +14,7 @@
  *     first audio 250 ms after a request. Target: p99 <= 150 + 80 + 250 +
  *     10 = 490 ms. Also DeepL requests/s and texts per request as the fake
  *     counts them, and CPU (the core's process; each fake's apart).
- *     "batch": mt_deepl's batch_ms setting (when the plugin has it).
+ *     "batch": mt_deepl's batch_ms = 10 (DeepL batching, off by default).
  *
  *   bench_cloud stt CALLS SECONDS [speculation]   (issue #13)
  *     Bidirectional calls through the fake Deepgram (two streams a call),
@@ -27,6 +27,10 @@
  *     the core yet: refused).
  *
  *   bench_cloud stt-mock CALLS SECONDS   the baseline of the stt mode.
+ *
+ *   bench_cloud mt CALLS SECONDS [batch]   DeepL under load: stt_mock ->
+ *     mt_deepl against the DeepL fake (80 ms) -> tts_mock; requests/s to
+ *     the fake, texts per request, MT wait+request p50/p99, CPU.
  *
  * The fakes are started here (python3, top_srcdir from the environment or
  * "."), on ports of their own, and stopped at the end. */
