@@ -671,14 +671,15 @@ static int fake_streaming(void *ud) {
 static int queued_one(void *ud) { return queue_depth_metric() == 1; }
 
 /* One server, busy with the first call's phrase (its first audio comes
- * after 4 s); the second caller's phrase waits in the plugin's queue and
+ * after 8 s); the second caller's phrase waits in the plugin's queue and
  * the caller hangs up: the request is cancelled where it waits, never
  * reaches the server, and the queue depth metric goes back to 0 while the
  * first stream is still going. */
 static void test_cancel_while_queued_never_reaches_the_server(void **state) {
     reset_fakes();
-    fake_post(0, "/_fake/plan", "{\"responses\": [{\"delay_ms\": 4000}]}");
-    run_opts o = {.no_calls = 1, .stall_timeout = 10};
+    /* 8 s: the second call is over long before, even on a loaded machine */
+    fake_post(0, "/_fake/plan", "{\"responses\": [{\"delay_ms\": 8000}]}");
+    run_opts o = {.no_calls = 1, .stall_timeout = 20};
     rec *R = run(&o);
     call_start(R, "first", "\"realtime\": false, \"paced\": false");
     assert_true(tu_run_until(R->c, fake_streaming, NULL, 10));
@@ -696,7 +697,7 @@ static void test_cancel_while_queued_never_reaches_the_server(void **state) {
     assert_int_equal(tu_health_int(R->c, "tts-xtts", "queue_depth"), 0);
     assert_int_equal(fake_count(0, "requests"), 1);
     ended_n two = {R, 2};
-    assert_true(tu_run_until(R->c, ended_at_least, &two, 15));
+    assert_true(tu_run_until(R->c, ended_at_least, &two, 25));
     /* only the first call's phrase was ever sent */
     assert_int_equal(fake_count(0, "requests"), 1);
     assert_int_equal(tu_health_int(R->c, "tts-xtts", "queued"), 1);
