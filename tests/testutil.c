@@ -122,14 +122,18 @@ long long tu_health_int(core *c, const char *instance, const char *key) {
     return r;
 }
 
-int tu_fake_start(const char *script, pid_t *pid) {
+int tu_fake_start(const char *script, pid_t *pid) { return tu_fake_start_port(script, 0, pid); }
+
+int tu_fake_start_port(const char *script, int want, pid_t *pid) {
     char *dir = tu_tmpdir();
+    char want_s[16];
+    snprintf(want_s, sizeof want_s, "%d", want);
     char *portfile = xasprintf("%s/port", dir);
     char *path = xasprintf("%s/%s", getenv("top_srcdir"), script);
     int port = 0;
     *pid = fork();
     if (*pid == 0) {
-        execlp("python3", "python3", path, portfile, (char *)NULL);
+        execlp("python3", "python3", path, portfile, want_s, (char *)NULL);
         _exit(127);
     }
     /* the script writes the file whole (rename), once it listens */

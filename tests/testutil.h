@@ -35,6 +35,9 @@ long long tu_health_int(core *c, const char *instance, const char *key);
  * to the file named by its only argument. Returns the port; the pid goes
  * to *pid for tu_fake_stop(). */
 int tu_fake_start(const char *script, pid_t *pid);
+/* The same on a given port (0: any): a fake restarted where its clients
+ * expect it. */
+int tu_fake_start_port(const char *script, int port, pid_t *pid);
 void tu_fake_stop(pid_t *pid);
 /* A blocking HTTP/1.0 exchange with 127.0.0.1:port (a fake's control
  * side); the response body, new. */

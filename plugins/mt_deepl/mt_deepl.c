@@ -27,6 +27,15 @@
  *       the request itself is wrong: logged with its size, not retried.
  * A 200 whose body is not the documented JSON is a backend failure.
  *
+ * Batching (batch_ms > 0, off by default): phrases of the same language
+ * pair, formality and glossary that arrive within batch_ms share one
+ * request ({"text": [up to batch_max phrases]}; DeepL answers in the same
+ * order). Such a request carries no context: DeepL applies one context to
+ * every text, and the phrases come from different calls. A phrase waits at
+ * most batch_ms more; a batch is sent as soon as it is full. Retries and
+ * failures apply to the whole request; a phrase cancelled meanwhile gets
+ * no answer (and, before the batch is sent, is left out of it).
+ *
  * Health: FAILED from a request's failure until DeepL answers again; while
  * failing, health() probes GET /v2/usage at most every probe_interval
  * seconds, so a provider the core failed over from is taken back (failback)
@@ -43,6 +52,7 @@
 
 #define PRO_URL "https://api.deepl.com"
 #define FREE_URL "https://api-free.deepl.com"
+#define BATCH_LIMIT 50 /* texts per request: DeepL's documented limit */
 
 static const tolk_option deepl_options[] = {
     {.key = "auth_key", .type = TOLK_OPT_STRING, .flags = TOLK_OPT_SECRET,
@@ -65,6 +75,11 @@ static const tolk_option deepl_options[] = {
      .help = "retries of a 429/5xx/network failure inside one request"},
     {.key = "backoff_initial", .type = TOLK_OPT_DOUBLE, .default_value = "1.0", .min = 0, .max = 600,
      .help = "first retry delay, seconds (DeepL's SDKs: 1.0, x1.6 per retry)"},
+    {.key = "batch_ms", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1000,
+     .help = "> 0: phrases of the same language pair (and formality, glossary) arriving within this many ms "
+             "share one request, up to batch_max texts, sent without context; 0: one request per phrase"},
+    {.key = "batch_max", .type = TOLK_OPT_INT, .default_value = "50", .min = 1, .max = BATCH_LIMIT,
+     .help = "texts per batched request (DeepL takes up to 50)"},
     {.key = "probe_interval", .type = TOLK_OPT_DOUBLE, .default_value = "10", .min = 0.05, .max = 3600,
      .help = "seconds between GET /v2/usage probes while DeepL is failing"},
     {.key = "ca_file", .type = TOLK_OPT_STRING, .help = "CA bundle for TLS (default: the system's)"},
@@ -78,7 +93,15 @@ typedef struct deepl deepl;
 typedef struct job {
     struct job *prev, *next;
     deepl *d;
-    tolk_request *r;
+    /* the phrases it carries: one, or with batch_ms up to batch_max; a
+     * member cancelled meanwhile is NULL */
+    tolk_request *rs[BATCH_LIMIT];
+    size_t nr;
+    json_t *texts;    /* an open batch: the members' texts (rs order) */
+    json_t *base;     /* an open batch: the request without its texts */
+    char *key;        /* an open batch: pair, formality, glossary */
+    tolk_timer *open; /* an open batch: sends it after batch_ms */
+    int delivering;   /* results are being handed out: cancel only clears */
     char *body;       /* the JSON request, resent on retries */
     size_t body_len;
     int attempts;
@@ -96,7 +119,8 @@ struct deepl {
     int failing;        /* the last request or probe failed */
     tolk_http *probe;   /* GET /v2/usage in flight */
     job *jobs;
-    uint64_t requests, failures, retries, permanent;
+    long batch_ms, batch_max;
+    uint64_t requests, failures, retries, permanent, batches, batched_texts;
     int last_status;
     unsigned rng;
 };
@@ -140,25 +164,42 @@ static void job_free(job *j) {
     deepl *d = j->d;
     if (j->http) d->host->http_cancel(j->http);
     if (j->wait) d->host->timer_stop(j->wait);
+    if (j->open) d->host->timer_stop(j->open);
     if (j->prev)
         j->prev->next = j->next;
     else
         d->jobs = j->next;
     if (j->next) j->next->prev = j->prev;
+    json_decref(j->texts);
+    json_decref(j->base);
+    free(j->key);
     free(j->body);
     free(j);
 }
 
-static void job_finish(job *j, tolk_status st, const char *text, double retry_after) {
+/* Hands each member its result: texts[i] (a JSON array of translations in
+ * the members' order) or, when texts is NULL, text (NULL on failure). A
+ * member cancelled meanwhile (also from inside mt_result) gets nothing. */
+static void job_deliver(job *j, tolk_status st, const char *text, json_t *texts, double retry_after) {
     deepl *d = j->d;
-    tolk_request *r = j->r;
     j->http = NULL; /* finished: nothing to cancel */
-    job_free(j);
     if (st != TOLK_OK) d->failures++;
     /* a refused request (400) says nothing about DeepL's health */
     if (st != TOLK_E_INVAL) d->failing = st != TOLK_OK;
-    tolk_mt_result res = {.size = sizeof res, .status = st, .text = text, .retry_after = retry_after};
-    d->host->mt_result(r, &res);
+    j->delivering = 1;
+    for (size_t i = 0; i < j->nr; i++) {
+        tolk_request *r = j->rs[i];
+        if (!r) continue;
+        j->rs[i] = NULL;
+        const char *t = texts ? json_string_value(json_object_get(json_array_get(texts, i), "text")) : text;
+        tolk_mt_result res = {.size = sizeof res, .status = st, .text = t, .retry_after = retry_after};
+        d->host->mt_result(r, &res);
+    }
+    job_free(j);
+}
+
+static void job_finish(job *j, tolk_status st, const char *text, double retry_after) {
+    job_deliver(j, st, text, NULL, retry_after);
 }
 
 static void attempt(job *j);
@@ -247,8 +288,16 @@ static void on_done(void *ud, tolk_http *h, const tolk_http_result *res) {
         return;
     }
     json_t *doc = json_loadb(res->body ? res->body : "", res->body_len, 0, NULL);
-    json_t *first = json_array_get(json_object_get(doc, "translations"), 0);
-    const char *text = json_string_value(json_object_get(first, "text"));
+    json_t *all = json_object_get(doc, "translations");
+    const char *text = NULL;
+    int whole = json_array_size(all) == j->nr;
+    for (size_t i = 0; whole && i < j->nr; i++) whole = json_is_string(json_object_get(json_array_get(all, i), "text"));
+    if (whole) text = json_string_value(json_object_get(json_array_get(all, 0), "text"));
+    if (whole && j->nr > 1) {
+        job_deliver(j, TOLK_OK, NULL, all, 0);
+        json_decref(doc);
+        return;
+    }
     if (!text) {
         json_decref(doc);
         snprintf(why, sizeof why, "DeepL answered 200 with a body that is not a translation (%zu bytes)",
@@ -295,6 +344,87 @@ static const char *glossary_id(deepl *d, const tolk_mt_request *q, const char *p
     return id;
 }
 
+/* ---- batching (batch_ms > 0) ---- */
+
+/* An open batch is sent: its live members' texts into the request. */
+static void batch_send(job *j) {
+    deepl *d = j->d;
+    size_t n = 0;
+    json_t *texts = json_array();
+    for (size_t i = 0; i < j->nr; i++)
+        if (j->rs[i]) {
+            json_array_append(texts, json_array_get(j->texts, i));
+            j->rs[n++] = j->rs[i];
+        }
+    j->nr = n;
+    free(j->key);
+    j->key = NULL; /* closed: no more members */
+    if (n == 0) {
+        json_decref(texts);
+        job_free(j);
+        return;
+    }
+    json_object_set_new(j->base, "text", texts);
+    j->body = json_dumps(j->base, JSON_COMPACT);
+    json_decref(j->base);
+    j->base = NULL;
+    json_decref(j->texts);
+    j->texts = NULL;
+    if (!j->body) {
+        job_finish(j, TOLK_E_NOMEM, NULL, 0);
+        return;
+    }
+    j->body_len = strlen(j->body);
+    d->batches++;
+    d->batched_texts += n;
+    attempt(j);
+}
+
+static void on_batch_timer(void *ud) {
+    job *j = ud;
+    j->open = NULL;
+    batch_send(j);
+}
+
+/* Joins the open batch of the same pair, formality and glossary, or opens
+ * one; body (stolen) is this phrase's request, whose context is dropped:
+ * DeepL applies one context to every text of a request, and the phrases of
+ * a batch come from different calls. */
+static tolk_status batch_add(deepl *d, tolk_request *r, const char *text, json_t *body, const char *src,
+                             const char *dst, const char *formality, const char *gid) {
+    char key[256];
+    snprintf(key, sizeof key, "%s>%s|%s|%s", src, dst, formality ? formality : "", gid ? gid : "");
+    job *j = d->jobs;
+    while (j && !(j->key && !strcmp(j->key, key) && j->nr < (size_t)d->batch_max)) j = j->next;
+    if (!j) {
+        j = calloc(1, sizeof *j);
+        if (!j || !(j->key = strdup(key)) || !(j->texts = json_array())) {
+            if (j) free(j->key);
+            free(j);
+            json_decref(body);
+            return TOLK_E_NOMEM;
+        }
+        json_object_del(body, "context");
+        json_object_del(body, "text");
+        j->base = body;
+        body = NULL;
+        j->d = d;
+        j->next = d->jobs;
+        if (d->jobs) d->jobs->prev = j;
+        d->jobs = j;
+        j->open = d->host->timer_start(d->inst, (double)d->batch_ms / 1000.0, 0, on_batch_timer, j);
+    }
+    json_decref(body);
+    json_array_append_new(j->texts, json_string(text));
+    j->rs[j->nr++] = r;
+    if (j->nr >= (size_t)d->batch_max || !j->open) {
+        if (j->open) d->host->timer_stop(j->open);
+        j->open = NULL;
+        batch_send(j);
+    }
+    return TOLK_PENDING;
+}
+
 static tolk_status deepl_translate_req(void *self, tolk_request *r, const tolk_mt_request *q) {
     deepl *d = self;
     if (!q || !TOLK_HAS(q, tolk_mt_request, leg) || !q->text) return TOLK_E_INVAL;
@@ -320,6 +450,7 @@ static tolk_status deepl_translate_req(void *self, tolk_request *r, const tolk_m
     if (formality) json_object_set_new(body, "formality", json_string(formality));
     const char *gid = glossary_id(d, q, pair);
     if (gid) json_object_set_new(body, "glossary_id", json_string(gid));
+    if (d->batch_ms > 0) return batch_add(d, r, q->text, body, src, dst, formality, gid);
     job *j = calloc(1, sizeof *j);
     if (!j) {
         json_decref(body);
@@ -333,7 +464,8 @@ static tolk_status deepl_translate_req(void *self, tolk_request *r, const tolk_m
     }
     j->body_len = strlen(j->body);
     j->d = d;
-    j->r = r;
+    j->rs[0] = r;
+    j->nr = 1;
     j->next = d->jobs;
     if (d->jobs) d->jobs->prev = j;
     d->jobs = j;
@@ -351,7 +483,12 @@ static tolk_status deepl_translate(void *self, tolk_request *r, const char *text
 static void deepl_cancel(void *self, tolk_request *r) {
     deepl *d = self;
     for (job *j = d->jobs; j; j = j->next) {
-        if (j->r == r) {
+        for (size_t i = 0; i < j->nr; i++) {
+            if (j->rs[i] != r) continue;
+            j->rs[i] = NULL;
+            if (j->delivering || j->key) return; /* handed out, or an open batch: sent without it */
+            for (size_t k = 0; k < j->nr; k++)
+                if (j->rs[k]) return; /* the others still want the answer */
             job_free(j);
             return;
         }
@@ -442,6 +579,8 @@ static tolk_status deepl_create(const tolk_host *host, tolk_instance *inst, cons
     d->backoff = host->cfg_double(cfg, "backoff_initial");
     d->rng = (unsigned)(uintptr_t)d;
     d->probe_interval = host->cfg_double(cfg, "probe_interval");
+    d->batch_ms = (long)host->cfg_int(cfg, "batch_ms");
+    d->batch_max = (long)host->cfg_int(cfg, "batch_max");
     /* a map setting is a JSON object of strings: kept as it is */
     json_t *gm = json_object_get(cfg, "glossaries");
     d->glossaries = gm ? json_deep_copy(gm) : json_object();
@@ -482,11 +621,12 @@ static tolk_health deepl_health(void *self, json_t **detail_new) {
     size_t pending = 0;
     for (job *j = d->jobs; j; j = j->next) pending++;
     if (detail_new)
-        *detail_new = json_pack("{s:s, s:I, s:I, s:I, s:I, s:i, s:I}", "url", d->url, "requests",
+        *detail_new = json_pack("{s:s, s:I, s:I, s:I, s:I, s:i, s:I, s:I, s:I}", "url", d->url, "requests",
                                 (json_int_t)d->requests, "failures", (json_int_t)d->failures,
                                 "retries", (json_int_t)d->retries, "permanent_failures",
                                 (json_int_t)d->permanent, "last_status", d->last_status, "pending",
-                                (json_int_t)pending);
+                                (json_int_t)pending, "batches", (json_int_t)d->batches, "batched_texts",
+                                (json_int_t)d->batched_texts);
     return d->failing ? TOLK_FAILED : TOLK_HEALTHY;
 }
 

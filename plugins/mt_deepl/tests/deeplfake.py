@@ -20,10 +20,16 @@ Test control (not part of DeepL's API, under /_fake/):
                      {"delay_ms": N}, {"status": 200, "body": "not json"},
                      {"reset": true} (close the connection mid-answer) or
                      {"stall": true} (send headers, then nothing).
+  POST /_fake/config {"delay_ms": N} every answer of /v2/translate comes N ms
+                     after its request (a provider's latency, for benchmarks);
+                     {"record": false} keeps only the counts, not the requests
   GET  /_fake/requests   every /v2/translate request seen: headers and body
-  POST /_fake/reset      forget the plan and the requests
+  GET  /_fake/stats      {"requests": n, "texts": n, "max_texts": n}: requests
+                     to /v2/translate, the texts they carried, the most in one
+  POST /_fake/reset      forget the plan, the requests, the counts, the config
 
-Usage: deeplfake.py PORTFILE   (binds 127.0.0.1:0, writes the port to PORTFILE)
+Usage: deeplfake.py PORTFILE [PORT]   (binds 127.0.0.1:PORT, default 0 = any, writes
+       the port to PORTFILE)
 """
 import json
 import socketserver
@@ -40,6 +46,8 @@ TARGETS = {"AR", "BG", "CS", "DA", "DE", "EL", "EN", "EN-GB", "EN-US", "ES", "ES
 LOCK = threading.Lock()
 PLAN = []
 SEEN = []
+CONFIG = {"delay_ms": 0, "record": True}
+STATS = {"requests": 0, "texts": 0, "max_texts": 0}
 
 
 def translate(text, target):
@@ -50,6 +58,9 @@ def translate(text, target):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as DeepL's servers
+    # headers and body go out in separate writes: without TCP_NODELAY the
+    # body waits for the client's delayed ACK (40 ms on Linux)
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         pass
@@ -79,6 +90,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_fake/requests":
             with LOCK:
                 return self.reply(200, SEEN)
+        if self.path == "/_fake/stats":
+            with LOCK:
+                return self.reply(200, STATS)
         if self.path.startswith("/v2/usage"):
             if not self.key():
                 return self.reply(403)
@@ -97,19 +111,28 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 PLAN.extend(json.loads(raw)["responses"])
             return self.reply(200, {})
+        if self.path == "/_fake/config":
+            with LOCK:
+                CONFIG.update(json.loads(raw))
+            return self.reply(200, CONFIG)
         if self.path == "/_fake/reset":
             with LOCK:
                 PLAN.clear()
                 SEEN.clear()
+                CONFIG.update({"delay_ms": 0, "record": True})
+                STATS.update({"requests": 0, "texts": 0, "max_texts": 0})
             return self.reply(200, {})
         if self.path != "/v2/translate":
             return self.reply(404, {"message": "Not found"})
         with LOCK:
-            SEEN.append({"headers": {k.lower(): v for k, v in self.headers.items()},
-                         "body": raw.decode("utf-8", "replace")})
+            if CONFIG["record"]:
+                SEEN.append({"headers": {k.lower(): v for k, v in self.headers.items()},
+                             "body": raw.decode("utf-8", "replace")})
             step = PLAN.pop(0) if PLAN else {}
-        if step.get("delay_ms"):
-            time.sleep(step["delay_ms"] / 1000.0)
+            delay = step.get("delay_ms", CONFIG["delay_ms"])
+        t0 = time.monotonic()
+        if delay:
+            time.sleep(max(0.0, delay / 1000.0 - (time.monotonic() - t0)))
         if step.get("reset"):
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -148,6 +171,10 @@ class Handler(BaseHTTPRequestHandler):
         texts = req.get("text")
         if not texts:
             return self.reply(400, {"message": "Parameter 'text' not specified."})
+        with LOCK:
+            STATS["requests"] += 1
+            STATS["texts"] += len(texts)
+            STATS["max_texts"] = max(STATS["max_texts"], len(texts))
         target = str(req.get("target_lang", "")).upper()
         if target not in TARGETS:
             return self.reply(400, {"message": "Value for 'target_lang' not supported."})
@@ -166,7 +193,7 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
 
 
 def main():
-    srv = Server(("127.0.0.1", 0), Handler)
+    srv = Server(("127.0.0.1", int(sys.argv[2]) if len(sys.argv) > 2 else 0), Handler)
     with open(sys.argv[1] + ".tmp", "w") as f:
         f.write(str(srv.server_address[1]))
     import os

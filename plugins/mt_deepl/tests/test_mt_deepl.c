@@ -5,7 +5,8 @@
  * translations come from DeepL, the request is what DeepL documents (key in
  * the header and never in the log, language codes, context, model type),
  * 429/5xx/garbage are retried with the SDKs' backoff and Retry-After, 456
- * and 403 move to the backup at once, 400 is not retried. Skipped (77)
+ * and 403 move to the backup at once, 400 is not retried; with batch_ms
+ * phrases of several calls share requests, each still translated. Skipped (77)
  * without python3. */
 #include <arpa/inet.h>
 #include <signal.h>
@@ -26,6 +27,7 @@
 
 static pid_t g_fake;
 static int g_port;
+static int g_calls = 1; /* concurrent calls of the next run() */
 
 /* ---- the fake server ---- */
 
@@ -103,9 +105,10 @@ static rec *run(const char *deepl_settings, const char *plan) {
              "  { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-deepl\", \"mt-b\" ]; },\n"
              "  { name = \"tts\"; kind = \"tts\"; providers = [ \"tts-a\" ]; } );\n");
     tu_write(R->dir, "60-calls.conf",
-             "instance: { name = \"calls\"; plugin = \"transport_mock\"; settings: { calls = 1; "
+             "instance: { name = \"calls\"; plugin = \"transport_mock\"; settings: { calls = %d; "
              "phrases = 3; speech_ms = 600; gap_ms = 500; mode = \"unidirectional\"; realtime = false; "
-             "paced = false; }; };\n");
+             "paced = false; }; };\n",
+             g_calls);
     R->c = core_new(R->dir, NULL);
     R->c->obs = (core_observer){.phrase = on_phrase, .channel_end = on_end, .ud = R};
     assert_int_equal(core_load(R->c), 0);
@@ -287,6 +290,41 @@ static void test_free_key_and_environment(void **state) {
     free(dir);
 }
 
+/* batch_ms: four calls' phrases, arriving together, share requests
+ * ({"text": [...]}, answered in order), each phrase still gets its own
+ * translation, and no batched request carries a context. */
+static void test_batching_shares_requests(void **state) {
+    g_calls = 4;
+    rec *R = run(settings("batch_ms = 300;"), NULL);
+    g_calls = 1;
+    assert_int_equal(R->n, 12);
+    int seen[3] = {0};
+    for (size_t i = 0; i < R->n; i++) {
+        assert_true(R->ok[i]);
+        assert_string_equal(R->mt[i], "mt-deepl");
+        for (int k = 0; k < 3; k++) seen[k] += !strcmp(R->tr[i], spanish[k]);
+    }
+    for (int k = 0; k < 3; k++) assert_int_equal(seen[k], 4);
+    json_t *seen_reqs = fake_seen();
+    size_t texts = 0, most = 0;
+    for (size_t i = 0; i < json_array_size(seen_reqs); i++) {
+        json_t *body = json_loads(json_string_value(json_object_get(json_array_get(seen_reqs, i), "body")), 0, NULL);
+        assert_non_null(body);
+        size_t n = json_array_size(json_object_get(body, "text"));
+        texts += n;
+        if (n > most) most = n;
+        assert_null(json_object_get(body, "context"));
+        json_decref(body);
+    }
+    assert_int_equal(texts, 12);
+    assert_true(most > 1);
+    assert_true(json_array_size(seen_reqs) < 12);
+    json_decref(seen_reqs);
+    assert_int_equal(tu_health_int(R->c, "mt-deepl", "batched_texts"), 12);
+    assert_int_equal(tu_health_int(R->c, "mt-deepl", "batches"), tu_health_int(R->c, "mt-deepl", "requests"));
+    done(R);
+}
+
 int main(void) {
     if (system("python3 -c 'import http.server' >/dev/null 2>&1") != 0) {
         printf("SKIP: python3 not installed (scripts/setup-debian.sh installs it)\n");
@@ -304,6 +342,7 @@ int main(void) {
         cmocka_unit_test(test_bad_request_is_not_retried),
         cmocka_unit_test(test_no_server_fails_over),
         cmocka_unit_test(test_free_key_and_environment),
+        cmocka_unit_test(test_batching_shares_requests),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     fake_stop();

@@ -67,7 +67,8 @@ Test control (not Deepgram's API), HTTP on the same port, under /_fake/:
                        (names lower-cased), controls (types in order),
                        audio_bytes, audio_messages, server_close, client_close
 
-Usage: dgfake.py PORTFILE   (binds 127.0.0.1:0, writes the port to PORTFILE)
+Usage: dgfake.py PORTFILE [PORT]   (binds 127.0.0.1:PORT, default 0 = any, writes
+       the port to PORTFILE)
 """
 import base64
 import hashlib
@@ -94,6 +95,34 @@ FRAME_MS = 20
 VOICED_RMS = 300
 WORD_MS = 200
 SEGMENT_SILENCE_MS = 100
+
+
+try:  # C speed where the standard library still has it (Python < 3.13)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+except ImportError:
+    audioop = None
+
+
+def frame_rms(pcm):
+    """RMS of a frame of int16 samples (an array("h"))."""
+    if not len(pcm):
+        return 0
+    if audioop is not None:
+        return audioop.rms(pcm.tobytes(), 2)
+    return math.sqrt(sum(x * x for x in pcm) / len(pcm))
+
+
+def unmask(payload, mask):
+    """RFC 6455 5.3, as one big-integer XOR (byte by byte in Python is too
+    slow for hundreds of streams in a benchmark)."""
+    n = len(payload)
+    if not n:
+        return payload
+    key = (bytes(mask) * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
 def read_exact(sock, n):
@@ -322,7 +351,7 @@ class Stream:
     def on_frame_flux(self, pcm):
         t = self.frames * FRAME_MS / 1000.0
         self.frames += 1
-        rms = math.sqrt(sum(x * x for x in pcm) / len(pcm)) if len(pcm) else 0
+        rms = frame_rms(pcm)
         if rms > VOICED_RMS:
             if self.turn is None:
                 self.turn = {"words": [], "start": t, "eager": False, "since_update": 0}
@@ -359,7 +388,7 @@ class Stream:
             return self.on_frame_flux(pcm)
         t = self.frames * FRAME_MS / 1000.0
         self.frames += 1
-        rms = math.sqrt(sum(x * x for x in pcm) / len(pcm)) if len(pcm) else 0
+        rms = frame_rms(pcm)
         if rms > VOICED_RMS:
             self.silence_ms = 0
             self.utterance = None
@@ -489,7 +518,7 @@ class Stream:
                 payload = buf[off:off + n]
                 buf = buf[off + n:]
                 if mask:
-                    payload = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+                    payload = unmask(payload, mask)
                 fin, opcode = b0 & 0x80, b0 & 0x0F
                 if opcode == 0x9:
                     self.sock.sendall(frame(0xA, payload))
@@ -570,13 +599,19 @@ def serve(sock):
 def main():
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
+    # an optional second argument: the port (a test restarts a fake where
+    # its clients expect it)
+    listener.bind(("127.0.0.1", int(sys.argv[2]) if len(sys.argv) > 2 else 0))
     listener.listen(256)
     with open(sys.argv[1] + ".tmp", "w") as f:
         f.write(str(listener.getsockname()[1]))
     os.rename(sys.argv[1] + ".tmp", sys.argv[1])
     while True:
         conn, _ = listener.accept()
+        # Deepgram's servers (and any WebSocket server that streams results)
+        # send at once: without TCP_NODELAY a message right after another
+        # waits for the client's next packet (the next audio frame, 20 ms)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 

@@ -8,7 +8,12 @@
  * uses every server, one stream each, and queues the rest; a stalled
  * stream fails over to the backup; a dead server leaves the pool and comes
  * back; reference WAVs are cloned once and cached on disk; a party's own
- * speech is cloned and then used. Skipped (77) without python3. */
+ * speech is cloned and then used; the voice cache (voice_cache, the
+ * voice_embedding_cache_size gauge) evicts the least recently used voice,
+ * never the default, and a cloned voice comes back from its on-disk cache
+ * without a second clone; a phrase whose caller hangs up while it waits in
+ * the pool's queue never reaches a server and leaves the queue depth
+ * metric. Skipped (77) without python3. */
 #include <arpa/inet.h>
 #include <math.h>
 #include <signal.h>
@@ -140,6 +145,8 @@ typedef struct run_opts {
     char *profiles;        /* reuse this profiles directory (stolen), NULL: a new one */
     double probe_interval; /* 0: 0.2 s */
     const char *voice;     /* the default: "default_voice = \"alice\";" */
+    int no_calls;          /* load only: the test starts its calls itself */
+    double stall_timeout;  /* 0: 1 s */
 } run_opts;
 
 static rec *run(const run_opts *o) {
@@ -166,9 +173,10 @@ static rec *run(const run_opts *o) {
     tu_write(R->dir, "40-tts.conf",
              "instances = (\n"
              "  { name = \"tts-xtts\"; plugin = \"tts_xtts\"; settings: { urls = [ %s ]; profiles_dir = \"%s\"; "
-             "%s probe_interval = %g; stall_timeout = 1.0; connect_timeout = 1.0; %s }; },\n"
+             "%s probe_interval = %g; stall_timeout = %g; connect_timeout = 1.0; %s }; },\n"
              "  { name = \"tts-b\"; plugin = \"tts_mock\"; settings: { latency_ms = 5; ms_per_char = 10; }; } );\n",
-             o->urls ? o->urls : urls, R->profiles, o->voice ? o->voice : "default_voice = \"alice\";", o->probe_interval > 0 ? o->probe_interval : 0.2, o->xtts ? o->xtts : "");
+             o->urls ? o->urls : urls, R->profiles, o->voice ? o->voice : "default_voice = \"alice\";", o->probe_interval > 0 ? o->probe_interval : 0.2,
+             o->stall_timeout > 0 ? o->stall_timeout : 1.0, o->xtts ? o->xtts : "");
     tu_write(R->dir, "50-chains.conf",
              "chains = ( { name = \"stt\"; kind = \"stt\"; providers = [ \"stt-a\" ]; },\n"
              "  { name = \"mt\"; kind = \"mt\"; providers = [ \"mt-a\" ]; },\n"
@@ -183,6 +191,7 @@ static rec *run(const run_opts *o) {
     for (int t = 0; t < 500 && tu_health_int(R->c, "tts-xtts", "clones") < o->clones_before_calls; t++)
         tu_run_until(R->c, NULL, NULL, 0.01);
     for (int t = 0; t < 500 && o->voice && !tu_log_has("studio speaker"); t++) tu_run_until(R->c, NULL, NULL, 0.01);
+    if (o->no_calls) return R;
     assert_int_equal(core_start_transports(R->c), 0);
     assert_true(tu_run_until(R->c, ended, R, 30));
     return R;
@@ -534,6 +543,170 @@ static void test_voice_sample_is_cloned_and_used(void **state) {
     done(R);
 }
 
+/* ---- calls started one by one ---- */
+
+typedef struct ended_n {
+    rec *R;
+    int n;
+} ended_n;
+static int ended_at_least(void *ud) {
+    ended_n *e = ud;
+    return e->R->ended >= e->n;
+}
+
+/* A call from a transport_mock instance of its own, added to the running
+ * core (a transport of the configuration, as a reload would add it). */
+static tolk_instance *call_start(rec *R, const char *name, const char *settings) {
+    char *js = xasprintf("{\"calls\": 1, \"phrases\": 1, \"speech_ms\": 600, \"gap_ms\": 500, "
+                         "\"mode\": \"unidirectional\", %s}",
+                         settings);
+    json_t *cfg = json_loads(js, 0, NULL);
+    free(js);
+    assert_non_null(cfg);
+    conf_errors errs = {0};
+    tolk_instance *inst = core_add_instance(R->c, name, "transport_mock", cfg, &errs);
+    json_decref(cfg);
+    conf_errors_free(&errs);
+    assert_non_null(inst);
+    assert_int_equal(instance_start_transport(inst), TOLK_OK);
+    return inst;
+}
+
+/* One call spoken by endpoint `ep`, to its end. */
+static void call_as(rec *R, const char *ep) {
+    static int k;
+    char name[32], settings[128];
+    snprintf(name, sizeof name, "call-%d", ++k);
+    snprintf(settings, sizeof settings, "\"realtime\": false, \"paced\": false, \"endpoint_a\": \"%s\"", ep);
+    ended_n e = {R, R->ended + 1};
+    call_start(R, name, settings);
+    assert_true(tu_run_until(R->c, ended_at_least, &e, 20));
+}
+
+/* speaker_embedding[0] of the fake's last /tts_stream request. */
+static double last_voice(void) {
+    json_t *st = fake_state(0);
+    json_t *reqs = json_object_get(st, "requests");
+    double v = json_num(json_object_get(json_array_get(reqs, json_array_size(reqs) - 1), "speaker_embedding0"));
+    json_decref(st);
+    return v;
+}
+
+static double cache_size(void) {
+    double cached = -1;
+    metrics_visit(cache_gauge, &cached);
+    return cached;
+}
+
+#define CARL_MARK 0.125
+#define DAVE_MARK 0.25
+
+/* voice_cache = 3: the default voice (kept: it is pinned) and two others.
+ * The one used least recently leaves the cache, not the one loaded first;
+ * a voice cloned from a WAV is cloned once, kept in memory and on disk
+ * (bob.clone.json), and read back from disk after it left the cache. */
+static void test_voice_cache_evicts_least_recently_used(void **state) {
+    reset_fakes();
+    char *profiles = tu_tmpdir();
+    write_profile(profiles, "alice", PROFILE_MARK);
+    write_profile(profiles, "carl", CARL_MARK);
+    write_profile(profiles, "dave", DAVE_MARK);
+    write_reference_wav(profiles, "bob");
+    const char *ep = "endpoints = ( { name = \"bobby\"; language = \"en\"; voice = \"bob\"; "
+                     "},\n"
+                     "  { name = \"carly\"; language = \"en\"; voice = \"carl\"; },\n"
+                     "  { name = \"davy\"; language = \"en\"; voice = \"dave\"; } );";
+    run_opts o = {
+        .profiles = profiles, .endpoints = ep, .xtts = "voice_cache = 3;", .clones_before_calls = 1, .no_calls = 1};
+    rec *R = run(&o);
+    /* bob.wav was cloned at start: alice (the default) and bob */
+    assert_int_equal(fake_count(0, "clones"), 1);
+    assert_true(cache_size() == 2);
+    call_as(R, "bobby");
+    assert_true(last_voice() == FIRST_CLONE_MARK);
+    call_as(R, "carly");
+    assert_true(last_voice() == CARL_MARK);
+    assert_true(cache_size() == 3);
+    call_as(R, "bobby"); /* bob is now used more recently than carl */
+    call_as(R, "davy");  /* full: carl goes, not bob (loaded before carl) */
+    assert_true(last_voice() == DAVE_MARK);
+    assert_int_equal(tu_log_count("voice 'carl' leaves the cache"), 1);
+    assert_int_equal(tu_log_count("voice 'bob' leaves the cache"), 0);
+    assert_int_equal(tu_log_count("voice 'alice' leaves the cache"), 0);
+    assert_true(cache_size() == 3);
+    call_as(R, "bobby"); /* still in memory */
+    assert_true(last_voice() == FIRST_CLONE_MARK);
+    call_as(R, "carly"); /* back from carl.json: dave goes */
+    assert_true(last_voice() == CARL_MARK);
+    assert_int_equal(tu_log_count("voice 'dave' leaves the cache"), 1);
+    call_as(R, "davy"); /* bob goes */
+    assert_int_equal(tu_log_count("voice 'bob' leaves the cache"), 1);
+    call_as(R, "bobby"); /* from bob.clone.json on disk, not cloned again */
+    assert_true(last_voice() == FIRST_CLONE_MARK);
+    assert_int_equal(fake_count(0, "clones"), 1);
+    assert_int_equal(tu_log_count("cloning voice 'bob'"), 1);
+    assert_true(cache_size() == 3);
+    char *cache = xasprintf("%s/bob.clone.json", profiles);
+    struct stat sb;
+    assert_int_equal(stat(cache, &sb), 0);
+    free(cache);
+    done(R);
+}
+
+static void queue_gauge_of(void *ud, const tolk_metric_sample *s) {
+    if (!strcmp(s->name, "tts_xtts_queue_depth") && s->label_values && !strcmp(s->label_values[0], "tts-xtts"))
+        *(double *)ud = s->value;
+}
+static double queue_depth_metric(void) {
+    double v = -1;
+    metrics_visit(queue_gauge_of, &v);
+    return v;
+}
+static int fake_streaming(void *ud) {
+    json_t *st = fake_state(0);
+    json_int_t active = json_integer_value(json_object_get(st, "active"));
+    json_decref(st);
+    return active == 1;
+}
+static int queued_one(void *ud) { return queue_depth_metric() == 1; }
+
+/* One server, busy with the first call's phrase (its first audio comes
+ * after 8 s); the second caller's phrase waits in the plugin's queue and
+ * the caller hangs up: the request is cancelled where it waits, never
+ * reaches the server, and the queue depth metric goes back to 0 while the
+ * first stream is still going. */
+static void test_cancel_while_queued_never_reaches_the_server(void **state) {
+    reset_fakes();
+    /* 8 s: the second call is over long before, even on a loaded machine */
+    fake_post(0, "/_fake/plan", "{\"responses\": [{\"delay_ms\": 8000}]}");
+    run_opts o = {.no_calls = 1, .stall_timeout = 20};
+    rec *R = run(&o);
+    call_start(R, "first", "\"realtime\": false, \"paced\": false");
+    assert_true(tu_run_until(R->c, fake_streaming, NULL, 10));
+    /* the second caller speaks one phrase and hangs up 0.8 s after it */
+    call_start(R, "second",
+               "\"realtime\": true, \"paced\": false, \"gap_ms\": 800, "
+               "\"hangup\": \"close\"");
+    assert_true(tu_run_until(R->c, queued_one, NULL, 10));
+    assert_int_equal(tu_health_int(R->c, "tts-xtts", "queue_depth"), 1);
+    ended_n one = {R, 1};
+    assert_true(tu_run_until(R->c, ended_at_least, &one, 10));
+    /* the second call is over; the first still streams */
+    assert_true(fake_streaming(NULL));
+    assert_true(queue_depth_metric() == 0);
+    assert_int_equal(tu_health_int(R->c, "tts-xtts", "queue_depth"), 0);
+    assert_int_equal(fake_count(0, "requests"), 1);
+    ended_n two = {R, 2};
+    assert_true(tu_run_until(R->c, ended_at_least, &two, 25));
+    /* only the first call's phrase was ever sent */
+    assert_int_equal(fake_count(0, "requests"), 1);
+    assert_int_equal(tu_health_int(R->c, "tts-xtts", "queued"), 1);
+    assert_int_equal(tu_health_int(R->c, "tts-xtts", "requests"), 2); /* both reached the plugin */
+    assert_int_equal(server_int(R, 0, "busy"), 0);
+    assert_true(R->n >= 1 && R->ok[0]);
+    assert_string_equal(R->tts[0], "tts-xtts");
+    done(R);
+}
 int main(void) {
     if (system("python3 -c 'import http.server' >/dev/null 2>&1") != 0) {
         printf("SKIP: python3 not installed (scripts/setup-debian.sh installs it)\n");
@@ -555,6 +728,8 @@ int main(void) {
         cmocka_unit_test(test_reference_wav_is_cloned_once_and_cached),
         cmocka_unit_test(test_voice_sample_is_cloned_and_used),
         cmocka_unit_test(test_studio_speaker_is_the_default),
+        cmocka_unit_test(test_voice_cache_evicts_least_recently_used),
+        cmocka_unit_test(test_cancel_while_queued_never_reaches_the_server),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     for (int i = 0; i < NFAKES; i++) fake_stop(i);

@@ -32,12 +32,18 @@ Test control (not part of the server's API, under /_fake/):
                       the connection is closed mid-body)
   POST /_fake/config  {"force_header": true} header even with add_wav_header false
                       (an old server); {"down": true} every API request is answered by
-                      closing the connection, /languages included, until down is false
+                      closing the connection, /languages included, until down is false;
+                      {"delay_ms": N} every stream's first audio N ms after its start
+                      (the model's time to first chunk, for benchmarks); {"streams": K}
+                      K streams at once (a server per GPU behind one address, for
+                      benchmarks; the stock server is 1); {"record": false} keeps
+                      only the counts
   GET  /_fake/state   {"requests": [...], "clones": [...], "max_active": n, "waited": n,
                       "active": streams in progress}
   POST /_fake/reset   forget plan, config and what was seen
 
-Usage: xttsfake.py PORTFILE   (binds 127.0.0.1:0, writes the port to PORTFILE)
+Usage: xttsfake.py PORTFILE [PORT]   (binds 127.0.0.1:PORT, default 0 = any, writes
+       the port to PORTFILE)
 """
 import json
 import math
@@ -58,11 +64,12 @@ CHUNK_BYTES = 4801  # odd on purpose
 LANGUAGES = ["en", "de", "fr", "es", "it", "pl", "pt", "tr", "ru", "nl", "cs", "ar", "zh", "ja", "hu", "ko"]
 
 LOCK = threading.Lock()
-STREAM = threading.Lock()  # the one model: one stream at a time
 PLAN = []
 SEEN = []
 CLONES = []
-CONFIG = {"force_header": False, "down": False}
+CONFIG = {"force_header": False, "down": False, "delay_ms": 0, "streams": 1, "record": True}
+SLOTS = threading.Condition()  # streams in progress, at most CONFIG["streams"]
+INUSE = [0]
 ACTIVE = [0, 0, 0]  # active, max_active, waited
 
 
@@ -127,6 +134,9 @@ def multipart_file(ctype, body, field):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # uvicorn keeps connections alive
+    # uvicorn sets TCP_NODELAY; without it each chunk after the first waits
+    # for the client's delayed ACK (40 ms on Linux)
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         pass
@@ -181,7 +191,8 @@ class Handler(BaseHTTPRequestHandler):
                 PLAN.clear()
                 SEEN.clear()
                 CLONES.clear()
-                CONFIG.update({"force_header": False, "down": False})
+                CONFIG.update({"force_header": False, "down": False, "delay_ms": 0, "streams": 1,
+                               "record": True})
                 ACTIVE[1] = ACTIVE[2] = 0
             return self.reply(200, {})
         if CONFIG["down"]:
@@ -213,9 +224,11 @@ class Handler(BaseHTTPRequestHandler):
         errs = validate(req)
         if errs:
             return self.reply(422, {"detail": errs})
-        waited = not STREAM.acquire(blocking=False)
-        if waited:
-            STREAM.acquire()
+        with SLOTS:
+            waited = INUSE[0] >= CONFIG["streams"]
+            while INUSE[0] >= CONFIG["streams"]:
+                SLOTS.wait()
+            INUSE[0] += 1
         try:
             with LOCK:
                 ACTIVE[0] += 1
@@ -229,19 +242,24 @@ class Handler(BaseHTTPRequestHandler):
                         "latent_rows": len(req["gpt_cond_latent"]),
                         "gpt_cond_latent00": req["gpt_cond_latent"][0][0],
                         "waited": waited, "pcm_bytes": 0, "header": False}
-                SEEN.append(seen)
+                if CONFIG["record"]:
+                    SEEN.append(seen)
+                if "delay_ms" not in step and CONFIG["delay_ms"]:
+                    step = dict(step, delay_ms=CONFIG["delay_ms"])
             self.stream(req, step, seen)
         finally:
             with LOCK:
                 ACTIVE[0] -= 1
-            STREAM.release()
+            with SLOTS:
+                INUSE[0] -= 1
+                SLOTS.notify_all()
 
     def chunk(self, data):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def client_gone(self):
-        r, _, _ = select.select([self.connection], [], [], 0.05)
+    def client_gone(self, wait=0.05):
+        r, _, _ = select.select([self.connection], [], [], max(0.0, wait))
         if not r:
             return False
         try:
@@ -260,7 +278,7 @@ class Handler(BaseHTTPRequestHandler):
         # the model thinks; a client that hangs up meanwhile frees the model
         deadline = time.time() + step.get("delay_ms", 0) / 1000.0
         while time.time() < deadline:
-            if self.client_gone():
+            if self.client_gone(min(0.05, deadline - time.time())):
                 self.close_connection = True
                 return
         try:
@@ -302,7 +320,7 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
 
 
 def main():
-    srv = Server(("127.0.0.1", 0), Handler)
+    srv = Server(("127.0.0.1", int(sys.argv[2]) if len(sys.argv) > 2 else 0), Handler)
     with open(sys.argv[1] + ".tmp", "w") as f:
         f.write(str(srv.server_address[1]))
     os.rename(sys.argv[1] + ".tmp", sys.argv[1])
