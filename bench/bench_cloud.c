@@ -16,7 +16,16 @@
  *     counts them, and CPU (the core's process; each fake's apart).
  *     "batch": mt_deepl's batch_ms = 10 (DeepL batching, off by default).
  *
- *   bench_cloud stt CALLS SECONDS [speculation]   (issue #13)
+ *   bench_cloud flux CALLS SECONDS [speculation]   (issue #13)
+ *     Deepgram Flux (v2) with eager_eot_threshold set -> DeepL -> XTTS,
+ *     the fakes' delays as in "chain" but the end of a turn decided by the
+ *     fake Flux: EagerEndOfTurn after FLUX_EAGER_MS of silence, EndOfTurn
+ *     after FLUX_EOT_MS (the fake's defaults; Deepgram documents no
+ *     figure). "speculation": core.speculative_translation = true. Prints
+ *     end of phrase -> first translated frame p50/p99, and how many
+ *     speculations were confirmed or thrown away.
+ *
+ *   bench_cloud stt CALLS SECONDS   (issue #13)
  *     Bidirectional calls through the fake Deepgram (two streams a call),
  *     mt_mock and tts_mock after it. The recogniser's overhead: end of
  *     phrase -> final result (phrase report stt_ms) minus the fake's
@@ -57,6 +66,8 @@
 #define XTTS_MS 250
 #define BUDGET_MS (ENDPOINTING_CHAIN + DEEPL_MS + XTTS_MS + 10)
 #define ENDPOINTING_STT 300
+#define FLUX_EAGER_MS 100
+#define FLUX_EOT_MS 300
 
 enum { DG, DL, XT, NFAKES };
 static const char *const scripts[NFAKES] = {"plugins/stt_deepgram/tests/dgfake.py",
@@ -237,19 +248,24 @@ static void put(const char *dir, const char *name, const char *fmt, ...) {
     fclose(f);
 }
 
-typedef enum mode { M_CHAIN, M_STT, M_STT_MOCK, M_MT } mode;
+typedef enum mode { M_CHAIN, M_STT, M_STT_MOCK, M_MT, M_FLUX } mode;
 
-static void write_conf(const char *dir, mode m, int calls, int batch) {
+static void write_conf(const char *dir, mode m, int calls, int batch, int speculate) {
     put(dir, "tolk.conf",
         /* no translation cache: every phrase goes to the MT provider */
         "core: { max_channels = %d; workers = 2; drain_timeout = 120.0; log_level = \"warn\"; "
-        "translation_cache = 0; };\n",
-        calls + 10);
+        "translation_cache = 0; speculative_translation = %s; };\n",
+        calls + 10, speculate ? "true" : "false");
     if (m == M_STT_MOCK || m == M_MT)
         put(dir, "20-stt.conf",
             "instance: { name = \"stt\"; plugin = \"stt_mock\"; settings: { phrases = [ \"hello world\", "
             "\"thank you\", \"good morning\" ]; silence_ms = %d; latency_ms = 0; partial_ms = 0; }; };\n",
             ENDPOINTING_STT);
+    else if (m == M_FLUX)
+        put(dir, "20-stt.conf",
+            "instance: { name = \"stt\"; plugin = \"stt_deepgram\"; settings: { url = \"ws://127.0.0.1:%d\"; "
+            "api_key = \"bench-key\"; api = \"v2\"; eager_eot_threshold = 0.5; }; };\n",
+            fake_port[DG]);
     else
         put(dir, "20-stt.conf",
             "instance: { name = \"stt\"; plugin = \"stt_deepgram\"; settings: { url = \"ws://127.0.0.1:%d\"; "
@@ -264,7 +280,7 @@ static void write_conf(const char *dir, mode m, int calls, int batch) {
         put(dir, "40-tts.conf",
             "instance: { name = \"tts\"; plugin = \"tts_mock\"; settings: { latency_ms = 10; ms_per_char = 40; }; "
             "};\n");
-    } else if (m == M_CHAIN) {
+    } else if (m == M_CHAIN || m == M_FLUX) {
         put(dir, "30-mt.conf",
             "instance: { name = \"mt\"; plugin = \"mt_deepl\"; settings: { url = \"http://127.0.0.1:%d\"; "
             "auth_key = \"bench-key\"; %s }; };\n",
@@ -303,48 +319,50 @@ static double pct(double *v, size_t n, double p) { return n ? percentile_sorted(
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: bench_cloud chain|stt|stt-mock CALLS SECONDS [batch|speculation]\n");
+        fprintf(stderr, "usage: bench_cloud chain|flux|stt|stt-mock|mt CALLS SECONDS [batch|speculation]\n");
         return 2;
     }
     mode m = !strcmp(argv[1], "chain") ? M_CHAIN
+             : !strcmp(argv[1], "flux") ? M_FLUX
              : !strcmp(argv[1], "stt") ? M_STT
              : !strcmp(argv[1], "mt")  ? M_MT
                                        : M_STT_MOCK;
     int calls = atoi(argv[2]);
     double seconds = atof(argv[3]);
     int batch = argc > 4 && !strcmp(argv[4], "batch");
-    if (argc > 4 && !strcmp(argv[4], "speculation")) {
-        /* the place for #13's "speculation on": the core's speculative
-         * translation on Flux's EagerEndOfTurn is being added elsewhere */
-        fprintf(stderr, "bench_cloud: speculation is not in this core yet\n");
-        return 2;
-    }
+    int speculate = argc > 4 && !strcmp(argv[4], "speculation");
     if (calls < 1 || seconds < 5) return 2;
     signal(SIGPIPE, SIG_IGN);
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
     log_set_level(TOLK_LOG_WARN);
-    if ((m == M_CHAIN || m == M_STT) && fake_start(DG) != 0) return 1;
-    if ((m == M_CHAIN || m == M_MT) && fake_start(DL) != 0) return 1;
-    if (m == M_CHAIN && fake_start(XT) != 0) {
+    int cloud_chain = m == M_CHAIN || m == M_FLUX;
+    if ((cloud_chain || m == M_STT) && fake_start(DG) != 0) return 1;
+    if ((cloud_chain || m == M_MT) && fake_start(DL) != 0) return 1;
+    if (cloud_chain && fake_start(XT) != 0) {
         fakes_stop();
         return 1;
     }
-    if (m == M_CHAIN || m == M_MT) {
+    if (cloud_chain || m == M_MT) {
         char body[128];
         snprintf(body, sizeof body, "{\"delay_ms\": %d, \"record\": false}", DEEPL_MS);
         free(fake_http(DL, "POST", "/_fake/config", body));
     }
-    if (m == M_CHAIN) {
+    if (m == M_FLUX) {
+        char body[128];
+        snprintf(body, sizeof body, "{\"eager_ms\": %d, \"eot_ms\": %d}", FLUX_EAGER_MS, FLUX_EOT_MS);
+        free(fake_http(DG, "POST", "/_fake/config", body));
+    }
+    if (cloud_chain) {
         char body[128];
         snprintf(body, sizeof body, "{\"delay_ms\": %d, \"streams\": 64, \"record\": false}", XTTS_MS);
         free(fake_http(XT, "POST", "/_fake/config", body));
     }
     char dir[] = "/tmp/tolk-bench-XXXXXX";
     if (!mkdtemp(dir)) return 1;
-    write_conf(dir, m, calls, batch);
+    write_conf(dir, m, calls, batch, speculate);
 
-    bench b = {.stt_delay = m == M_CHAIN ? ENDPOINTING_CHAIN : ENDPOINTING_STT};
+    bench b = {.stt_delay = m == M_CHAIN ? ENDPOINTING_CHAIN : m == M_FLUX ? FLUX_EOT_MS : ENDPOINTING_STT};
     double mt_mode_delay = ENDPOINTING_STT + DEEPL_MS + 10; /* stt_mock, DeepL fake, tts_mock */
     core *c = core_new(dir, NULL);
     c->obs = (core_observer){.phrase = on_phrase, .ud = &b};
@@ -367,6 +385,12 @@ int main(int argc, char **argv) {
         st0 = json_loads(s, 0, NULL);
         free(s);
     }
+    tolk_metric *spec_m = metrics_family("speculative_translations_total",
+                                         "Translations started on a tentative end of phrase: outcome "
+                                         "confirmed (played when the final result came) or discarded",
+                                         TOLK_METRIC_COUNTER, "outcome", NULL, 0);
+    double spec_ok0 = metrics_value(metrics_series_v(spec_m, "confirmed", NULL));
+    double spec_no0 = metrics_value(metrics_series_v(spec_m, "discarded", NULL));
     b.measuring = 1;
     double rss_peak = 0;
     for (double t = 0; t < seconds; t += 1) {
@@ -393,7 +417,19 @@ int main(int argc, char **argv) {
     printf("bench_cloud %s%s: calls=%d (bidirectional, %d recogniser streams) window=%.0fs phrases=%zu "
            "lost=%zu; load average %.1f -> %.1f (2 cores, shared)\n",
            argv[1], batch ? " batch" : "", calls, streams, wall, b.phrases, b.lost, load0, load1);
-    if (m == M_MT) {
+    if (m == M_FLUX) {
+        double ok = metrics_value(metrics_series_v(spec_m, "confirmed", NULL)) - spec_ok0;
+        double no = metrics_value(metrics_series_v(spec_m, "discarded", NULL)) - spec_no0;
+        printf("  speculative translation %s\n", speculate ? "on" : "off");
+        printf("  end of phrase -> first translated frame  p50 %.1f ms  p99 %.1f ms  max %.1f ms  (fake delays: "
+               "Flux EagerEndOfTurn %d ms / EndOfTurn %d ms of silence, DeepL %d ms, XTTS first audio %d ms)\n",
+               pct(b.lat, b.n, 50), pct(b.lat, b.n, 99), b.n ? b.lat[b.n - 1] : NAN, FLUX_EAGER_MS, FLUX_EOT_MS,
+               DEEPL_MS, XTTS_MS);
+        printf("  speculations in the window: %.0f confirmed, %.0f thrown away (%.1f%%)\n", ok, no,
+               ok + no > 0 ? 100 * no / (ok + no) : 0.0);
+        printf("  CPU: tolk %.1f%% of one core; fakes: Deepgram %.1f%%, DeepL %.1f%%, XTTS %.1f%%\n",
+               100 * cpu / wall, 100 * fcpu[DG] / wall, 100 * fcpu[DL] / wall, 100 * fcpu[XT] / wall);
+    } else if (m == M_MT) {
         sort_doubles(b.mt, b.n);
         printf("  end of phrase -> first translated frame  p50 %.1f ms  p99 %.1f ms  max %.1f ms  (stated delays "
                "%.0f ms: stt_mock 300 ms of silence, DeepL fake %d ms, tts_mock 10 ms)\n",

@@ -227,6 +227,10 @@ struct direction {
                           * queue_depth{input} while the recogniser recovers */
     phrase *marks_head, *marks_tail;
     phrase *spec; /* a speculative translation waiting for its final result */
+    /* end of the last frame over the voice threshold (direction samples):
+     * where a phrase's speech ended when a recogniser's result window also
+     * covers the silence it waited for (Deepgram Flux, Nova) */
+    uint64_t voiced_end;
     unsigned next_seq;
     int input_ended;
     int spoke; /* src sent audio */

@@ -1043,7 +1043,11 @@ void stream_result(tolk_stream *s, const tolk_transcript *t) {
     ph->seq = ++d->next_seq;
     ph->start_sample = d->stream_base + t->start_sample;
     ph->end_sample = end;
-    ph->t_speech_end = arrival_time(d, ph->end_sample);
+    /* Latency runs from the end of the speech: a result whose window runs
+     * on into the silence the recogniser waited for would hide that wait. */
+    uint64_t speech_end = end;
+    if (d->voiced_end > ph->start_sample && d->voiced_end < end) speech_end = d->voiced_end;
+    ph->t_speech_end = arrival_time(d, speech_end);
     ph->t_stt_final = mono_now();
     ph->stt_inst = s->inst;
     context_push(d, ph);
@@ -1139,6 +1143,7 @@ static void maybe_finalize(direction *d) {
 void pipeline_frame(direction *d, const int16_t *frame, double now) {
     core *c = d->ch->core;
     int voiced = frame_voiced(frame);
+    if (voiced) d->voiced_end = d->samples_in;
     replay_append(d, frame, voiced);
     clone_collect(d, frame, voiced);
     if (voiced && !d->speech_since) {

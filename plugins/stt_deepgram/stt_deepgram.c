@@ -166,6 +166,7 @@ typedef struct dg_stream {
     int confidence_n;
     int has_phrase;
     char *last_interim;
+    char *eager_text; /* Flux: the EagerEndOfTurn not yet resolved */
     int agreeing; /* successive interims that extended the previous one */
     /* control */
     int finalizing, flushing;
@@ -212,6 +213,7 @@ static void stream_free(dg_stream *s) {
     free(s->chunk);
     free(s->phrase);
     free(s->last_interim);
+    free(s->eager_text);
     free(s);
 }
 
@@ -386,6 +388,8 @@ static void on_turn_info(dg_stream *s, json_t *msg) {
         /* the turn is the phrase: one final, even after ForceEndTurn with nothing heard */
         int asked = s->finalizing;
         s->finalizing = 0;
+        free(s->eager_text);
+        s->eager_text = NULL;
         free(s->last_interim);
         s->last_interim = NULL;
         s->agreeing = 0;
@@ -394,14 +398,22 @@ static void on_turn_info(dg_stream *s, json_t *msg) {
         /* tentative: confirmed by an EndOfTurn with the same text, or
          * withdrawn by TurnResumed */
         d->eager_ends++;
+        free(s->eager_text);
+        s->eager_text = strdup(text);
         /* the text stays if the turn has ended: its end-of-turn confidence is the stability */
         deliver_flags(s, text, 0, -1, eot, start, end, TOLK_TRANSCRIPT_EAGER_END);
     } else if (!strcmp(event, "TurnResumed")) {
         d->turns_resumed++;
+        free(s->eager_text);
+        s->eager_text = NULL;
         deliver(s, text, 0, -1, interim_stability(s, text), start, end); /* without the flag: withdrawn */
     } else if (*text) { /* Update, StartOfTurn, and events added later */
         if (!strcmp(event, "StartOfTurn")) d->speech_started++;
-        deliver(s, text, 0, -1, interim_stability(s, text), start, end);
+        /* An Update between EagerEndOfTurn and its outcome that says the same
+         * words still stands on the tentative end: a partial without the
+         * flag would tell the core the turn resumed (tolk_transcript). */
+        unsigned flags = s->eager_text && !strcmp(s->eager_text, text) ? TOLK_TRANSCRIPT_EAGER_END : 0;
+        deliver_flags(s, text, 0, -1, interim_stability(s, text), start, end, flags);
     } else if (!strcmp(event, "StartOfTurn")) {
         d->speech_started++;
     }

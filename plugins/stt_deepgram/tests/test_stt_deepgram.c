@@ -69,6 +69,7 @@ typedef struct rec {
     int ok[MAXR];
     char text[MAXR][96], tr[MAXR][96], stt[MAXR][24];
     size_t partials, finals, good_stability, eager;
+    int in_eager; /* the last partial stood on a tentative end */
     char eager_text[MAXR][96];
     double final_start[MAXR], final_end[MAXR]; /* seconds in the caller's audio */
     int ended;
@@ -91,9 +92,14 @@ static void on_transcript(void *ud, const transcript_event *e) {
             R->final_end[R->finals] = e->end_s;
         }
         R->finals++;
+        R->in_eager = 0;
     } else {
         R->partials++;
-        if (e->eager_end && R->eager < MAXR) snprintf(R->eager_text[R->eager++], sizeof R->eager_text[0], "%s", e->text);
+        /* an Update repeating a tentative end's words keeps the flag: one
+         * tentative end, counted once */
+        if (e->eager_end && !R->in_eager && R->eager < MAXR)
+            snprintf(R->eager_text[R->eager++], sizeof R->eager_text[0], "%s", e->text);
+        R->in_eager = e->eager_end;
         if (e->stability > 0 && e->stability <= 1) R->good_stability++;
     }
 }
