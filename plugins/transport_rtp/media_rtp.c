@@ -564,9 +564,9 @@ static tolk_status rtp_attach(tr_media *m, const json_t *channel) {
 
 static tolk_status rtp_send(tr_media *m, const int16_t *pcm, size_t n, unsigned flags) {
     tr_media_hub *h = m->hub;
-    if (!m->have_peer) {
+    if (!m->have_peer) { /* the ExternalMedia reply is not in yet */
         m->st.tx_dropped++;
-        return TOLK_E_AGAIN;
+        return TOLK_OK;
     }
     int16_t out[TOLK_FRAME_SAMPLES + 128];
     size_t k = h->host->resample(m->rs_out, pcm, n, out, sizeof out / sizeof out[0]);

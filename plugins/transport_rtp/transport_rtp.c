@@ -80,7 +80,7 @@ struct call {
     char em[2][ID_MAX];      /* their ExternalMedia channels */
     char bridge[2][ID_MAX];  /* one bridge per party; bridge[0] alone when direct */
     int chan_gone[2], em_gone[2];
-    int bridge_made[2], em_made[2], party_in[2], bridged[2];
+    int bridge_made[2], em_made[2], em_in[2], party_in[2], bridged[2];
     tr_media *m[2];
     leg_ref lref[2];
     tolk_channel *ch;
@@ -490,7 +490,9 @@ static void try_bridge(call *c, int p) {
         snprintf(chans, sizeof chans, "%s", c->chan[p]);
         snprintf(path, sizeof path, "bridges/%s/addChannel?channel=%s", c->bridge[PA], chans);
     } else {
-        if (!c->em_made[p]) return;
+        /* addChannel wants channels already in the application: the
+         * ExternalMedia channel's StasisStart may come after the REST reply */
+        if (!c->em_made[p] || !c->em_in[p]) return;
         snprintf(chans, sizeof chans, "%s,%s", c->chan[p], c->em[p]);
         snprintf(path, sizeof path, "bridges/%s/addChannel?channel=%s", c->bridge[p], chans);
     }
@@ -756,6 +758,10 @@ static void on_event(rtp_transport *t, json_t *ev) {
         }
         if (c) {
             if (what == 0 && p == PB) callee_answered(c);
+            if (what == 1) {
+                c->em_in[p] = 1;
+                try_bridge(c, p);
+            }
             return;
         }
         const char *a0 = json_string_value(json_array_get(args, 0));
