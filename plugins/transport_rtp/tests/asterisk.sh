@@ -12,7 +12,7 @@ if [ ! -x "$PREFIX/sbin/asterisk" ] || [ ! -x "$PREFIX/run.sh" ]; then
     echo "SKIP: no Asterisk at $PREFIX (build it with build.sh from the shared asterisk folder, or set TOLK_ASTERISK_PREFIX)"
     exit 77
 fi
-for tool in python3 flock curl; do
+for tool in python3 flock; do
     if ! command -v $tool >/dev/null 2>&1; then
         echo "SKIP: $tool not installed"
         exit 77
