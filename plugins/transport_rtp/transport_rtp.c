@@ -116,6 +116,7 @@ struct rtp_transport {
     unsigned long seq;
     unsigned rand_tag;
     /* counters for health() and the tests */
+    tr_media_stats media_done; /* counters of links that have closed */
     uint64_t n_calls, n_refused, n_direct, n_events, n_bad_events, n_rest_errors, n_reconnects,
         n_dtmf, n_survived, n_lost_calls;
 };
@@ -271,11 +272,16 @@ typedef struct rest {
     rest_cb cb;
     tolk_http *h;
     int quiet404; /* a DELETE during teardown: 404 is expected */
+    /* what to DELETE if the request created something after its call
+     * ended (a bridge, a media channel, the callee), so nothing is left */
+    char undo[ID_MAX + 16];
     char what[160];
     struct rest *prev, *next;
 } rest;
 
 static void call_unref(call *c);
+static rest *rest_send(rtp_transport *t, call *c, const char *method, const char *pathq,
+                       const char *body, rest_cb cb, int quiet404);
 
 static void rest_unlink(rest *r) {
     rtp_transport *t = r->t;
@@ -306,6 +312,11 @@ static void on_rest_done(void *ud, tolk_http *h, const tolk_http_result *res) {
         TOLK_LOG(t->host, t->inst, TOLK_LOG_WARN, "%s: %s", r->what, err);
     }
     if (r->cb && r->c && !r->c->ending) r->cb(r->c, st, body, *err ? err : NULL);
+    else if (r->c && r->c->ending && r->undo[0] && !*err) {
+        TOLK_LOG(t->host, t->inst, TOLK_LOG_VERB, "%s: %s came after the call ended: deleting it", r->c->id,
+                 r->undo);
+        rest_send(t, NULL, "DELETE", r->undo, NULL, NULL, 1);
+    }
     json_decref(body);
     if (r->c) call_unref(r->c);
     free(r);
@@ -313,10 +324,10 @@ static void on_rest_done(void *ud, tolk_http *h, const tolk_http_result *res) {
 
 /* method path?query; body: JSON text or NULL. The call is kept alive until
  * the answer; cb is not called once the call has ended. */
-static void rest_send(rtp_transport *t, call *c, const char *method, const char *pathq,
-                      const char *body, rest_cb cb, int quiet404) {
+static rest *rest_send(rtp_transport *t, call *c, const char *method, const char *pathq,
+                       const char *body, rest_cb cb, int quiet404) {
     rest *r = calloc(1, sizeof *r);
-    if (!r) return;
+    if (!r) return NULL;
     r->t = t;
     r->c = c;
     r->cb = cb;
@@ -350,7 +361,9 @@ static void rest_send(rtp_transport *t, call *c, const char *method, const char 
         TOLK_LOG(t->host, t->inst, TOLK_LOG_ERR, "%s: refused by the HTTP client", r->what);
         if (c) call_unref(c);
         free(r);
+        return NULL;
     }
+    return r;
 }
 
 /* ------------------------------------------------------------------ */
@@ -388,6 +401,17 @@ static call *call_find(rtp_transport *t, const char *chan_id, int *what, int *p)
     return NULL;
 }
 
+static void stats_add(tr_media_stats *sum, const tr_media_stats *s) {
+    sum->rx_frames += s->rx_frames;
+    sum->rx_lost += s->rx_lost;
+    sum->rx_late += s->rx_late;
+    sum->rx_duplicate += s->rx_duplicate;
+    sum->rx_foreign += s->rx_foreign;
+    sum->rx_malformed += s->rx_malformed;
+    sum->tx_frames += s->tx_frames;
+    sum->tx_dropped += s->tx_dropped;
+}
+
 /* Ends everything of the call. core_gone: the core already ended it
  * (hangup()), so channel_close() is not called. */
 static void call_end(call *c, const char *why, int core_gone) {
@@ -401,6 +425,7 @@ static void call_end(call *c, const char *why, int core_gone) {
         if (c->m[i]) {
             tr_media_stats s;
             t->media->stats(c->m[i], &s);
+            stats_add(&t->media_done, &s);
             TOLK_LOG(t->host, t->inst, TOLK_LOG_VERB,
                      "%s: %s media: rx %llu frames, lost %llu, late %llu, dup %llu, foreign %llu, "
                      "malformed %llu; tx %llu, dropped %llu",
@@ -517,7 +542,8 @@ static void on_bridge_b(call *c, int s, json_t *b, const char *e) { on_bridge_ma
 static void make_bridge(call *c, int p) {
     char path[4 * ID_MAX];
     snprintf(path, sizeof path, "bridges?type=mixing&bridgeId=%s&name=%s", c->bridge[p], c->bridge[p]);
-    rest_send(c->t, c, "POST", path, NULL, p == PA ? on_bridge_a : on_bridge_b, 0);
+    rest *r = rest_send(c->t, c, "POST", path, NULL, p == PA ? on_bridge_a : on_bridge_b, 0);
+    if (r) snprintf(r->undo, sizeof r->undo, "bridges/%s", c->bridge[p]);
 }
 
 static void on_em_made(call *c, int status, json_t *body, const char *err, int p) {
@@ -561,7 +587,8 @@ static void make_media(call *c, int p) {
     }
     urlenc(t->app, app, sizeof app);
     snprintf(path, sizeof path, "channels/externalMedia?app=%s&channelId=%s&%s", app, c->em[p], params);
-    rest_send(t, c, "POST", path, NULL, p == PA ? on_em_a : on_em_b, 0);
+    rest *r = rest_send(t, c, "POST", path, NULL, p == PA ? on_em_a : on_em_b, 0);
+    if (r) snprintf(r->undo, sizeof r->undo, "channels/%s", c->em[p]);
 }
 
 /* ---- the callee ---- */
@@ -584,7 +611,8 @@ static void originate(call *c) {
     snprintf(path, sizeof path,
              "channels?endpoint=%s&app=%s&appArgs=tolk-callee&channelId=%s&originator=%s&timeout=%d",
              dial, app, c->chan[PB], c->chan[PA], (int)t->originate_timeout);
-    rest_send(t, c, "POST", path, NULL, on_originated, 0);
+    rest *r = rest_send(t, c, "POST", path, NULL, on_originated, 0);
+    if (r) snprintf(r->undo, sizeof r->undo, "channels/%s", c->chan[PB]);
     if (c->ch && TOLK_HOST_HAS(t->host, channel_progress) && !c->ringing_told) {
         c->ringing_told = 1;
         t->host->channel_progress(c->ch, TOLK_PROGRESS_RINGING, TOLK_LEG_B);
@@ -1104,7 +1132,7 @@ static tolk_status tr_direction_mode(void *self, void *chan_state, tolk_leg from
 static tolk_health tr_health(void *self, json_t **detail) {
     rtp_transport *t = self;
     if (detail) {
-        tr_media_stats sum = {0};
+        tr_media_stats sum = t->media_done;
         size_t ncalls = 0;
         for (call *c = t->calls; c; c = c->next) {
             ncalls++;
@@ -1112,14 +1140,7 @@ static tolk_health tr_health(void *self, json_t **detail) {
                 if (c->m[i]) {
                     tr_media_stats s;
                     t->media->stats(c->m[i], &s);
-                    sum.rx_frames += s.rx_frames;
-                    sum.rx_lost += s.rx_lost;
-                    sum.rx_late += s.rx_late;
-                    sum.rx_duplicate += s.rx_duplicate;
-                    sum.rx_foreign += s.rx_foreign;
-                    sum.rx_malformed += s.rx_malformed;
-                    sum.tx_frames += s.tx_frames;
-                    sum.tx_dropped += s.tx_dropped;
+                    stats_add(&sum, &s);
                 }
         }
         *detail = json_pack(
