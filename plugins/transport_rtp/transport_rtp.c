@@ -109,6 +109,7 @@ struct rtp_transport {
     int started, stopping;
     tolk_ws *ws;
     int connected, ever_connected;
+    int failing; /* a connection failed or dropped, none made since */
     double backoff;
     tolk_timer *reconnect;
     call *calls;
@@ -948,6 +949,7 @@ static void on_ws_open(void *ud, tolk_ws *ws) {
     (void)ws;
     rtp_transport *t = ud;
     t->connected = 1;
+    t->failing = 0;
     t->backoff = t->reconnect_min;
     TOLK_LOG(t->host, t->inst, TOLK_LOG_INFO, "connected to ARI at %s: Stasis application '%s' ready%s",
              t->base, t->app, t->ever_connected ? " again" : "");
@@ -961,6 +963,7 @@ static void on_ws_close(void *ud, tolk_ws *ws, const tolk_ws_close_info *info) {
     t->ws = NULL;
     int was = t->connected;
     t->connected = 0;
+    t->failing = 1;
     if (was) t->n_reconnects++;
     if (info->http_status == 401 || info->http_status == 403)
         TOLK_LOG(t->host, t->inst, TOLK_LOG_ERR,
@@ -1157,8 +1160,10 @@ static tolk_health tr_health(void *self, json_t **detail) {
             (json_int_t)sum.rx_foreign, "rx_malformed", (json_int_t)sum.rx_malformed, "tx_frames",
             (json_int_t)sum.tx_frames, "tx_dropped", (json_int_t)sum.tx_dropped);
     }
-    if (!t->started) return TOLK_HEALTHY;
-    return t->connected ? TOLK_HEALTHY : TOLK_UNHEALTHY;
+    /* unhealthy once a connection failed or dropped, not while the first
+     * connection is being made */
+    if (!t->started || t->connected || !t->failing) return TOLK_HEALTHY;
+    return TOLK_UNHEALTHY;
 }
 
 static const tolk_transport transport_rtp = {

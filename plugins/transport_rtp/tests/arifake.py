@@ -25,6 +25,7 @@ listens. Control (HTTP, same port):
                        the next packet back until "release"), "release",
                        "foreign" (the last from another socket),
                        "badversion", "truncated", "badpt" (a malformed packet)
+  POST /_fake/hangup  JSON: {"id": ...}: that party hangs up
   POST /_fake/raw     a text message sent as is on every events socket
   GET  /_fake/state   JSON: channels, bridges, deletes, events sockets seen,
                        and what tolk sent each ExternalMedia channel
@@ -295,14 +296,16 @@ class H(BaseHTTPRequestHandler):
         app_name[0] = q.get("app", [""])[0]
         key = self.headers.get("Sec-WebSocket-Key", "")
         acc = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
-        self.send_response(101)
-        self.send_header("Upgrade", "websocket")
-        self.send_header("Connection", "Upgrade")
-        self.send_header("Sec-WebSocket-Accept", acc)
-        self.end_headers()
-        self.wfile.flush()
         sock = self.connection
+        # registered under the lock that pushes events, before the client
+        # can see the 101: an event pushed once it is open reaches it
         with lock:
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Sec-WebSocket-Accept", acc)
+            self.end_headers()
+            self.wfile.flush()
             state["ws_connects"] += 1
             sockets.append(sock)
         try:
@@ -342,6 +345,9 @@ class H(BaseHTTPRequestHandler):
         if p == "/_fake/config":
             config.update(json.loads(body or b"{}"))
             return self.reply(200, config)
+        if p == "/_fake/hangup":
+            hangup(json.loads(body)["id"])
+            return self.reply(200, {})
         if p == "/_fake/raw":
             push_raw(body.decode())
             return self.reply(200, {})

@@ -94,13 +94,15 @@ static int ended_n(void *ud) {
     return w->R->ended >= w->ended && w->R->c->active == 0;
 }
 
+static const char *g_core_extra = "";
+
 static rec *start(const char *extra) {
     g_port = tu_fake_start("plugins/transport_rtp/tests/arifake.py", &g_fake);
     rec *R = xcalloc(1, sizeof *R);
     R->dir = tu_tmpdir();
     tu_log_capture();
     tu_log_clear();
-    tu_write(R->dir, "tolk.conf", "core: { workers = 1; log_level = \"verb\"; };\n");
+    tu_write(R->dir, "tolk.conf", "core: { workers = 1; log_level = \"verb\"; %s };\n", g_core_extra);
     tu_write_mock_pipeline(R->dir);
     tu_write(R->dir, "60-asterisk.conf",
              "instance: { name = \"asterisk\"; plugin = \"transport_rtp\"; settings: {\n"
@@ -285,6 +287,84 @@ static void test_malformed_events(void **state) {
     done(R);
 }
 
+/* Both parties in one bridge, and no media channel. */
+static int direct_bridge(const char *a, const char *b) {
+    json_t *st = fake_state();
+    json_t *br = json_object_get(st, "bridges");
+    const char *k;
+    json_t *v;
+    int found = 0;
+    json_object_foreach(br, k, v) {
+        if (json_array_size(v) == 2 && json_has_string(v, a) && json_has_string(v, b)) found = 1;
+    }
+    /* the call's media channels would be <call>-ma and <call>-mb */
+    char ma[160], mb[160];
+    snprintf(ma, sizeof ma, "%.*s-ma", (int)strlen(b) - 2, b);
+    snprintf(mb, sizeof mb, "%.*s-mb", (int)strlen(b) - 2, b);
+    json_t *ch = json_object_get(st, "channels");
+    if (json_has_string(ch, ma) || json_has_string(ch, mb)) found = 0;
+    json_decref(st);
+    return found;
+}
+
+typedef struct two {
+    const char *a, *b;
+} two;
+static int direct_pred(void *ud) {
+    two *t = ud;
+    return direct_bridge(t->a, t->b);
+}
+
+static void test_over_limit_and_passthrough(void **state) {
+    (void)state;
+    g_core_extra = "max_channels = 1;";
+    rec *R = start(NULL);
+    g_core_extra = "";
+    /* the first call is translated and holds the only channel ... */
+    fake_do("POST", "/_fake/call",
+            "{\"id\": \"A6\", \"args\": [\"dial=Local/b@x/n\"], \"rtp\": {\"hangup\": false,"
+            " \"frames\": [[\"silence\", 150]]}}");
+    tu_run_until(R->c, NULL, NULL, 0.5);
+    assert_int_equal(R->c->active, 1);
+    /* ... so the second is bridged untranslated, never half set up */
+    fake_do("POST", "/_fake/call", "{\"id\": \"A7\", \"args\": [\"dial=Local/c@x/n\"]}");
+    tu_run_until(R->c, NULL, NULL, 0.8);
+    json_t *st = fake_state();
+    json_t *v;
+    char callee[128] = "";
+    json_t *ch = json_object_get(st, "channels");
+    size_t i;
+    /* the second call's callee is the one channel ending in -b that is not the first's */
+    json_array_foreach(ch, i, v) {
+        const char *id = json_string_value(v);
+        if (strlen(id) > 2 && !strcmp(id + strlen(id) - 2, "-b") && !strstr(id, "-1-")) snprintf(callee, sizeof callee, "%s", id);
+    }
+    json_decref(st);
+    assert_true(callee[0] != 0);
+    two t2 = {"A7", callee};
+    assert_true(tu_run_until(R->c, direct_pred, &t2, 5));
+    assert_int_equal(hint(R, "refused"), 1);
+    assert_int_equal(hint(R, "direct"), 1);
+    assert_int_equal(R->c->active, 1);
+    /* the caller of the bridged call hangs up: everything of it goes */
+    fake_do("POST", "/_fake/hangup", "{\"id\": \"A7\"}");
+    fake_do("POST", "/_fake/hangup", "{\"id\": \"A6\"}");
+    want w = {R, 1};
+    assert_true(tu_run_until(R->c, ended_n, &w, 10));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+
+    /* mode=passthrough from the dialplan: one bridge, no media channel */
+    fake_do("POST", "/_fake/call", "{\"id\": \"A8\", \"args\": [\"dial=Local/d@x/n\", \"mode=passthrough\"]}");
+    tu_run_until(R->c, NULL, NULL, 0.8);
+    assert_int_equal(hint(R, "direct"), 2);
+    assert_int_equal(R->c->active, 1);
+    fake_do("POST", "/_fake/hangup", "{\"id\": \"A8\"}");
+    w.ended = 2;
+    assert_true(tu_run_until(R->c, ended_n, &w, 10));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+    done(R);
+}
+
 static int reconnected(void *ud) {
     rec *R = ud;
     return hint(R, "reconnects") >= 1 && connected(R);
@@ -315,6 +395,7 @@ int main(void) {
         cmocka_unit_test(test_rest_failures),
         cmocka_unit_test(test_malformed_events),
         cmocka_unit_test(test_stalled_events_socket),
+        cmocka_unit_test(test_over_limit_and_passthrough),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
