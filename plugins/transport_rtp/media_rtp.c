@@ -33,6 +33,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +104,10 @@ struct tr_media {
     uint32_t tx_ts, tx_ssrc;
     int16_t fifo[TX_FIFO];
     size_t nfifo;
+    /* pacing of what Asterisk receives: deviation of each send from 20 ms
+     * after the previous one (logged when the link closes, for the bench) */
+    double last_send, dev_sum, dev_max;
+    uint64_t dev_n;
     tr_media_stats st;
 };
 
@@ -613,6 +618,14 @@ static tolk_status rtp_send(tr_media *m, const int16_t *pcm, size_t n, unsigned 
         return TOLK_E_AGAIN;
     }
     m->st.tx_frames++;
+    double now = h->host->now();
+    if (m->last_send > 0) {
+        double dev = fabs(now - m->last_send - TOLK_FRAME_SECONDS);
+        m->dev_sum += dev;
+        m->dev_n++;
+        if (dev > m->dev_max) m->dev_max = dev;
+    }
+    m->last_send = now;
     return TOLK_OK;
 }
 
@@ -626,6 +639,11 @@ static void rtp_close(tr_media *m) {
     else
         h->links = m->next;
     if (m->next) m->next->prev = m->prev;
+    if (m->dev_n)
+        TOLK_LOG(h->host, h->inst, TOLK_LOG_VERB,
+                 "RTP to port %d: %llu packets, pacing deviation from 20 ms: mean %.2f ms, max %.2f ms",
+                 ntohs(m->peer.sin_port), (unsigned long long)m->st.tx_frames, m->dev_sum / (double)m->dev_n * 1e3,
+                 m->dev_max * 1e3);
     if (m->io) h->host->io_stop(m->io);
     if (m->fd >= 0) close(m->fd);
     if (m->rs_in) h->host->resampler_free(m->rs_in);
