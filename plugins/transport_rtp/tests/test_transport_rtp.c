@@ -373,6 +373,12 @@ static int reconnected(void *ud) {
 static void test_stalled_events_socket(void **state) {
     (void)state;
     rec *R = start("ping_interval = 0.3;");
+    /* a call that is up while the socket stalls survives it */
+    fake_do("POST", "/_fake/call",
+            "{\"id\": \"S1\", \"args\": [\"dial=Local/b@x/n\"], \"rtp\": {\"hangup\": false,"
+            " \"frames\": [[\"silence\", 10]]}}");
+    tu_run_until(R->c, NULL, NULL, 0.8);
+    assert_int_equal(R->c->active, 1);
     fake_do("POST", "/_fake/config", "{\"stall\": true}");
     /* no pong: the socket is given up and connected again */
     tu_run_until(R->c, NULL, NULL, 1.5);
@@ -382,7 +388,43 @@ static void test_stalled_events_socket(void **state) {
     assert_true(json_integer_value(json_object_get(st, "ws_connects")) >= 2);
     json_decref(st);
     assert_true(tu_log_has("ARI events socket lost"));
+    /* GET /channels after each reconnection found the call's channels */
+    tu_run_until(R->c, NULL, NULL, 0.5);
+    assert_true(hint(R, "survived") >= 1);
+    assert_int_equal(hint(R, "lost_calls"), 0);
+    assert_int_equal(R->c->active, 1);
+    fake_do("POST", "/_fake/hangup", "{\"id\": \"S1\"}");
+    want w = {R, 1};
+    assert_true(tu_run_until(R->c, ended_n, &w, 10));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
     done(R);
+}
+
+/* One call through the given RTP socket settings: translated, torn down. */
+static void one_call(const char *settings) {
+    rec *R = start(settings);
+    fake_do("POST", "/_fake/call",
+            "{\"id\": \"P1\", \"args\": [\"dial=Local/b@x/n\"], \"rtp\": {\"hangup\": true, \"tail\": 1.0,"
+            " \"frames\": [[\"tone\", 30], [\"foreign\"], [\"silence\", 30]]}}");
+    want w = {R, 1};
+    assert_true(tu_run_until(R->c, ended_n, &w, 15));
+    assert_int_equal(R->phrases, 1);
+    assert_int_equal(hint(R, "media_stats.rx_lost"), 0);
+    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+    done(R);
+}
+
+static void test_shared_port_and_port_range(void **state) {
+    (void)state;
+    char s[128];
+    int base = 30000 + (int)(getpid() % 20000);
+    /* every leg on one socket: told apart by Asterisk's port; a packet from
+     * an unknown source is not counted against any call */
+    snprintf(s, sizeof s, "rtp_shared_port = %d;", base);
+    one_call(s);
+    /* a socket per leg from a range of two ports */
+    snprintf(s, sizeof s, "rtp_port_min = %d; rtp_port_max = %d;", base + 2, base + 3);
+    one_call(s);
 }
 
 int main(void) {
@@ -396,6 +438,7 @@ int main(void) {
         cmocka_unit_test(test_malformed_events),
         cmocka_unit_test(test_stalled_events_socket),
         cmocka_unit_test(test_over_limit_and_passthrough),
+        cmocka_unit_test(test_shared_port_and_port_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
