@@ -114,6 +114,7 @@ struct rtp_transport {
     tolk_timer *reconnect;
     call *calls;
     struct rest *rests;
+    struct retry *retries;
     unsigned long seq;
     unsigned rand_tag;
     /* counters for health() and the tests */
@@ -276,6 +277,8 @@ typedef struct rest {
     /* what to DELETE if the request created something after its call
      * ended (a bridge, a media channel, the callee), so nothing is left */
     char undo[ID_MAX + 16];
+    char path[ID_MAX + 64]; /* a teardown DELETE's path, for its retries */
+    int tries;
     char what[160];
     struct rest *prev, *next;
 } rest;
@@ -283,6 +286,7 @@ typedef struct rest {
 static void call_unref(call *c);
 static rest *rest_send(rtp_transport *t, call *c, const char *method, const char *pathq,
                        const char *body, rest_cb cb, int quiet404);
+static void teardown_delete(rtp_transport *t, const char *path);
 
 static void rest_unlink(rest *r) {
     rtp_transport *t = r->t;
@@ -291,6 +295,49 @@ static void rest_unlink(rest *r) {
     else
         t->rests = r->next;
     if (r->next) r->next->prev = r->prev;
+}
+
+/* A teardown DELETE that did not reach Asterisk (connection refused or
+ * timed out, or a 5xx from an overloaded Asterisk) is tried again, so no
+ * bridge or channel is left behind. */
+#define DELETE_TRIES 4
+typedef struct retry {
+    rtp_transport *t;
+    tolk_timer *timer;
+    char path[ID_MAX + 64];
+    int tries;
+    struct retry *prev, *next;
+} retry;
+
+static void retry_unlink(retry *y) {
+    if (y->prev)
+        y->prev->next = y->next;
+    else
+        y->t->retries = y->next;
+    if (y->next) y->next->prev = y->prev;
+}
+
+static void on_retry(void *ud) {
+    retry *y = ud;
+    retry_unlink(y);
+    rest *r = rest_send(y->t, NULL, "DELETE", y->path, NULL, NULL, 1);
+    if (r) {
+        snprintf(r->path, sizeof r->path, "%s", y->path);
+        r->tries = y->tries;
+    }
+    free(y);
+}
+
+static void retry_later(rtp_transport *t, const char *path, int tries) {
+    retry *y = calloc(1, sizeof *y);
+    if (!y) return;
+    y->t = t;
+    y->tries = tries;
+    snprintf(y->path, sizeof y->path, "%s", path);
+    y->next = t->retries;
+    if (t->retries) t->retries->prev = y;
+    t->retries = y;
+    y->timer = t->host->timer_start(t->inst, 0.5 * tries, 0, on_retry, y);
 }
 
 static void on_rest_done(void *ud, tolk_http *h, const tolk_http_result *res) {
@@ -308,15 +355,17 @@ static void on_rest_done(void *ud, tolk_http *h, const tolk_http_result *res) {
         const char *msg = json_string_value(json_object_get(body, "message"));
         snprintf(err, sizeof err, "HTTP %d%s%s", st, msg ? ": " : "", msg ? msg : "");
     }
+    int again = r->path[0] && (st == 0 || st >= 500) && r->tries + 1 < DELETE_TRIES && t->started;
     if (*err && !(r->quiet404 && (st == 404 || st == 400))) {
         t->n_rest_errors++;
-        TOLK_LOG(t->host, t->inst, TOLK_LOG_WARN, "%s: %s", r->what, err);
+        TOLK_LOG(t->host, t->inst, TOLK_LOG_WARN, "%s: %s%s", r->what, err, again ? ": trying again" : "");
     }
+    if (again) retry_later(t, r->path, r->tries + 1);
     if (r->cb && r->c && !r->c->ending) r->cb(r->c, st, body, *err ? err : NULL);
     else if (r->c && r->c->ending && r->undo[0] && !*err) {
         TOLK_LOG(t->host, t->inst, TOLK_LOG_VERB, "%s: %s came after the call ended: deleting it", r->c->id,
                  r->undo);
-        rest_send(t, NULL, "DELETE", r->undo, NULL, NULL, 1);
+        teardown_delete(t, r->undo);
     }
     json_decref(body);
     if (r->c) call_unref(r->c);
@@ -413,6 +462,11 @@ static void stats_add(tr_media_stats *sum, const tr_media_stats *s) {
     sum->tx_dropped += s->tx_dropped;
 }
 
+static void teardown_delete(rtp_transport *t, const char *path) {
+    rest *r = rest_send(t, NULL, "DELETE", path, NULL, NULL, 1);
+    if (r) snprintf(r->path, sizeof r->path, "%s", path);
+}
+
 /* Ends everything of the call. core_gone: the core already ended it
  * (hangup()), so channel_close() is not called. */
 static void call_end(call *c, const char *why, int core_gone) {
@@ -443,15 +497,15 @@ static void call_end(call *c, const char *why, int core_gone) {
     for (int i = 0; i < 2; i++) {
         if (c->em_made[i] && !c->em_gone[i]) {
             snprintf(path, sizeof path, "channels/%s", c->em[i]);
-            rest_send(t, NULL, "DELETE", path, NULL, NULL, 1);
+            teardown_delete(t, path);
         }
         if (c->chan[i][0] && !c->chan_gone[i]) {
             snprintf(path, sizeof path, "channels/%s", c->chan[i]);
-            rest_send(t, NULL, "DELETE", path, NULL, NULL, 1);
+            teardown_delete(t, path);
         }
         if (c->bridge_made[i]) {
             snprintf(path, sizeof path, "bridges/%s", c->bridge[i]);
-            rest_send(t, NULL, "DELETE", path, NULL, NULL, 1);
+            teardown_delete(t, path);
         }
     }
     if (c->prev)
@@ -1086,6 +1140,12 @@ static void tr_destroy(void *self) {
     while (t->calls) call_end(t->calls, "the transport is shutting down", 1);
     if (t->reconnect) t->host->timer_stop(t->reconnect);
     if (t->ws) t->host->ws_cancel(t->ws);
+    while (t->retries) {
+        retry *y = t->retries;
+        retry_unlink(y);
+        t->host->timer_stop(y->timer);
+        free(y);
+    }
     while (t->rests) {
         rest *r = t->rests;
         rest_unlink(r);

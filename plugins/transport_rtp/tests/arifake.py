@@ -14,6 +14,7 @@ RTP with a dynamic payload type is dropped.
 Usage: arifake.py PORTFILE. It writes its port into PORTFILE once it
 listens. Control (HTTP, same port):
   POST /_fake/config  JSON: {"fail": {"externalMedia": 500, "originate": 404},
+                       "fail_deletes": K (the next K DELETEs answer 503),
                        "stall": false (stop answering pings and sending)}
   POST /_fake/call    JSON: {"id": "A1", "args": [...], "rtp": PLAN} puts a
                        caller into the app; PLAN (optional) is what the fake
@@ -47,7 +48,7 @@ AUTH = "Basic " + base64.b64encode(b"test:test").decode()
 lock = threading.RLock()
 state = {"channels": {}, "bridges": {}, "deletes": [], "ws_connects": 0, "requests": [],
          "rtp_in": {}}
-config = {"fail": {}, "stall": False}
+config = {"fail": {}, "stall": False, "fail_deletes": 0}
 sockets = []  # events sockets (socket objects)
 app_name = [None]
 
@@ -446,6 +447,9 @@ class H(BaseHTTPRequestHandler):
         parts = urllib.parse.urlparse(self.path).path.split("/")
         with lock:
             state["deletes"].append("/".join(parts[2:]))
+            if config.get("fail_deletes", 0) > 0:
+                config["fail_deletes"] -= 1
+                return self.reply(503, {"message": "fake overload"})
         if len(parts) == 4 and parts[2] == "channels":
             cid = parts[3]
             with lock:

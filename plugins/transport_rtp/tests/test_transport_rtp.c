@@ -258,6 +258,17 @@ static void test_rest_failures(void **state) {
     assert_true(tu_run_until(R->c, ended_n, &w, 15));
     assert_int_equal(R->phrases, 1);
     assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+
+    /* an overloaded Asterisk refuses the teardown's first DELETEs (503):
+     * they are tried again until nothing of the call is left */
+    fake_do("POST", "/_fake/config", "{\"fail_deletes\": 4}");
+    fake_do("POST", "/_fake/call", "{\"id\": \"A10\", \"args\": [\"dial=Local/b@x/n\"]}");
+    tu_run_until(R->c, NULL, NULL, 0.8);
+    fake_do("POST", "/_fake/hangup", "{\"id\": \"A10\"}");
+    w.ended = 4;
+    assert_true(tu_run_until(R->c, ended_n, &w, 10));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 8));
+    assert_true(tu_log_has("HTTP 503: fake overload: trying again"));
     done(R);
 }
 
