@@ -25,6 +25,16 @@
 
 enum { EXIT_CONFIG = 1, EXIT_USAGE = 2, EXIT_RUNTIME = 3 };
 
+/* One INFO line per translated phrase: what an operator reads to see that
+ * calls are being translated (tolk-translate prints the same report). */
+static void log_phrase(void *ud, const phrase_report *r) {
+    (void)ud;
+    if (!r->ok) return; /* a lost phrase is logged by the core as a warning */
+    log_msg(TOLK_LOG_INFO, "phrase", "%s #%u %s->%s: \"%s\" -> \"%s\" (latency %.0f ms)", r->channel_id,
+            r->seq, r->from, r->to, r->text ? r->text : "", r->translation ? r->translation : "",
+            r->latency_ms);
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "Usage: tolkd [OPTIONS]\n"
@@ -273,6 +283,7 @@ int main(int argc, char **argv) {
 
     core *c = core_new(confdir, plugin_path);
     c->log_level_override = lvl;
+    c->obs.phrase = log_phrase;
     int applied = core_apply(c, cs, &errs);
     for (size_t i = 0; i < errs.msgs.n; i++) log_msg(TOLK_LOG_ERR, "config", "%s", (char *)errs.msgs.v[i]);
     if (applied != 0) {
