@@ -418,6 +418,8 @@ static void on_event(tr_media *m, const char *ev, const char *text) {
 
 static void on_text(tr_media *m, const char *msg, size_t n) {
     char buf[1024];
+    LOG(m->hub, TOLK_LOG_DBG, "WebSocket media %s: <- %.*s", m->conn_id, (int)(n > 300 ? 300 : n),
+        msg);
     if (n >= sizeof buf) {
         /* MEDIA_START with many channel variables (JSON) can be long; what
          * we need is near its start, but a cut JSON does not parse. */
@@ -580,7 +582,7 @@ static void ws_on_close(void *ud, tolk_ws *ws, const tolk_ws_close_info *info) {
 static void tick_cb(void *ud) {
     tr_media *m = ud;
     double now = m->hub->host->now();
-    if (!m->ws && !m->gone) return;
+    if (m->gone) return;
     if (!m->started && now - m->attached_at > m->hub->connect_timeout) {
         char why[128];
         snprintf(why, sizeof why, "no MEDIA_START from Asterisk within %.1f s",
