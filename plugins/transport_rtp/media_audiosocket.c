@@ -170,10 +170,9 @@ static void conn_read_cb(void *ud, int fd, unsigned revents) {
     c->n += (size_t)r;
     if (c->n >= 1 && c->buf[0] != AS_KIND_UUID) {
         char why[96];
-        snprintf(why, sizeof why, "first message is kind 0x%02x, not the UUID (0x01)%s",
-                 c->buf[0],
+        snprintf(why, sizeof why, "first message is kind 0x%02x, not the UUID (0x01)%s", c->buf[0],
                  c->buf[0] >= AS_KIND_SLIN && c->buf[0] <= AS_KIND_SLIN192 ? ": audio before UUID"
-                                                                          : "");
+                                                                           : "");
         conn_refuse(hub, c, "protocol", why);
         return;
     }
@@ -397,8 +396,10 @@ static void as_hub_destroy(tr_media_hub *hub) {
 
 static void link_free(tr_media *m) {
     tr_media_hub *hub = m->hub;
-    if (m->prev) m->prev->next = m->next;
-    else hub->links = m->next;
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        hub->links = m->next;
     if (m->next) m->next->prev = m->prev;
     if (m->io) hub->host->io_stop(m->io);
     if (m->fd >= 0) close(m->fd);
@@ -567,7 +568,8 @@ static int on_message(tr_media *m, uint8_t kind, const uint8_t *p, size_t len) {
         unsigned code = len >= 1 ? p[0] : 0;
         LOG(hub, TOLK_LOG_WARN, "AudioSocket %s: Asterisk reports an error (code 0x%02x%s%s%s)",
             m->uuid_str, code, code & 1 ? ", calling party hung up" : "",
-            code & 2 ? ", frame forwarding error" : "", code & 4 ? ", memory allocation error" : "");
+            code & 2 ? ", frame forwarding error" : "",
+            code & 4 ? ", memory allocation error" : "");
     } else if (kind == AS_KIND_HANGUP) {
         return link_fail_ret(m, "Asterisk sent an AudioSocket hangup"), -1;
     } else if (kind == AS_KIND_UUID) {
@@ -579,8 +581,7 @@ static int on_message(tr_media *m, uint8_t kind, const uint8_t *p, size_t len) {
     } else {
         char why[96];
         snprintf(why, sizeof why, "AudioSocket protocol error: unknown message kind 0x%02x", kind);
-        LOG(hub, TOLK_LOG_WARN, "AudioSocket %s: %s (length %zu): closing", m->uuid_str, why,
-            len);
+        LOG(hub, TOLK_LOG_WARN, "AudioSocket %s: %s (length %zu): closing", m->uuid_str, why, len);
         return link_fail_ret(m, why), -1;
     }
     if (m->freed && m->busy == 0) {

@@ -54,9 +54,9 @@ struct tr_media {
     int16_t *q;
     size_t q_cap, q_head, q_len;
     uint64_t q_index;
-    uint64_t handed;      /* frames accepted by send() */
-    uint64_t marked;      /* the last mark queued */
-    uint64_t played;      /* the last mark Asterisk confirmed */
+    uint64_t handed;              /* frames accepted by send() */
+    uint64_t marked;              /* the last mark queued */
+    uint64_t played;              /* the last mark Asterisk confirmed */
     uint64_t marks[WS_MARKS_MAX]; /* marks not yet sent, ascending */
     size_t nmarks;
     double last_send_at;
@@ -79,8 +79,8 @@ struct ws_ctx {
 struct tr_media_hub {
     const tolk_host *host;
     tolk_instance *inst;
-    char ws_base[512]; /* ws://host:port */
-    char auth[600];    /* "Authorization: Basic ..." or "" */
+    char ws_base[512];          /* ws://host:port */
+    char auth[600];             /* "Authorization: Basic ..." or "" */
     const char *control_format; /* "json", "plain-text" or NULL */
     char control_buf[16];
     double connect_timeout;
@@ -120,8 +120,10 @@ static tolk_status ws_hub_create(const tolk_host *host, tolk_instance *inst, con
     if (!url || !*url) url = "http://127.0.0.1:8088";
     const char *rest;
     const char *scheme;
-    if (strncmp(url, "http://", 7) == 0) scheme = "ws://", rest = url + 7;
-    else if (strncmp(url, "https://", 8) == 0) scheme = "wss://", rest = url + 8;
+    if (strncmp(url, "http://", 7) == 0)
+        scheme = "ws://", rest = url + 7;
+    else if (strncmp(url, "https://", 8) == 0)
+        scheme = "wss://", rest = url + 8;
     else {
         snprintf(err, errlen, "ari_url \"%s\" is not an http:// or https:// URL", url);
         return TOLK_E_INVAL;
@@ -366,8 +368,8 @@ static void on_mark_processed(tr_media *m, const char *id) {
     char *end = NULL;
     unsigned long long n = strtoull(id, &end, 10);
     if (!*id || !end || *end || n > m->handed) {
-        LOG(m->hub, TOLK_LOG_WARN, "WebSocket media %s: MEDIA_MARK_PROCESSED for a mark not ours: %.40s",
-            m->conn_id, id);
+        LOG(m->hub, TOLK_LOG_WARN,
+            "WebSocket media %s: MEDIA_MARK_PROCESSED for a mark not ours: %.40s", m->conn_id, id);
         return;
     }
     if (n <= m->played) return;
@@ -397,8 +399,7 @@ static void on_dtmf(tr_media *m, const char *digit) {
 static void on_event(tr_media *m, const char *ev, const char *text) {
     if (strcmp(ev, "MEDIA_XOFF") == 0) {
         if (!m->xoff)
-            LOG(m->hub, TOLK_LOG_INFO, "WebSocket media %s: MEDIA_XOFF, holding audio",
-                m->conn_id);
+            LOG(m->hub, TOLK_LOG_INFO, "WebSocket media %s: MEDIA_XOFF, holding audio", m->conn_id);
         m->xoff = 1;
     } else if (strcmp(ev, "MEDIA_XON") == 0) {
         if (m->xoff) LOG(m->hub, TOLK_LOG_INFO, "WebSocket media %s: MEDIA_XON", m->conn_id);
@@ -411,8 +412,8 @@ static void on_event(tr_media *m, const char *ev, const char *text) {
                strcmp(ev, "MEDIA_BUFFERING_COMPLETED") == 0) {
         LOG(m->hub, TOLK_LOG_DBG, "WebSocket media %s: %.200s", m->conn_id, text);
     } else {
-        LOG(m->hub, TOLK_LOG_VERB, "WebSocket media %s: unknown event ignored: %.100s",
-            m->conn_id, text);
+        LOG(m->hub, TOLK_LOG_VERB, "WebSocket media %s: unknown event ignored: %.100s", m->conn_id,
+            text);
     }
 }
 
@@ -427,8 +428,8 @@ static void on_text(tr_media *m, const char *msg, size_t n) {
         json_t *j = json_loadb(msg, n, 0, &e);
         if (!j) {
             m->st.rx_malformed++;
-            LOG(m->hub, TOLK_LOG_WARN, "WebSocket media %s: a %zu-byte text message that is not JSON",
-                m->conn_id, n);
+            LOG(m->hub, TOLK_LOG_WARN,
+                "WebSocket media %s: a %zu-byte text message that is not JSON", m->conn_id, n);
             return;
         }
         const char *ev = json_string_value(json_object_get(j, "event"));
@@ -506,8 +507,8 @@ static void on_binary(tr_media *m, const uint8_t *p, size_t n) {
         /* Asterisk writes whole frames; an odd length is not slin16. */
         m->st.rx_malformed++;
         if (!m->odd_byte_logged++)
-            LOG(m->hub, TOLK_LOG_WARN, "WebSocket media %s: binary message of odd length %zu: dropped",
-                m->conn_id, n);
+            LOG(m->hub, TOLK_LOG_WARN,
+                "WebSocket media %s: binary message of odd length %zu: dropped", m->conn_id, n);
         return;
     }
     if (n == 0) return;
@@ -540,8 +541,10 @@ static void ws_on_message(void *ud, tolk_ws *ws, const void *data, size_t n, int
     (void)ws;
     tr_media *m = c->m;
     if (!m || m->gone) return;
-    if (binary) on_binary(m, data, n);
-    else on_text(m, data, n);
+    if (binary)
+        on_binary(m, data, n);
+    else
+        on_text(m, data, n);
     if (m->freed && m->busy == 0) link_free(m);
 }
 
@@ -563,8 +566,8 @@ static void ws_on_close(void *ud, tolk_ws *ws, const tolk_ws_close_info *info) {
     c->ws = NULL;
     char why[256];
     if (info->http_status)
-        snprintf(why, sizeof why, "Asterisk refused the media WebSocket %s: HTTP %d%s",
-                 m->conn_id, info->http_status,
+        snprintf(why, sizeof why, "Asterisk refused the media WebSocket %s: HTTP %d%s", m->conn_id,
+                 info->http_status,
                  info->http_status == 404   ? " (no such connection id)"
                  : info->http_status == 409 ? " (another connection already has it)"
                                             : "");
@@ -641,8 +644,10 @@ static void ws_stats(const tr_media *m, tr_media_stats *out) { *out = m->st; }
 
 static void link_free(tr_media *m) {
     tr_media_hub *hub = m->hub;
-    if (m->prev) m->prev->next = m->next;
-    else hub->links = m->next;
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        hub->links = m->next;
     if (m->next) m->next->prev = m->prev;
     if (m->tick) hub->host->timer_stop(m->tick);
     m->tick = NULL;

@@ -68,10 +68,9 @@ static const tolk_option options[] = {
     {"links", TOLK_OPT_INT, 0, "1", 1, MAX_LINKS, "links (calls) opened at start"},
     {"ari_app", TOLK_OPT_STRING, 0, NULL, 0, 0,
      "Stasis app for the externalMedia request (none: links are opened but not requested)"},
-    {"channel_prefix", TOLK_OPT_STRING, 0, "probe", 0, 0,
-     "channelId of link N is PREFIX-N"},
-    TR_MEDIA_ARI_OPTIONS TR_MEDIA_AUDIOSOCKET_OPTIONS TR_MEDIA_WEBSOCKET_OPTIONS{
-        NULL, 0, 0, NULL, 0, 0, NULL}};
+    {"channel_prefix", TOLK_OPT_STRING, 0, "probe", 0, 0, "channelId of link N is PREFIX-N"},
+    TR_MEDIA_ARI_OPTIONS TR_MEDIA_AUDIOSOCKET_OPTIONS TR_MEDIA_WEBSOCKET_OPTIONS{NULL, 0, 0, NULL,
+                                                                                 0, 0, NULL}};
 
 static const tr_media_ops *ops_by_name(const char *n) {
     if (n && strcmp(n, "audiosocket") == 0) return &tr_media_audiosocket;
@@ -188,8 +187,10 @@ static void on_reply(void *ud, tolk_http *h, const tolk_http_result *res) {
     }
     const char *id = json_string_value(json_object_get(j, "id"));
     snprintf(l->channel_id, sizeof l->channel_id, "%s", id ? id : "");
-    if (l->m && p->ops->attach(l->m, j) == TOLK_OK) l->attached = 1;
-    else if (l->m) snprintf(l->why, sizeof l->why, "attach() refused the reply");
+    if (l->m && p->ops->attach(l->m, j) == TOLK_OK)
+        l->attached = 1;
+    else if (l->m)
+        snprintf(l->why, sizeof l->why, "attach() refused the reply");
     json_decref(j);
 }
 
@@ -223,11 +224,8 @@ static tolk_status pr_start(void *self) {
         if (l->m || l->ended) continue;
         l->p = p;
         l->idx = i;
-        tr_media_events ev = {.ud = l,
-                              .audio = ev_audio,
-                              .dtmf = ev_dtmf,
-                              .played = ev_played,
-                              .closed = ev_closed};
+        tr_media_events ev = {
+            .ud = l, .audio = ev_audio, .dtmf = ev_dtmf, .played = ev_played, .closed = ev_closed};
         char err[256] = "";
         l->m = p->ops->open(p->hub, &ev, err, sizeof err);
         if (!l->m) {
@@ -339,15 +337,11 @@ static void pr_destroy(void *self) {
 }
 
 static const tolk_transport desc = {
-    .base = {TOLK_PLUGIN_INIT(tolk_transport, TOLK_KIND_TRANSPORT),
-             .name = "media_probe",
+    .base = {TOLK_PLUGIN_INIT(tolk_transport, TOLK_KIND_TRANSPORT), .name = "media_probe",
              .version = "1.0.0",
              .description = "test probe: ExternalMedia links of one encapsulation as calls",
-             .options = options,
-             .check_config = pr_check,
-             .create = pr_create,
-             .destroy = pr_destroy,
-             .health = pr_health},
+             .options = options, .check_config = pr_check, .create = pr_create,
+             .destroy = pr_destroy, .health = pr_health},
     .start = pr_start,
     .stop = pr_stop,
     .play = pr_play,

@@ -55,7 +55,8 @@ static void on_phrase(void *ud, const phrase_report *r) {
     rec *R = ud;
     if (r->ok) R->phrases_ok++;
     if (R->ntext < 8)
-        snprintf(R->text[R->ntext++], sizeof R->text[0], "%s", r->translation ? r->translation : "");
+        snprintf(R->text[R->ntext++], sizeof R->text[0], "%s",
+                 r->translation ? r->translation : "");
 }
 static void on_ear(void *ud, const phrase_report *r) {
     (void)r;
@@ -104,8 +105,11 @@ static rec *start_at(const char *media, const char *url, const char *app, const 
                            getenv("top_builddir"));
     R->c = core_new(R->dir, path);
     free(path);
-    R->c->obs = (core_observer){
-        .phrase = on_phrase, .phrase_ear = on_ear, .event = on_event, .channel_end = on_end, .ud = R};
+    R->c->obs = (core_observer){.phrase = on_phrase,
+                                .phrase_ear = on_ear,
+                                .event = on_event,
+                                .channel_end = on_end,
+                                .ud = R};
     g_live = R;
     assert_int_equal(core_load(R->c), 0);
     assert_int_equal(core_start_transports(R->c), 0);
@@ -118,7 +122,9 @@ static rec *start(const char *media, const char *extra) {
     return start_at(media, url, "tolk-media-test", extra);
 }
 
-static int link_ended(void *ud) { return tu_health_int(((rec *)ud)->c, "probe", "links_ended") >= 1; }
+static int link_ended(void *ud) {
+    return tu_health_int(((rec *)ud)->c, "probe", "links_ended") >= 1;
+}
 
 static void done(rec *R) {
     g_live = NULL;
@@ -169,10 +175,10 @@ static void assert_translation_heard(json_t *c) {
 
 /* ---------------------------------------------------------------- AudioSocket */
 
-#define AS_CALL                                                                                 \
-    "{\"audiosocket\": {\"steps\": [ {\"op\": \"audio\", \"ms\": 1000, \"split\": true}, "     \
-    "{\"op\": \"silence\", \"ms\": 600}, {\"op\": \"dtmf\", \"digit\": \"5\"}, "                 \
-    "{\"op\": \"silence\", \"ms\": 200}, {\"op\": \"wait_rx\", \"loud\": 12, \"timeout\": 10}, " \
+#define AS_CALL                                                                                    \
+    "{\"audiosocket\": {\"steps\": [ {\"op\": \"audio\", \"ms\": 1000, \"split\": true}, "         \
+    "{\"op\": \"silence\", \"ms\": 600}, {\"op\": \"dtmf\", \"digit\": \"5\"}, "                   \
+    "{\"op\": \"silence\", \"ms\": 200}, {\"op\": \"wait_rx\", \"loud\": 12, \"timeout\": 10}, "   \
     "{\"op\": \"close\"} ]}}"
 
 static void test_audiosocket_call(void **state) {
@@ -302,10 +308,10 @@ static void test_audiosocket_never_connected(void **state) {
 
 /* ---------------------------------------------------------------- WebSocket */
 
-#define WS_CALL                                                                                   \
-    "{\"websocket\": {\"steps\": [ {\"op\": \"audio\", \"ms\": 1000}, "                           \
+#define WS_CALL                                                                                    \
+    "{\"websocket\": {\"steps\": [ {\"op\": \"audio\", \"ms\": 1000}, "                            \
     "{\"op\": \"silence\", \"ms\": 600}, {\"op\": \"dtmf\", \"digit\": \"7\"}, "                   \
-    "{\"op\": \"wait_rx\", \"loud\": 12, \"timeout\": 10}, {\"op\": \"silence\", \"ms\": 1200}, " \
+    "{\"op\": \"wait_rx\", \"loud\": 12, \"timeout\": 10}, {\"op\": \"silence\", \"ms\": 1200}, "  \
     "{\"op\": \"close\"} ]}}"
 
 static void check_ws_call(rec *R, int json) {
@@ -407,8 +413,9 @@ static void test_websocket_xoff(void **state) {
 
 static void test_websocket_refused(void **state) {
     (void)state;
-    static const char *const cases[][2] = {{"unknown", "HTTP 404 (no such connection id)"},
-                                           {"occupied", "HTTP 409 (another connection already has it)"}};
+    static const char *const cases[][2] = {
+        {"unknown", "HTTP 404 (no such connection id)"},
+        {"occupied", "HTTP 409 (another connection already has it)"}};
     for (size_t i = 0; i < 2; i++) {
         char *sc = xasprintf("{\"websocket\": {\"reply_id\": \"%s\", \"steps\": []}}", cases[i][0]);
         scenario(sc);
@@ -427,7 +434,8 @@ static void test_websocket_refused(void **state) {
 static void test_websocket_garbage(void **state) {
     (void)state;
     scenario("{\"websocket\": {\"steps\": [ {\"op\": \"text\", \"text\": \"{not json\"}, "
-             "{\"op\": \"text\", \"text\": \"NONSENSE with words\"}, {\"op\": \"binary\", \"bytes\": 3}, "
+             "{\"op\": \"text\", \"text\": \"NONSENSE with words\"}, {\"op\": \"binary\", "
+             "\"bytes\": 3}, "
              "{\"op\": \"text\", \"text\": \"DTMF_END channel_id:x\"}, "
              "{\"op\": \"text\", \"text\": \"MEDIA_MARK_PROCESSED 99999\"}, "
              "{\"op\": \"audio\", \"ms\": 1000}, {\"op\": \"silence\", \"ms\": 600}, "
@@ -514,7 +522,8 @@ static void run_asterisk(const char *media, const char *extra) {
     snprintf(app, sizeof app, "tolk-media-%s-%d", media, (int)getpid());
     snprintf(chan, sizeof chan, "tolkmedia-%s-%d", media, (int)getpid());
     snprintf(chan0, sizeof chan0, "%s-0", chan);
-    char *script = xasprintf("%s/plugins/transport_rtp/tests/asterisk_media.py", getenv("top_srcdir"));
+    char *script =
+        xasprintf("%s/plugins/transport_rtp/tests/asterisk_media.py", getenv("top_srcdir"));
     int fds[2];
     assert_int_equal(pipe(fds), 0);
     g_driver = fork();
@@ -582,10 +591,12 @@ static void run_asterisk(const char *media, const char *extra) {
     /* what this Asterisk does, for the docs */
     if (strcmp(media, "audiosocket") == 0)
         printf("# audiosocket: audio kind %s\n",
-               tu_log_has("kind 0x10 (an Asterisk older than 22.7)") ? "0x10 (legacy)" : "0x12 (slin16)");
+               tu_log_has("kind 0x10 (an Asterisk older than 22.7)") ? "0x10 (legacy)"
+                                                                     : "0x12 (slin16)");
     else
         printf("# websocket: played-out feedback %lld frames of %lld sent; XOFF seen: %s\n",
-               jint(l, "played"), jint(l, "stats.tx_frames"), tu_log_has("MEDIA_XOFF") ? "yes" : "no");
+               jint(l, "played"), jint(l, "stats.tx_frames"),
+               tu_log_has("MEDIA_XOFF") ? "yes" : "no");
     json_decref(l);
     json_decref(res);
     done(R);
