@@ -433,8 +433,9 @@ static void on_text(tr_media *m, const char *msg, size_t n) {
             return;
         }
         const char *ev = json_string_value(json_object_get(j, "event"));
+        const char *f = json_string_value(json_object_get(j, "format"));
         if (ev && strcmp(ev, "MEDIA_START") == 0)
-            on_media_start(m, json_string_value(json_object_get(j, "format")) ?: "?",
+            on_media_start(m, f ? f : "?",
                            (long)json_integer_value(json_object_get(j, "optimal_frame_size")),
                            (long)json_integer_value(json_object_get(j, "ptime")));
         else

@@ -45,7 +45,7 @@ Scenario steps (lists, run in order on each media connection):
 Scenario keys besides the steps: "uuid": "ours" | "unknown" | "none";
 "rogue": a list of first messages ("unknown_uuid", "audio", "absurd",
 "short") sent on extra connections made before the real one;
-"reply_id": "unknown" | "occupied" (WebSocket).
+"reply_id": "unknown" | "occupied", "long_start": true (WebSocket).
 """
 import base64
 import hashlib
@@ -481,6 +481,11 @@ def ari_websocket(q, chan_id):
                                  "MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE": "640"}}
 
 
+def sc_long_start():
+    """A MEDIA_START of over 1 KiB: a channel with many variables."""
+    return state["scenario"].get("websocket", {}).get("long_start", False)
+
+
 def serve_media(sock, path, headers):
     cid = path[len("/media/"):]
     rec = {"path": path, "subprotocol": headers.get("sec-websocket-protocol"),
@@ -519,7 +524,10 @@ def serve_media(sock, path, headers):
         c.send(0x1, json.dumps({"event": "MEDIA_START", "connection_id": cid,
                                 "channel": "WebSocket/INCOMING/0x1", "channel_id": inst["chan_id"],
                                 "format": "slin16", "optimal_frame_size": 640, "ptime": 20,
-                                "channel_variables": {"MEDIA_WEBSOCKET_CONNECTION_ID": cid}}).encode())
+                                "channel_variables": dict(
+                                    {"MEDIA_WEBSOCKET_CONNECTION_ID": cid},
+                                    **({"VAR%d" % i: "x" * 40 for i in range(40)}
+                                       if sc_long_start() else {}))}).encode())
     else:
         c.send(0x1, ("MEDIA_START connection_id:%s channel:WebSocket/INCOMING/0x1 channel_id:%s "
                      "format:slin16 optimal_frame_size:640 ptime:20" % (cid, inst["chan_id"])).encode())

@@ -375,9 +375,16 @@ static void test_websocket_call(void **state) {
     done(R);
 }
 
+/* JSON control messages; MEDIA_START carries the channel's variables and is
+ * longer than 1 KiB here. */
 static void test_websocket_json(void **state) {
     (void)state;
-    scenario(WS_CALL);
+    char *sc = xstrdup(WS_CALL);
+    sc[strlen(sc) - 2] = '\0'; /* drop the last "}}" */
+    char *long_sc = xasprintf("%s, \"long_start\": true}}", sc);
+    scenario(long_sc);
+    free(sc);
+    free(long_sc);
     rec *R = start("websocket", "websocket_control_format = \"json\";");
     assert_true(tu_run_until(R->c, link_ended, R, 20));
     json_t *rep = report();
