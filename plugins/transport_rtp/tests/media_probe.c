@@ -60,6 +60,8 @@ struct probe {
     tr_media_hub *hub;
     char *ari_url, *ari_user, *ari_password, *ari_app, *prefix;
     int nlinks;
+    double end_after;
+    tolk_timer *end_timer;
     plink links[MAX_LINKS];
 };
 
@@ -69,6 +71,9 @@ static const tolk_option options[] = {
     {"ari_app", TOLK_OPT_STRING, 0, NULL, 0, 0,
      "Stasis app for the externalMedia request (none: links are opened but not requested)"},
     {"channel_prefix", TOLK_OPT_STRING, 0, "probe", 0, 0, "channelId of link N is PREFIX-N"},
+    {"end_after_ms", TOLK_OPT_INT, 0, "0", 0, 3600000,
+     "> 0: this long after start, leg A's input ends, so the core ends the calls itself "
+     "(drained, then hangup(): tolk hangs up)"},
     TR_MEDIA_ARI_OPTIONS TR_MEDIA_AUDIOSOCKET_OPTIONS TR_MEDIA_WEBSOCKET_OPTIONS{NULL, 0, 0, NULL,
                                                                                  0, 0, NULL}};
 
@@ -108,6 +113,7 @@ static tolk_status pr_create(const tolk_host *host, tolk_instance *inst, const j
     p->ari_password = dup_or_null(host->cfg_string(cfg, "ari_password"));
     p->ari_app = dup_or_null(host->cfg_string(cfg, "ari_app"));
     p->prefix = dup_or_null(host->cfg_string(cfg, "channel_prefix"));
+    p->end_after = (double)host->cfg_int(cfg, "end_after_ms") / 1000.0;
     char err[256] = "";
     if (!p->ops || p->ops->hub_create(host, inst, cfg, &p->hub, err, sizeof err) != TOLK_OK) {
         TOLK_LOG(host, inst, TOLK_LOG_ERR, "media hub: %s", err);
@@ -217,6 +223,13 @@ static void request(plink *l) {
     if (!l->http) snprintf(l->why, sizeof l->why, "externalMedia request refused at once");
 }
 
+static void end_cb(void *ud) {
+    probe *p = ud;
+    p->end_timer = NULL; /* a one-shot frees itself */
+    for (int i = 0; i < p->nlinks; i++)
+        if (p->links[i].ch) p->host->channel_input_end(p->links[i].ch, TOLK_LEG_A);
+}
+
 static tolk_status pr_start(void *self) {
     probe *p = self;
     for (int i = 0; i < p->nlinks; i++) {
@@ -251,6 +264,8 @@ static tolk_status pr_start(void *self) {
         }
         if (p->ari_app) request(l);
     }
+    if (p->end_after > 0 && !p->end_timer)
+        p->end_timer = p->host->timer_start(p->inst, p->end_after, 0, end_cb, p);
     return TOLK_OK;
 }
 
@@ -322,6 +337,7 @@ static tolk_health pr_health(void *self, json_t **detail_new) {
 
 static void pr_destroy(void *self) {
     probe *p = self;
+    if (p->end_timer) p->host->timer_stop(p->end_timer);
     for (int i = 0; i < p->nlinks; i++) {
         plink *l = &p->links[i];
         if (l->http) p->host->http_cancel(l->http);

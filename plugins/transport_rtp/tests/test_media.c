@@ -306,6 +306,34 @@ static void test_audiosocket_never_connected(void **state) {
     done(R);
 }
 
+/* tolk ends the call (its input ended, everything played): the link says
+ * so to Asterisk (kind 0x00) and closes; audio already sent got there. */
+static void test_audiosocket_tolk_hangs_up(void **state) {
+    (void)state;
+    scenario("{\"audiosocket\": {\"steps\": [ {\"op\": \"audio\", \"ms\": 1000}, "
+             "{\"op\": \"silence\", \"ms\": 5000} ]}}");
+    rec *R = start("audiosocket", "end_after_ms = 1600;");
+    assert_true(tu_run_until(R->c, link_ended, R, 20));
+    json_t *l = link0(R);
+    assert_string_equal(jstr(l, "why"), "the core ended the call");
+    assert_true(R->phrases_ok >= 1);
+    json_t *rep = NULL;
+    for (int i = 0; i < 50; i++) {
+        json_decref(rep);
+        rep = report();
+        if (strcmp(jstr(conn0(rep, "audiosocket"), "closed_by"), "tolk") == 0) break;
+        usleep(100000);
+    }
+    json_t *c = conn0(rep, "audiosocket");
+    assert_string_equal(jstr(c, "closed_by"), "tolk");
+    assert_int_equal(jint(c, "rx_hangup_msg"), 1);
+    assert_int_equal(jint(c, "rx_frames"), jint(l, "stats.tx_frames"));
+    assert_translation_heard(c);
+    json_decref(rep);
+    json_decref(l);
+    done(R);
+}
+
 /* ---------------------------------------------------------------- WebSocket */
 
 #define WS_CALL                                                                                    \
@@ -418,6 +446,28 @@ static void test_websocket_xoff(void **state) {
     done(R);
 }
 
+/* tolk ends the call: a close handshake with 1000, after the audio. */
+static void test_websocket_tolk_hangs_up(void **state) {
+    (void)state;
+    scenario("{\"websocket\": {\"steps\": [ {\"op\": \"audio\", \"ms\": 1000}, "
+             "{\"op\": \"silence\", \"ms\": 5000} ]}}");
+    rec *R = start("websocket", "end_after_ms = 1600;");
+    assert_true(tu_run_until(R->c, link_ended, R, 20));
+    json_t *l = link0(R);
+    assert_string_equal(jstr(l, "why"), "the core ended the call");
+    /* the instance lives on: the close handshake can finish */
+    tu_run_until(R->c, NULL, NULL, 0.5);
+    json_t *rep = report();
+    json_t *c = conn0(rep, "websocket");
+    assert_string_equal(jstr(c, "closed_by"), "tolk");
+    assert_int_equal(jint(c, "close_code"), 1000);
+    assert_int_equal(jint(c, "rx_frames"), jint(l, "stats.tx_frames"));
+    assert_translation_heard(c);
+    json_decref(rep);
+    json_decref(l);
+    done(R);
+}
+
 static void test_websocket_refused(void **state) {
     (void)state;
     static const char *const cases[][2] = {
@@ -498,9 +548,11 @@ int main(int argc, char **argv) {
         cmocka_unit_test_teardown(test_audiosocket_garbage, free_live),
         cmocka_unit_test_teardown(test_audiosocket_absurd_length, free_live),
         cmocka_unit_test_teardown(test_audiosocket_never_connected, free_live),
+        cmocka_unit_test_teardown(test_audiosocket_tolk_hangs_up, free_live),
         cmocka_unit_test_teardown(test_websocket_call, free_live),
         cmocka_unit_test_teardown(test_websocket_json, free_live),
         cmocka_unit_test_teardown(test_websocket_xoff, free_live),
+        cmocka_unit_test_teardown(test_websocket_tolk_hangs_up, free_live),
         cmocka_unit_test_teardown(test_websocket_refused, free_live),
         cmocka_unit_test_teardown(test_websocket_garbage, free_live),
     };
