@@ -47,16 +47,18 @@
 #include <tolk/plugin.h>
 
 #include "media.h"
+#include "media_options.h"
 
 #define PLUGIN_NAME "transport_rtp"
 #define ID_MAX 128
 #define URL_MAX 2048
 
-/* The encapsulations, by the `media` setting. media_audiosocket.c and
- * media_websocket.c (tr_media_audiosocket, tr_media_websocket) are built in
- * parallel against media.h; they join this table when they are merged. */
+/* The encapsulations, by the `media` setting (docs/asterisk.md says which
+ * suits which Asterisk). */
 static const tr_media_ops *const media_table[] = {
     &tr_media_rtp,
+    &tr_media_audiosocket,
+    &tr_media_websocket,
     NULL,
 };
 
@@ -133,7 +135,9 @@ static const tolk_option options[] = {
     {"password", TOLK_OPT_STRING, TOLK_OPT_SECRET, NULL, 0, 0,
      "ARI password; else env TOLK_ARI_PASSWORD"},
     {"app", TOLK_OPT_STRING, 0, "tolk", 0, 0, "Stasis application name (dialplan Stasis(NAME,...))"},
-    {"media", TOLK_OPT_STRING, 0, "rtp", 0, 0, "ExternalMedia encapsulation: rtp"},
+    {"media", TOLK_OPT_STRING, 0, "rtp", 0, 0,
+     "ExternalMedia encapsulation: rtp (every Asterisk), audiosocket (22.7+ for 16 kHz labels), "
+     "websocket (chan_websocket, 22.6+)"},
     {"dial", TOLK_OPT_STRING, 0, NULL, 0, 0,
      "callee dial string when the Stasis arguments name none (else such a call is refused)"},
     {"mode", TOLK_OPT_STRING, 0, NULL, 0, 0,
@@ -157,6 +161,8 @@ static const tolk_option options[] = {
      "slin16 (16 kHz from Asterisk, 8 kHz L16 back), ulaw or alaw (both ways)"},
     {"rtp_reorder_frames", TOLK_OPT_INT, 0, "3", 1, 12,
      "packets that may overtake a missing one before it counts as lost"},
+    TR_MEDIA_AUDIOSOCKET_OPTIONS
+    TR_MEDIA_WEBSOCKET_OPTIONS
     {NULL, 0, 0, NULL, 0, 0, NULL},
 };
 
