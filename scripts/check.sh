@@ -17,19 +17,21 @@ make -j"$jobs" >/dev/null
 make -j"$jobs" check || { cat tests/*.log test-suite.log 2>/dev/null | tail -200; exit 1; }
 plain_pass=$(sed -n 's/^# PASS: *//p' test-suite.log)
 
-echo "== the core's unit tests under valgrind =="
+echo "== the core's unit tests and transport_rtp's under valgrind =="
 export TOLK_PLUGIN_PATH="$PWD/plugins" TOLK_TEST_FIXTURES="$PWD/tests/plugins/.libs" \
     top_srcdir="$top" top_builddir="$PWD"
 vg_pass=0
 for t in test_loader test_config test_metrics test_pipeline test_reload test_daemon test_recovery \
-    test_abi12 test_http test_ws test_backlog test_log test_transport test_speculate; do
+    test_abi12 test_http test_ws test_backlog test_log test_transport test_speculate \
+    plugins/transport_rtp/tests/test_transport_rtp; do
+    case $t in */*) prog=./$t ;; *) prog=./tests/$t ;; esac
     if valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
-        "./tests/$t" >"tests/$t.valgrind.log" 2>&1; then
+        "$prog" >"$prog.valgrind.log" 2>&1; then
         echo "PASS: $t (valgrind)"
         vg_pass=$((vg_pass + 1))
     else
         echo "FAIL: $t (valgrind)"
-        tail -60 "tests/$t.valgrind.log"
+        tail -60 "$prog.valgrind.log"
         exit 1
     fi
 done
