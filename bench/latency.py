@@ -82,9 +82,9 @@ def librivox_items():
 def prompt_items(g722dec, tmp):
     if not os.path.isdir(PROMPTS) or not os.path.exists(PROMPT_TEXT):
         return None, ("asterisk-core-sounds-en-g722 and asterisk-core-sounds-en are not installed "
-                      "(apt-get install asterisk-core-sounds-en-g722 asterisk-core-sounds-en, 11 MB)")
+                      "(make latency-deps, or apt-get install asterisk-core-sounds-en-g722 asterisk-core-sounds-en, 11 MB)")
     if not g722dec or not os.access(g722dec, os.X_OK):
-        return None, "bench/g722dec was not built (it needs libspandsp-dev)"
+        return None, "bench/g722dec was not built: it needs libspandsp-dev (make latency-deps)"
     items = []
     with gzip.open(PROMPT_TEXT, "rt", encoding="utf-8", errors="replace") as f:
         for line in f:
