@@ -338,8 +338,8 @@ struct psx {
     int log_ref;
 
     /* counters */
-    uint64_t phrases, partials, noise, forced, cuts_at_pause, refused, declined, load_failures, loads,
-        stream_failures, jobs_cancelled;
+    uint64_t phrases, partials, noise, forced, cuts_at_pause, refused, declined, load_failures,
+        loads, stream_failures, jobs_cancelled;
     double audio_s, decode_s, decode_cpu_s, load_s, backlog_max_s;
     char last_error[256];
 };

@@ -750,7 +750,8 @@ static void test_long_phrase_cut_at_pause(void **state) {
     for (size_t i = first; i < t->n; i++) assert_true(t->end_s[i] - t->start_s[i] <= 9.0 + 0.3);
     /* the cuts were made at pauses */
     assert_true(ps_health(t, "cuts_at_pause") >= 2);
-    print_message("  uncut: %zu phrase(s), WER %.1f %%; cut: %zu phrases, WER %.1f %% (%zu words)\n",
+    print_message("  uncut: %zu phrase(s), WER %.1f %%; cut: %zu phrases, WER %.1f %% "
+                  "(%zu words)\n",
                   uncut, 100 * wer_uncut, t->n - first, 100 * wer_cut, rw.n);
     assert_true(wer_cut <= wer_uncut + 2.0 / (double)rw.n);
     words_free(&rw);
@@ -786,12 +787,20 @@ static void test_cut_settings_checked(void **state) {
     if (!have_data()) skip();
     tu_log_capture();
     static const char *const bad[] = {
-        "cut_pause_ms = 5;", "cut_search_ms = -1;", "max_phrase_ms = 500;",
-        "ps_options: { fwdflat = \"yes\"; };", "ps_options: { bestpath = \"no\"; };", "fwdflat = 3;",
+        "cut_pause_ms = 5;",
+        "cut_search_ms = -1;",
+        "max_phrase_ms = 500;",
+        "ps_options: { fwdflat = \"yes\"; };",
+        "ps_options: { bestpath = \"no\"; };",
+        "fwdflat = 3;",
     };
     static const char *const why[] = {
-        "cut_pause_ms", "cut_search_ms", "max_phrase_ms",
-        "fwdflat is set by the plugin", "bestpath is set by the plugin", "fwdflat",
+        "cut_pause_ms",
+        "cut_search_ms",
+        "max_phrase_ms",
+        "fwdflat is set by the plugin",
+        "bestpath is set by the plugin",
+        "fwdflat",
     };
     tu_write(t->dir, "tolk.conf", "core: { log_level = \"warn\"; };\n");
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
