@@ -18,7 +18,22 @@
  *     where the end was detected;
  *   - while in speech, every `partial_ms` of audio, ps_get_hyp() gives a
  *     partial result if it changed;
- *   - a phrase longer than `max_phrase_ms` is cut there.
+ *   - a phrase longer than `max_phrase_ms` (or one the core asks to end,
+ *     finalize()) is cut at its next pause between words: `cut_pause_ms`
+ *     of audio that is quiet (near the line's noise between phrases, or
+ *     30 dB under the phrase's loudest) while the search's best path ends
+ *     in a filler (silence) after a word; looked for during at most
+ *     `cut_search_ms`, after which it is cut where it is. The audio after
+ *     the cut opens the next phrase, so no word is lost at a pause.
+ *     Either sign alone split words in the test recording: the closure
+ *     of a stop consonant (the "b" of "amiable") is as quiet as a pause,
+ *     and the best path's last word exit is often a filler inside a word.
+ *
+ * What the end of a phrase costs: ps_end_utt() runs the second search
+ * pass (fwdflat) over the whole utterance, so its time grows with the
+ * phrase; the plugin turns fwdflat off by default (setting `fwdflat`),
+ * which leaves the lattice (`bestpath`), and with the cut above no phrase
+ * is longer than max_phrase_ms + cut_search_ms.
  *
  * Results are collected in the job and delivered by its done callback, on
  * the loop, in order. Nothing of the decoder is touched on the loop while a
@@ -57,6 +72,7 @@
 #endif
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -101,8 +117,17 @@ static const tolk_option psx_options[] = {
      .help = "non-speech the detector waits for before it ends a phrase (vad_postspeech)"},
     {.key = "partial_ms", .type = TOLK_OPT_INT, .default_value = "300", .min = 0, .max = 60000,
      .help = "a partial result at most every this many ms of speech; 0 = none"},
-    {.key = "max_phrase_ms", .type = TOLK_OPT_INT, .default_value = "20000", .min = 1000,
-     .max = 600000, .help = "a phrase is cut after this much speech without a pause"},
+    {.key = "max_phrase_ms", .type = TOLK_OPT_INT, .default_value = "15000", .min = 1000,
+     .max = 600000, .help = "a phrase this long is cut at its next pause"},
+    {.key = "cut_search_ms", .type = TOLK_OPT_INT, .default_value = "3000", .min = 0, .max = 60000,
+     .help = "how long a cut waits for a pause before it cuts where it is"},
+    {.key = "cut_pause_ms", .type = TOLK_OPT_INT, .default_value = "150", .min = 10, .max = 1000,
+     .help = "quiet audio that counts as a pause for a cut (10 ms steps)"},
+    {.key = "fwdflat", .type = TOLK_OPT_BOOL, .default_value = "false",
+     .help = "PocketSphinx's second pass (fwdflat) at the end of each phrase; its time grows "
+             "with the phrase"},
+    {.key = "bestpath", .type = TOLK_OPT_BOOL, .default_value = "true",
+     .help = "rescore the phrase's lattice (bestpath) at its end; gives the confidence"},
     {.key = "max_decoders", .type = TOLK_OPT_INT, .default_value = "4", .min = 1, .max = 256,
      .help = "decoders per instance (about 93 MB each); open() beyond returns TOLK_E_LIMIT"},
     {.key = "preload", .type = TOLK_OPT_INT, .default_value = "1", .min = 0, .max = 256,
@@ -118,8 +143,8 @@ static const tolk_option psx_options[] = {
 
 /* Options the plugin sets itself; ps_options may not name them. */
 static const char *const reserved_ps_options[] = {
-    "hmm", "dict", "lm", "samprate", "vad_postspeech", "logfn", "remove_silence", "input_endian",
-    NULL,
+    "hmm",          "dict",    "lm",       "samprate", "vad_postspeech", "logfn", "remove_silence",
+    "input_endian", "fwdflat", "bestpath", NULL,
 };
 
 /* ------------------------------------------------------------------ */
@@ -231,8 +256,9 @@ typedef struct job {
     int16_t *pcm;
     size_t n;
     int flush; /* finalise the phrase in progress after the audio */
+    int cut;   /* finalize(): cut the phrase in progress at its next pause */
     result *head, *tail;
-    unsigned finals, partials, noise, forced;
+    unsigned finals, partials, noise, forced, cuts_at_pause;
     double wall_s, cpu_s; /* time spent in the decoder */
     const char *error;
 } job;
@@ -260,6 +286,7 @@ struct pstream {
     uint64_t fed;  /* samples received */
     job *inflight; /* the one job queued or running */
     int flush_req; /* flush() asked; the next job finalises */
+    int cut_req;   /* finalize() asked; the next job cuts at a pause */
     int flushing;  /* flush() returned PENDING: stt_flushed() due */
     int busy;      /* inside a host callback */
     int closed;    /* close() was called */
@@ -275,6 +302,12 @@ struct pstream {
     uint64_t next_partial;
     char *last_partial;
     mfcc_t cmn_good[CMN_MAX]; /* cepstral mean after the last real phrase */
+    /* cutting a long phrase at a pause */
+    int cutting;           /* looking for a pause to cut at */
+    uint64_t cut_deadline; /* cut where it is at this position */
+    double floor_db;       /* level of the non-speech between phrases */
+    double peak_db;        /* loudest step of the phrase in progress */
+    int quiet_steps;       /* consecutive quiet steps */
 };
 
 struct psx {
@@ -284,7 +317,7 @@ struct psx {
     /* settings */
     char **langs;
     size_t nlangs;
-    int64_t silence_ms, partial_ms, max_phrase_ms, max_backlog_ms;
+    int64_t silence_ms, partial_ms, max_phrase_ms, max_backlog_ms, cut_search_ms, cut_pause_ms;
     unsigned max_decoders, preload;
     int argc;
     char **argv; /* PocketSphinx command line, argv[0] a name */
@@ -305,8 +338,8 @@ struct psx {
     int log_ref;
 
     /* counters */
-    uint64_t phrases, partials, noise, forced, refused, declined, load_failures, loads,
-        stream_failures, jobs_cancelled;
+    uint64_t phrases, partials, noise, forced, cuts_at_pause, refused, declined, load_failures,
+        loads, stream_failures, jobs_cancelled;
     double audio_s, decode_s, decode_cpu_s, load_s, backlog_max_s;
     char last_error[256];
 };
@@ -433,6 +466,53 @@ static void stream_begin(pstream *s)
     s->started = 1;
     s->pos = 0;
     s->in_speech = 0;
+    s->cutting = 0;
+    s->floor_db = -100; /* unknown until the first non-speech step */
+    s->peak_db = -100;
+    s->quiet_steps = 0;
+}
+
+/* Level of a 10 ms step in dB (full scale 0 dB, digital silence -100). */
+static double step_db(const int16_t *p, size_t n)
+{
+    double e = 0;
+    for (size_t i = 0; i < n; i++) e += (double)p[i] * p[i];
+    e = n ? e / (double)n : 0;
+    return e < 1e-2 ? -100.0 : 10.0 * log10(e / (32768.0 * 32768.0));
+}
+
+/* Quiet: near the line's noise between phrases, or far under the phrase's
+ * loudest step. */
+static int step_quiet(const pstream *s, double db)
+{
+    if (s->floor_db > -100 && db < s->floor_db + 10.0) return 1;
+    return db < s->peak_db - 30.0;
+}
+
+/* The search's best path so far ends in at least `frames` frames of a
+ * filler (silence, breath, noise) after a real word: the speaker is
+ * between two words. */
+static int at_word_pause(ps_decoder_t *ps, int frames)
+{
+    int last_filler = 0, last_len = 0, words = 0;
+    for (ps_seg_t *seg = ps_seg_iter(ps); seg; seg = ps_seg_next(seg)) {
+        int sf = 0, ef = 0;
+        ps_seg_frames(seg, &sf, &ef);
+        last_filler = is_filler(ps_seg_word(seg));
+        last_len = ef - sf + 1;
+        if (!last_filler) words++;
+    }
+    return words > 0 && last_filler && last_len >= frames;
+}
+
+/* A phrase was cut while the detector is still in speech: what follows
+ * (the rest of the pause, the next words) is the next phrase. */
+static void phrase_continue(pstream *s, uint64_t partial)
+{
+    s->quiet_steps = 0;
+    s->in_speech = 1;
+    s->rise_pos = s->pos;
+    s->next_partial = s->pos + partial;
 }
 
 /* End the utterance; a final result if it holds words. */
@@ -495,6 +575,7 @@ static void phrase_end(job *j, int forced)
     }
     if (ps_start_utt(ps) == 0) d->utt_open = 1;
     s->in_speech = 0;
+    s->cutting = 0;
     free(s->last_partial);
     s->last_partial = NULL;
 }
@@ -526,6 +607,11 @@ static void job_work(void *ud)
     if (!s->started) stream_begin(s);
     ps_decoder_t *ps = s->dec->ps;
     uint64_t partial = MS_SAMPLES(x->partial_ms), max_phrase = MS_SAMPLES(x->max_phrase_ms);
+    int pause_steps = (int)((x->cut_pause_ms + 5) / 10);
+    if (j->cut && s->in_speech && !s->cutting) {
+        s->cutting = 1;
+        s->cut_deadline = s->pos + MS_SAMPLES(x->cut_search_ms);
+    }
     const int16_t *p = j->pcm;
     size_t n = j->n;
     while (n > 0) {
@@ -535,18 +621,38 @@ static void job_work(void *ud)
             j->error = "ps_process_raw() failed";
             break;
         }
+        double db = step_db(p, k);
         p += k;
         n -= k;
         s->pos += k;
         int sp = ps_get_in_speech(ps) != 0;
+        if (!sp && !s->in_speech) /* between phrases: the line's noise */
+            s->floor_db = s->floor_db <= -100 ? db : 0.95 * s->floor_db + 0.05 * db;
         if (sp && !s->in_speech) {
             s->in_speech = 1;
             s->rise_pos = s->pos;
             s->next_partial = s->pos + partial;
+            s->peak_db = db;
+            s->quiet_steps = 0;
         } else if (!sp && s->in_speech) {
             phrase_end(j, 0);
-        } else if (sp && s->pos - s->rise_pos >= max_phrase) {
-            phrase_end(j, 1);
+        } else if (sp) {
+            if (db > s->peak_db) s->peak_db = db;
+            s->quiet_steps = step_quiet(s, db) ? s->quiet_steps + 1 : 0;
+            if (!s->cutting && s->pos - s->rise_pos >= max_phrase) {
+                s->cutting = 1;
+                s->cut_deadline = s->pos + MS_SAMPLES(x->cut_search_ms);
+            }
+            if (s->cutting) {
+                /* at a pause the words so far are complete; past the
+                 * deadline the phrase is cut where it is */
+                int pause = s->quiet_steps >= pause_steps && at_word_pause(ps, pause_steps);
+                if (pause || s->pos >= s->cut_deadline) {
+                    if (pause) j->cuts_at_pause++;
+                    phrase_end(j, 1);
+                    phrase_continue(s, partial);
+                }
+            }
         }
         if (s->in_speech && partial && s->pos >= s->next_partial) {
             partial_maybe(j);
@@ -624,7 +730,7 @@ static tolk_status stream_kick(pstream *s)
 {
     psx *x = s->x;
     if (s->inflight || !s->dec || s->closed || s->broken) return TOLK_OK;
-    if (s->nbuf == 0 && !s->flush_req) return TOLK_OK;
+    if (s->nbuf == 0 && !s->flush_req && !s->cut_req) return TOLK_OK;
     job *j = calloc(1, sizeof *j);
     if (!j) return TOLK_E_NOMEM;
     j->s = s;
@@ -633,6 +739,7 @@ static tolk_status stream_kick(pstream *s)
     /* while a flush is pending every job finalises: audio that came after
      * the flush() is part of it */
     j->flush = s->flush_req || s->flushing;
+    j->cut = s->cut_req;
     if (x->host->submit(s->q, job_work, job_done, j) != TOLK_OK) {
         free(j);
         return TOLK_E_NOMEM;
@@ -643,6 +750,7 @@ static tolk_status stream_kick(pstream *s)
     s->buf = NULL;
     s->nbuf = s->cap = 0;
     s->flush_req = 0;
+    s->cut_req = 0;
     s->inflight = j;
     x->outstanding++;
     x->inflight++;
@@ -703,6 +811,7 @@ static void job_done(void *ud)
     x->partials += j->partials;
     x->noise += j->noise;
     x->forced += j->forced;
+    x->cuts_at_pause += j->cuts_at_pause;
 
     s->busy++;
     for (result *r = j->head; r && !s->closed; r = r->next) {
@@ -865,6 +974,17 @@ static tolk_status psx_feed(void *state, const int16_t *pcm, size_t n)
         return TOLK_E_BACKEND;
     }
     return stream_kick(s);
+}
+
+/* The core asks for the phrase to end (core.max_phrase_seconds): it is
+ * cut at its next pause, as at max_phrase_ms. */
+static tolk_status psx_finalize(void *state)
+{
+    pstream *s = state;
+    if (s->broken) return TOLK_DECLINED;
+    s->cut_req = 1;
+    tolk_status st = stream_kick(s);
+    return st == TOLK_OK ? TOLK_PENDING : st;
 }
 
 static tolk_status psx_flush(void *state)
@@ -1141,6 +1261,8 @@ static tolk_status psx_create(const tolk_host *host, tolk_instance *inst, const 
     x->partial_ms = host->cfg_int(cfg, "partial_ms");
     x->max_phrase_ms = host->cfg_int(cfg, "max_phrase_ms");
     x->max_backlog_ms = host->cfg_int(cfg, "max_backlog_ms");
+    x->cut_search_ms = host->cfg_int(cfg, "cut_search_ms");
+    x->cut_pause_ms = host->cfg_int(cfg, "cut_pause_ms");
     x->max_decoders = (unsigned)host->cfg_int(cfg, "max_decoders");
     x->preload = (unsigned)host->cfg_int(cfg, "preload");
     if (x->preload > x->max_decoders) x->preload = x->max_decoders;
@@ -1169,7 +1291,9 @@ static tolk_status psx_create(const tolk_host *host, tolk_instance *inst, const 
     if (argv_add(x, "hmm", host->cfg_string(cfg, "hmm")) ||
         argv_add(x, "dict", host->cfg_string(cfg, "dict")) ||
         argv_add(x, "lm", host->cfg_string(cfg, "lm")) || argv_add(x, "samprate", "16000") ||
-        argv_add(x, "vad_postspeech", post) || argv_add(x, "remove_silence", "yes"))
+        argv_add(x, "vad_postspeech", post) || argv_add(x, "remove_silence", "yes") ||
+        argv_add(x, "fwdflat", host->cfg_bool(cfg, "fwdflat") ? "yes" : "no") ||
+        argv_add(x, "bestpath", host->cfg_bool(cfg, "bestpath") ? "yes" : "no"))
         goto nomem;
     const json_t *opts = json_object_get(cfg, "ps_options");
     const char *k;
@@ -1255,6 +1379,7 @@ static tolk_health psx_health(void *self, json_t **detail_new)
         json_object_set_new(d, "partials", json_integer((json_int_t)x->partials));
         json_object_set_new(d, "noise", json_integer((json_int_t)x->noise));
         json_object_set_new(d, "forced", json_integer((json_int_t)x->forced));
+        json_object_set_new(d, "cuts_at_pause", json_integer((json_int_t)x->cuts_at_pause));
         json_object_set_new(d, "refused", json_integer((json_int_t)x->refused));
         json_object_set_new(d, "declined", json_integer((json_int_t)x->declined));
         json_object_set_new(d, "loads", json_integer((json_int_t)x->loads));
@@ -1292,6 +1417,7 @@ static const tolk_stt psx_desc = {
     .open = psx_open,
     .feed = psx_feed,
     .flush = psx_flush,
+    .finalize = psx_finalize,
     .close = psx_close,
 };
 
