@@ -281,6 +281,10 @@ static const tolk_option core_opts[] = {
     {"max_phrase_seconds", TOLK_OPT_DOUBLE, 0, "20", 0, 600, "a phrase this long is finalised by the recogniser (0: never)"},
     {"max_backlog_seconds", TOLK_OPT_DOUBLE, 0, "30", 1, 3600,
      "unfinished audio a direction of a call may hold before its input waits or sheds"},
+    {"max_lag_seconds", TOLK_OPT_DOUBLE, 0, "1.5", 0.1, 60,
+     "end of a phrase -> start of its translated speech that playback speeds up to stay under"},
+    {"max_speedup", TOLK_OPT_DOUBLE, 0, "1.3", 1, 2,
+     "fastest translated speech is played when it runs behind (1: never faster)"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
 static const tolk_option defaults_opts[] = {
@@ -473,6 +477,8 @@ static void load_core(load_ctx *lc, config_setting_t *s, const char *file) {
     c->mt_context = (int)json_integer_value(json_object_get(v, "mt_context"));
     c->max_phrase_seconds = json_number_value(json_object_get(v, "max_phrase_seconds"));
     c->max_backlog_seconds = json_number_value(json_object_get(v, "max_backlog_seconds"));
+    c->max_lag_seconds = json_number_value(json_object_get(v, "max_lag_seconds"));
+    c->max_speedup = json_number_value(json_object_get(v, "max_speedup"));
     const char *lvl = json_string_value(json_object_get(v, "log_level"));
     int l = log_level_parse(lvl);
     if (l < 0)
@@ -1015,6 +1021,8 @@ conf_set *conf_new_empty(void) {
     cs->core.mt_context = 2;
     cs->core.max_phrase_seconds = 20;
     cs->core.max_backlog_seconds = 30;
+    cs->core.max_lag_seconds = 1.5;
+    cs->core.max_speedup = 1.3;
     cs->defaults.mode = TOLK_MODE_BIDIRECTIONAL;
     cs->defaults.caller_language = xstrdup("en");
     cs->defaults.callee_language = xstrdup("es");

@@ -13,6 +13,7 @@
  * playout (TOLK_CHAN_CONTINUOUS): such a leg joins at the answer and stays,
  * handed a frame of silence on its turns when it has nothing to say. */
 #include <errno.h>
+#include <sonic.h>
 #include <string.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -107,6 +108,8 @@ static void wheel_remove(core *c, outbuf *ob) {
 }
 
 void outbuf_free(core *c, outbuf *ob) {
+    if (ob->sonic) sonicDestroyStream(ob->sonic);
+    ob->sonic = NULL;
     wheel_remove(c, ob);
     depth(c, -(double)(ob->len / TOLK_FRAME_SAMPLES));
     free(ob->buf);
@@ -232,6 +235,128 @@ static void ear_mark_add(outbuf *ob, const phrase *ph) {
     ob->ear_n++;
 }
 
+/* ---- running behind: the lag, and speech played faster ----
+ *
+ * The lag of a phrase is the time from the end of the phrase (the capture
+ * time of its last sample, as the transport stamped it) to the moment its
+ * translated speech starts playing (its first frame handed to the
+ * transport), on a paced call. Processing alone makes it the latency of
+ * the phrase; on continuous speech whose translation takes longer to say
+ * than the original, each phrase also waits for the earlier ones to finish
+ * playing, and without help the lag grows for as long as the speaker goes
+ * on.
+ *
+ * The help: a phrase whose speech would have to wait behind earlier speech
+ * is played faster, up to core.max_speedup. Its speed rises with the share
+ * of the lag bound (core.max_lag_seconds) that the wait would use up, after
+ * the time the phrase already spent in the recogniser, MT and TTS: 1.0
+ * with nothing waiting ahead, max_speedup once the wait reaches half of
+ * what is left of the bound (the phrases after it still have to fit in the
+ * rest). A TTS plugin that honours the rate hint (it declares the option
+ * `honour_rate`, and it is on) is asked for the speed; for any other TTS
+ * the core time-compresses the phrase's audio with libsonic, which keeps
+ * the pitch. Speech is never dropped: when even max_speedup cannot keep up,
+ * the lag goes over the bound and that is counted
+ * (playback_lag_exceeded_total, playback_lag_over_seconds_total). */
+
+#define SPEEDUP_GAIN 2.0 /* max_speedup at this share of the wait budget: half */
+
+static int speed_is_normal(double s) { return s < 1.001; }
+
+double playback_speed_for(direction *d, const phrase *ph) {
+    tolk_channel *ch = d->ch;
+    const conf_core *cc = &ch->gen->conf->core;
+    const outbuf *ob = &ch->out[d->dst];
+    if (!ch->paced || cc->max_speedup <= 1.0) return 1.0;
+    /* what still waits to be played ahead of the phrase: the output
+     * buffer, and what the compressor holds of the phrase before it */
+    uint64_t waiting = ob->len + (ob->sonic ? (uint64_t)sonicSamplesAvailable(ob->sonic) : 0);
+    if (waiting == 0) return 1.0;
+    double wait = (double)waiting / TOLK_SAMPLE_RATE;
+    double spent = ph->t_speech_end > 0 ? mono_now() - ph->t_speech_end : 0;
+    if (spent < 0) spent = 0;
+    double budget = cc->max_lag_seconds - spent;
+    double share = budget > 0 ? SPEEDUP_GAIN * wait / budget : 1.0;
+    if (share > 1.0) share = 1.0;
+    double s = 1.0 + (cc->max_speedup - 1.0) * share;
+    return s > cc->max_speedup ? cc->max_speedup : s;
+}
+
+static tolk_series *pair_series(direction *d, tolk_metric *m) {
+    return metrics_series_v(m, d->from, d->to, NULL);
+}
+
+static void observe_lag(direction *d, double lag) {
+    core *c = d->ch->core;
+    if (lag < 0) lag = 0;
+    metrics_observe(pair_series(d, c->m.lag), lag);
+    double over = lag - d->ch->gen->conf->core.max_lag_seconds;
+    if (over <= 0) return;
+    metrics_add(pair_series(d, c->m.lag_over), 1);
+    metrics_add(pair_series(d, c->m.lag_over_seconds), over);
+}
+
+/* Moves what the compressor has ready to the output buffer. */
+static void sonic_drain(core *c, outbuf *ob) {
+    short buf[4096];
+    int got;
+    while ((got = sonicReadShortFromStream(ob->sonic, buf, (int)ARRAY_LEN(buf))) > 0)
+        outbuf_push(c, ob, buf, (size_t)got);
+}
+
+void playback_phrase_end(direction *d) {
+    tolk_channel *ch = d->ch;
+    outbuf *ob = &ch->out[d->dst];
+    if (!ob->sonic) return;
+    uint64_t before = ob->written;
+    sonicFlushStream(ob->sonic);
+    sonic_drain(ch->core, ob);
+    metrics_add(pair_series(d, ch->core->m.speedup_seconds), (double)(ob->written - before) / TOLK_SAMPLE_RATE);
+    sonicDestroyStream(ob->sonic);
+    ob->sonic = NULL;
+}
+
+void playback_phrase_audio(direction *d, phrase *ph, const int16_t *pcm, size_t n, int first) {
+    tolk_channel *ch = d->ch;
+    core *c = ch->core;
+    outbuf *ob = &ch->out[d->dst];
+    if (first) {
+        /* the phrase's speed, unless the TTS made it */
+        if (ph->speed_by_tts) {
+            if (ph->speed <= 0) ph->speed = 1.0;
+        } else if (speed_is_normal(ph->speed = playback_speed_for(d, ph))) {
+            ph->speed = 1.0;
+        } else {
+            ob->sonic = sonicCreateStream(TOLK_SAMPLE_RATE, 1);
+            if (ob->sonic) {
+                sonicSetSpeed(ob->sonic, (float)ph->speed);
+            } else {
+                log_msg(TOLK_LOG_WARN, "core", "%s: libsonic: out of memory: phrase %u plays at normal speed",
+                        ch->id, ph->seq);
+                ph->speed = 1.0;
+            }
+        }
+    }
+    if (speed_is_normal(ph->speed)) {
+        outbuf_push(c, ob, pcm, n);
+        return;
+    }
+    uint64_t before = ob->written;
+    if (ph->speed_by_tts || !ob->sonic) {
+        outbuf_push(c, ob, pcm, n);
+    } else {
+        /* sonic copies its input; its prototype just lacks the const */
+        while (n > 0) {
+            int k = n > 4096 ? 4096 : (int)n;
+            sonicWriteShortToStream(ob->sonic, (short *)(uintptr_t)pcm, k);
+            pcm += k;
+            n -= (size_t)k;
+            sonic_drain(c, ob);
+        }
+    }
+    metrics_add(pair_series(d, c->m.speedup_seconds), (double)(ob->written - before) / TOLK_SAMPLE_RATE);
+}
+
 void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
     core *c = ch->core;
     outbuf *ob = &ch->out[leg];
@@ -255,6 +380,7 @@ void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
         if (handed) ear_mark_add(ob, ph);
         metrics_observe(c->m.qwait[Q_PLAYBACK], (now - ph->t_tts_first) * 1000.0);
         observe_stage(d, "total", now - ph->t_speech_end);
+        if (ch->paced) observe_lag(d, now - ph->t_speech_end);
         metrics_add(c->m.translations_s, 1);
         phrase_report_emit(ph, 1);
         /* the TTS request may still be streaming the rest of the phrase */

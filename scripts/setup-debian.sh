@@ -7,7 +7,7 @@ apt-get install -y --no-install-recommends \
     build-essential autoconf automake libtool pkg-config make binutils file \
     libev-dev libconfig-dev libjansson-dev libcurl4-openssl-dev libwebsockets-dev \
     libwebsockets-evlib-ev \
-    libcmocka-dev libspeexdsp-dev \
+    libcmocka-dev libspeexdsp-dev libsonic-dev \
     valgrind python3 time openssl \
     libpocketsphinx-dev pocketsphinx-en-us pocketsphinx-testdata \
     apertium apertium-eng-spa \
