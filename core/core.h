@@ -269,6 +269,9 @@ typedef struct outbuf {
     /* playback.c: the time-compressor (libsonic) of the phrase being
      * queued, while it plays faster than synthesised; NULL otherwise */
     struct sonicStreamStruct *sonic;
+    /* the speed of the audio at the head of the buffer: that of the last
+     * phrase whose first frame was played (1 when none) */
+    double playing_speed;
 } outbuf;
 
 struct tolk_channel {
