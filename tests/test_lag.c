@@ -178,7 +178,9 @@ static void test_rate_hint_keeps_lag_bounded(void **state) {
     assert_true(played < (long long)want);
     assert_true((double)played >= (double)natural / 1.5 - PHRASES);
     /* the hint went above 1.0, never above max_speedup, and back to 1.0 */
-    assert_true(tu_health_int(R->c, "tts-a", "faster_requests") == (long long)faster);
+    /* each phrase asked for a faster rate reports at least that speed */
+    long long asked = tu_health_int(R->c, "tts-a", "faster_requests");
+    assert_true(asked >= 2 && asked <= (long long)faster);
     json_t *h = tu_health(R->c, "tts-a");
     double max_rate = json_real_value(json_object_get(h, "max_rate"));
     double last_rate = json_real_value(json_object_get(h, "last_rate"));
