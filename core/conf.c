@@ -283,6 +283,10 @@ static const tolk_option core_opts[] = {
      "unfinished audio a direction of a call may hold before its input waits or sheds"},
     {"speculative_translation", TOLK_OPT_BOOL, 0, "false", 0, 0,
      "translate and synthesise on a recogniser's tentative end of a phrase, played only once confirmed"},
+    {"max_lag_seconds", TOLK_OPT_DOUBLE, 0, "1.5", 0.1, 60,
+     "end of a phrase -> start of its translated speech that playback speeds up to stay under"},
+    {"max_speedup", TOLK_OPT_DOUBLE, 0, "1.3", 1, 2,
+     "fastest translated speech is played when it runs behind (1: never faster)"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
 static const tolk_option defaults_opts[] = {
@@ -476,6 +480,8 @@ static void load_core(load_ctx *lc, config_setting_t *s, const char *file) {
     c->max_phrase_seconds = json_number_value(json_object_get(v, "max_phrase_seconds"));
     c->max_backlog_seconds = json_number_value(json_object_get(v, "max_backlog_seconds"));
     c->speculative_translation = json_is_true(json_object_get(v, "speculative_translation"));
+    c->max_lag_seconds = json_number_value(json_object_get(v, "max_lag_seconds"));
+    c->max_speedup = json_number_value(json_object_get(v, "max_speedup"));
     const char *lvl = json_string_value(json_object_get(v, "log_level"));
     int l = log_level_parse(lvl);
     if (l < 0)
@@ -1018,6 +1024,8 @@ conf_set *conf_new_empty(void) {
     cs->core.mt_context = 2;
     cs->core.max_phrase_seconds = 20;
     cs->core.max_backlog_seconds = 30;
+    cs->core.max_lag_seconds = 1.5;
+    cs->core.max_speedup = 1.3;
     cs->defaults.mode = TOLK_MODE_BIDIRECTIONAL;
     cs->defaults.caller_language = xstrdup("en");
     cs->defaults.callee_language = xstrdup("es");

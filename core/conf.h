@@ -29,6 +29,10 @@ typedef struct conf_core {
     double max_phrase_seconds; /* a phrase this long is finalised; 0: never */
     int speculative_translation; /* translate on a recogniser's tentative end */
     double max_backlog_seconds; /* unfinished audio per direction of a call */
+    /* playback.c: translated speech that would start more than this after
+     * the end of its phrase is played faster, up to max_speedup */
+    double max_lag_seconds;
+    double max_speedup; /* 1: never faster */
 } conf_core;
 
 typedef struct conf_defaults {

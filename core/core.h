@@ -187,6 +187,11 @@ struct phrase {
     int16_t *held;
     size_t nheld, capheld;
     double t_speculated; /* when the tentative end arrived */
+    /* playback.c: the speed its translated speech plays at (1: as
+     * synthesised), and whether the TTS was asked for it (rate hint) or the
+     * core time-compresses the audio itself */
+    double speed;
+    int speed_by_tts;
 };
 
 
@@ -273,6 +278,12 @@ typedef struct outbuf {
     uint64_t heard;  /* of those, frames the transport said were played out */
     ear_mark ear[EAR_RING];
     size_t ear_head, ear_n;
+    /* playback.c: the time-compressor (libsonic) of the phrase being
+     * queued, while it plays faster than synthesised; NULL otherwise */
+    struct sonicStreamStruct *sonic;
+    /* the speed of the audio at the head of the buffer: that of the last
+     * phrase whose first frame was played (1 when none) */
+    double playing_speed;
 } outbuf;
 
 struct tolk_channel {
@@ -331,6 +342,11 @@ typedef struct phrase_report {
     /* end of speech -> the transport said the first frame reached the
      * listener (channel_played); -1 when there is no such feedback (yet) */
     double ear_latency_ms;
+    /* end of the phrase (capture time of its last sample) -> its translated
+     * speech starts playing, on a paced call (the call's clock); -1 when the
+     * call is not paced (a file as fast as the engines go) */
+    double lag_ms;
+    double speedup; /* speed its translated speech played at: 1 normal */
     int mt_cached; /* translation from the cache: mt_ms is the lookup */
     int ok; /* 0: the phrase was lost (error) */
     /* translated ahead of its final result (core.speculative_translation);
@@ -381,6 +397,8 @@ typedef struct core_metrics {
         *refused_s, *channels_total_s, *uptime_s;
     tolk_series *qdepth[Q_COUNT], *qwait[Q_COUNT];
     tolk_metric *events;
+    /* playback.c: how far translated speech runs behind, and what was done */
+    tolk_metric *lag, *lag_over, *lag_over_seconds, *speedup_seconds;
 } core_metrics;
 
 struct core {
@@ -589,6 +607,17 @@ void channel_play_silence(tolk_channel *ch, tolk_leg leg);
 void deliver_now(tolk_channel *ch, tolk_leg leg);
 /* host->channel_played(): latency to the ear. */
 void channel_played(tolk_channel *ch, tolk_leg leg, uint64_t frames);
+/* Running behind (core.max_lag_seconds, core.max_speedup): the speed ph's
+ * translated speech should play at if its audio were queued now, from the
+ * lag it would start with. 1.0 when nothing waits ahead of it. */
+double playback_speed_for(direction *d, const phrase *ph);
+/* TTS audio of ph for the direction's listener: the first call (first)
+ * decides the phrase's speed (unless the TTS was asked for it) and the
+ * audio is time-compressed on its way to the output buffer when it plays
+ * faster. playback_phrase_end() flushes what the compressor holds: at the
+ * end of a phrase, and before the next one starts. */
+void playback_phrase_audio(direction *d, phrase *ph, const int16_t *pcm, size_t n, int first);
+void playback_phrase_end(direction *d);
 /* Tells the transport the direction's new mode (direction_mode); when it
  * bridges an untranslated direction itself, the core stops playing it. */
 void channel_direction_mode(direction *d, tolk_mode mode);

@@ -75,6 +75,22 @@ void core_metrics_init(core *c) {
     m->events = metrics_family("channel_events_total",
                                "Events from calls (dtmf, ringing, answered, joined, a transport's own)",
                                TOLK_METRIC_COUNTER, "event", NULL, 0);
+    static const double lag_b[] = {0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0};
+    m->lag = metrics_family("playback_lag_seconds",
+                            "End of a phrase (capture time of its last sample) to the start of its translated "
+                            "speech, on paced calls: how far the translation runs behind",
+                            TOLK_METRIC_HISTOGRAM, "source_lang,target_lang", lag_b, ARRAY_LEN(lag_b));
+    m->lag_over = metrics_family("playback_lag_exceeded_total",
+                                 "Phrases whose translated speech started later than core.max_lag_seconds "
+                                 "after they ended",
+                                 TOLK_METRIC_COUNTER, "source_lang,target_lang", NULL, 0);
+    m->lag_over_seconds = metrics_family("playback_lag_over_seconds_total",
+                                         "Sum over those phrases of their lag beyond core.max_lag_seconds",
+                                         TOLK_METRIC_COUNTER, "source_lang,target_lang", NULL, 0);
+    m->speedup_seconds = metrics_family("playback_speedup_seconds_total",
+                                        "Seconds of translated speech played faster than synthesised at "
+                                        "normal rate, to catch up (core.max_speedup)",
+                                        TOLK_METRIC_COUNTER, "source_lang,target_lang", NULL, 0);
     m->frames_s = metrics_series(m->frames, NULL);
     m->translations_s = metrics_series(m->translations, NULL);
     m->audio_bytes_s = metrics_series(m->audio_bytes, NULL);

@@ -27,8 +27,9 @@ enum { EXIT_INPUT = 1, EXIT_USAGE = 2, EXIT_PIPELINE = 3 };
 typedef struct run {
     int json, realtime;
     size_t phrases, lost, recovered;
-    double *lat;
-    size_t nlat, cap;
+    double *lat, *lag;
+    size_t nlat, cap, nlag, lag_cap;
+    size_t faster; /* phrases played faster than synthesised (running behind) */
     core *c;
     int ended;
     const char *cut_short; /* why the call was ended before it finished, or NULL */
@@ -71,6 +72,14 @@ static void on_phrase(void *ud, const phrase_report *r) {
         }
         R->lat[R->nlat++] = r->latency_ms;
     }
+    if (r->ok && r->lag_ms >= 0) {
+        if (R->nlag == R->lag_cap) {
+            R->lag_cap = R->lag_cap ? R->lag_cap * 2 : 32;
+            R->lag = xrealloc(R->lag, R->lag_cap * sizeof(double));
+        }
+        R->lag[R->nlag++] = r->lag_ms;
+    }
+    if (r->ok && r->speedup > 1.0) R->faster++;
     if (R->json) {
         json_t *o = json_object();
         json_object_set_new(o, "phrase", json_integer(r->seq));
@@ -86,7 +95,9 @@ static void on_phrase(void *ud, const phrase_report *r) {
         json_object_set_new(o, "providers", p);
         json_object_set_new(o, "mt_cached", json_boolean(r->mt_cached));
         json_t *s = json_object();
-        json_ms(s, "stt", r->stt_ms);
+        /* fed faster than real time, the recogniser's time after the end of
+         * a phrase is mostly the backlog it has not heard yet: not shown */
+        json_ms(s, "stt", R->realtime ? r->stt_ms : -1);
         json_ms(s, "mt", r->mt_ms);
         json_ms(s, "tts_first", r->tts_first_ms);
         json_ms(s, "first_frame", r->playback_wait_ms);
@@ -98,6 +109,8 @@ static void on_phrase(void *ud, const phrase_report *r) {
         else
             json_object_set_new(o, "recovery", json_null());
         if (R->realtime) json_ms(o, "latency_ms", r->latency_ms);
+        if (R->realtime) json_ms(o, "lag_ms", r->lag_ms);
+        if (r->ok) json_object_set_new(o, "speedup", json_real(round(r->speedup * 1000) / 1000));
         if (r->ear_latency_ms >= 0) json_ms(o, "ear_latency_ms", r->ear_latency_ms);
         if (r->speculated) json_ms(o, "speculative_lead_ms", r->speculative_lead_ms);
         char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
@@ -110,20 +123,35 @@ static void on_phrase(void *ud, const phrase_report *r) {
             printf("    (lost: no translation came back; see the log)\n");
         } else {
             printf("    -> \"%s\"\n", r->translation ? r->translation : "");
-            printf("    stt %.0f ms (%s), mt %.0f ms (%s%s), tts first audio %.0f ms (%s)", r->stt_ms,
-                   r->stt ? r->stt : "-", r->mt_ms, r->mt ? r->mt : "-", r->mt_cached ? ", cached" : "",
-                   r->tts_first_ms,
-                   r->tts ? r->tts : "-");
-            if (R->realtime)
-                printf(", end of phrase -> first translated frame %.0f ms\n", r->latency_ms);
-            else
+            if (R->realtime) {
+                printf("    stt %.0f ms (%s), mt %.0f ms (%s%s), tts first audio %.0f ms (%s)\n",
+                       r->stt_ms, r->stt ? r->stt : "-", r->mt_ms, r->mt ? r->mt : "-",
+                       r->mt_cached ? ", cached" : "", r->tts_first_ms, r->tts ? r->tts : "-");
+                printf("    lag %.0f ms (end of phrase -> first translated frame)", r->lag_ms);
+                if (r->speedup > 1.0) printf(", spoken %.2fx faster to catch up", r->speedup);
                 printf("\n");
+            } else {
+                /* Fed as fast as the engines go, nothing here is a latency a
+                 * caller would feel: only the processing time of MT and TTS
+                 * means something (the recogniser's is mostly its backlog). */
+                printf("    processing time: mt %.0f ms (%s%s), tts first audio %.0f ms (%s)\n",
+                       r->mt_ms, r->mt ? r->mt : "-", r->mt_cached ? ", cached" : "",
+                       r->tts_first_ms, r->tts ? r->tts : "-");
+            }
             if (r->recovery_tier)
                 printf("    recovered: %s %s, %s -> %s\n", r->recovery_stage, r->recovery_tier,
                        r->recovery_from, r->recovery_to);
         }
     }
     fflush(stdout);
+}
+
+/* Phrases whose lag went over core.max_lag_seconds (R->lag sorted). */
+static size_t over_bound(const run *R, const core *c) {
+    double bound_ms = c->gen->conf->core.max_lag_seconds * 1000.0;
+    size_t n = 0;
+    for (size_t i = 0; i < R->nlag; i++) n += R->lag[i] > bound_ms;
+    return n;
 }
 
 static void on_end(void *ud, tolk_channel *ch) {
@@ -366,6 +394,7 @@ int main(int argc, char **argv) {
     if (sig) code = EXIT_SIGNAL_BASE + sig;
     const char *signame = sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal";
     sort_doubles(R.lat, R.nlat);
+    sort_doubles(R.lag, R.nlag);
     if (R.json) {
         json_t *o = json_pack("{s:b, s:I, s:I, s:I, s:f}", "summary", 1, "phrases", (json_int_t)R.phrases,
                               "lost", (json_int_t)R.lost, "recovered", (json_int_t)R.recovered,
@@ -375,7 +404,15 @@ int main(int argc, char **argv) {
         if (write_error) json_object_set_new(o, "output_error", json_string(write_error));
         if (R.realtime) {
             json_ms(o, "latency_p50_ms", R.nlat ? percentile_sorted(R.lat, R.nlat, 50) : -1);
+            json_ms(o, "latency_p90_ms", R.nlat ? percentile_sorted(R.lat, R.nlat, 90) : -1);
             json_ms(o, "latency_p99_ms", R.nlat ? percentile_sorted(R.lat, R.nlat, 99) : -1);
+            json_ms(o, "lag_p50_ms", R.nlag ? percentile_sorted(R.lag, R.nlag, 50) : -1);
+            json_ms(o, "lag_p90_ms", R.nlag ? percentile_sorted(R.lag, R.nlag, 90) : -1);
+            json_ms(o, "lag_p99_ms", R.nlag ? percentile_sorted(R.lag, R.nlag, 99) : -1);
+            json_ms(o, "lag_max_ms", R.nlag ? R.lag[R.nlag - 1] : -1);
+            json_object_set_new(o, "lag_bound_ms", json_real(c->gen->conf->core.max_lag_seconds * 1000));
+            json_object_set_new(o, "over_lag_bound", json_integer((json_int_t)over_bound(&R, c)));
+            json_object_set_new(o, "spoken_faster", json_integer((json_int_t)R.faster));
         }
         char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
         printf("%s\n", line);
@@ -387,6 +424,15 @@ int main(int argc, char **argv) {
         if (R.realtime && R.nlat)
             printf("# end of phrase -> first translated frame: p50 %.0f ms, p99 %.0f ms over %zu phrases\n",
                    percentile_sorted(R.lat, R.nlat, 50), percentile_sorted(R.lat, R.nlat, 99), R.nlat);
+        if (R.realtime && R.nlag)
+            printf("# lag: p50 %.0f ms, p90 %.0f ms, max %.0f ms; %zu phrase%s over the %.1f s bound "
+                   "(core.max_lag_seconds), %zu spoken faster to catch up\n",
+                   percentile_sorted(R.lag, R.nlag, 50), percentile_sorted(R.lag, R.nlag, 90),
+                   R.lag[R.nlag - 1], over_bound(&R, c), over_bound(&R, c) == 1 ? "" : "s",
+                   c->gen->conf->core.max_lag_seconds, R.faster);
+        else if (!R.realtime)
+            printf("# fed faster than real time: the times above are processing times, not latency "
+                   "(--realtime measures that)\n");
         if (sig)
             printf("# interrupted by %s: %s holds the translation of the input read until then\n",
                    signame, argv[optind + 1]);
@@ -404,6 +450,7 @@ out:
     }
     conf_errors_free(&errs);
     free(R.lat);
+    free(R.lag);
     free(from_s);
     free(to_s);
     if (c)

@@ -103,6 +103,8 @@ void phrase_report_emit(phrase *ph, int ok) {
         .tts_wait_ms = ms_between(ph->t_mt_done, ph->t_tts_start),
         .playback_wait_ms = ms_between(ph->t_tts_first, ph->t_first_out),
         .ear_latency_ms = -1,
+        .lag_ms = d->ch->paced && ok ? ms_between(ph->t_speech_end, ph->t_first_out) : -1,
+        .speedup = ph->speed > 0 ? ph->speed : 1.0,
         .mt_cached = ph->mt_cached,
         .ok = ok,
         .speculated = ph->speculated,

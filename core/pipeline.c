@@ -229,10 +229,33 @@ static tolk_status issue_mt(stage *st, phrase *ph, tolk_instance *inst) {
     return mt->translate_req(inst->self, ph->req.handle, &req);
 }
 
+/* A TTS plugin that honours the rate hint says so with a boolean option
+ * named honour_rate (plugin.h, tolk_tts_request.rate), on unless its
+ * settings turn it off. */
+static int tts_honours_rate(const tolk_instance *inst) {
+    const tolk_option *o = inst->desc->options;
+    for (; o && o->key; o++)
+        if (!strcmp(o->key, "honour_rate") && o->type == TOLK_OPT_BOOL)
+            return json_is_true(json_object_get(inst->settings, "honour_rate"));
+    return 0;
+}
+
 static tolk_status issue_tts(stage *st, phrase *ph, tolk_instance *inst) {
     direction *d = st->dir;
     const tolk_tts *tts = tts_of(inst);
     const char *voice = d->clone_voice ? d->clone_voice : d->voice;
+    int honours = DESC_FN(&tts->base, tolk_tts, speak_req) && tts_honours_rate(inst);
+    /* Running behind: the speed is asked of a TTS that honours it; for any
+     * other the core time-compresses the audio when it comes (playback.c).
+     * A retry after audio came keeps the phrase's speed and who makes it. */
+    double rate = 1.0;
+    if (!ph->has_audio) {
+        ph->speed_by_tts = honours;
+        ph->speed = honours ? playback_speed_for(d, ph) : 0;
+        if (honours) rate = ph->speed;
+    } else if (ph->speed_by_tts && honours) {
+        rate = ph->speed;
+    }
     if (!DESC_FN(&tts->base, tolk_tts, speak_req))
         return tts->speak(inst->self, ph->req.handle, ph->translation, d->to, voice);
     tolk_tts_request req = {
@@ -240,7 +263,7 @@ static tolk_status issue_tts(stage *st, phrase *ph, tolk_instance *inst) {
         .text = ph->translation,
         .language = d->to,
         .voice = voice,
-        .rate = 1.0,
+        .rate = rate,
         .channel_id = d->ch->id,
         .leg = d->src,
     };
@@ -520,14 +543,6 @@ static void audio_begins(direction *d, phrase *ph) {
     d->marks_tail = ph;
 }
 
-static void audio_queue(direction *d, const int16_t *pcm, size_t n) {
-    tolk_channel *ch = d->ch;
-    outbuf_push(ch->core, &ch->out[d->dst], pcm, n);
-    /* a synthesiser far ahead of a live call's playback must not grow it for ever */
-    backlog_shed(d);
-    deliver_now(ch, d->dst);
-}
-
 static void spec_discard(direction *d, const char *why);
 
 /* A speculative phrase's audio waits in the phrase. A minute of it means
@@ -563,7 +578,11 @@ void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
     pcm += skip;
     n -= (size_t)skip;
     ph->tts_keep += n;
-    if (!ph->has_audio) {
+    int first = !ph->has_audio;
+    if (first) {
+        /* what the compressor holds of an earlier phrase that broke off
+         * goes out before this phrase's start is marked */
+        playback_phrase_end(d);
         ph->has_audio = 1;
         ph->t_tts_first = mono_now();
         observe_stage(d, "tts_first", ph->t_tts_first - ph->t_tts_start);
@@ -574,7 +593,10 @@ void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
         spec_hold(d, ph, pcm, n);
         return;
     }
-    audio_queue(d, pcm, n);
+    playback_phrase_audio(d, ph, pcm, n, first);
+    /* a synthesiser far ahead of a live call's playback must not grow it for ever */
+    backlog_shed(d);
+    deliver_now(ch, d->dst);
 }
 
 void request_tts_done(tolk_request *r, tolk_status status) {
@@ -602,6 +624,7 @@ void request_tts_done(tolk_request *r, tolk_status status) {
         stage_pump(st);
         return;
     }
+    playback_phrase_end(d);
     outbuf_pad(ch->core, &ch->out[d->dst]);
     if (!ph->has_audio) {
         phrase_lost(ph, "tts", r->inst, TOLK_E_BACKEND);
@@ -966,10 +989,16 @@ static void spec_confirm(direction *d, phrase *ph) {
     int done = ph->t_tts_done > 0;
     ph->held = NULL;
     ph->nheld = ph->capheld = 0;
+    /* as request_tts_audio() does with a first chunk: its speed is decided
+     * now, against what waits ahead of it now */
+    playback_phrase_end(d);
     audio_begins(d, ph);
-    outbuf_push(ch->core, &ch->out[d->dst], held, n);
+    playback_phrase_audio(d, ph, held, n, 1);
     free(held);
-    if (done) outbuf_pad(ch->core, &ch->out[d->dst]);
+    if (done) {
+        playback_phrase_end(d);
+        outbuf_pad(ch->core, &ch->out[d->dst]);
+    }
     /* From here ph is playback's: its first frame reports it, and frees it
      * if its synthesis is over (possibly inside deliver_now()). */
     backlog_shed(d);

@@ -13,6 +13,7 @@
  * playout (TOLK_CHAN_CONTINUOUS): such a leg joins at the answer and stays,
  * handed a frame of silence on its turns when it has nothing to say. */
 #include <errno.h>
+#include <sonic.h>
 #include <string.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -107,6 +108,8 @@ static void wheel_remove(core *c, outbuf *ob) {
 }
 
 void outbuf_free(core *c, outbuf *ob) {
+    if (ob->sonic) sonicDestroyStream(ob->sonic);
+    ob->sonic = NULL;
     wheel_remove(c, ob);
     depth(c, -(double)(ob->len / TOLK_FRAME_SAMPLES));
     free(ob->buf);
@@ -232,6 +235,217 @@ static void ear_mark_add(outbuf *ob, const phrase *ph) {
     ob->ear_n++;
 }
 
+/* ---- running behind: the lag, and speech played faster ----
+ *
+ * The lag of a phrase is the time from the end of the phrase (the capture
+ * time of its last sample, as the transport stamped it) to the moment its
+ * translated speech starts playing (its first frame handed to the
+ * transport), on a paced call. Processing alone makes it the latency of
+ * the phrase; on continuous speech whose translation takes longer to say
+ * than the original, each phrase also waits for the earlier ones to finish
+ * playing, and without help the lag grows for as long as the speaker goes
+ * on.
+ *
+ * The help: a phrase whose speech would have to wait behind earlier speech
+ * is played faster, up to core.max_speedup. Its speed rises with the share
+ * of the lag bound (core.max_lag_seconds) that the wait would use up, after
+ * the time the phrase already spent in the recogniser, MT and TTS: 1.0
+ * with nothing waiting ahead, max_speedup once the wait reaches half of
+ * what is left of the bound (the phrases after it still have to fit in the
+ * rest). A TTS plugin that honours the rate hint (it declares the option
+ * `honour_rate`, and it is on) is asked for the speed; for any other TTS
+ * the core time-compresses the phrase's audio with libsonic, which keeps
+ * the pitch. Speech is never dropped: when even max_speedup cannot keep up,
+ * the lag goes over the bound and that is counted
+ * (playback_lag_exceeded_total, playback_lag_over_seconds_total). */
+
+#define SPEEDUP_GAIN 2.0 /* max_speedup at this share of the wait budget: half */
+/* Queued audio is compressed again only for a real gain (each pass through
+ * the compressor costs a little quality). */
+#define REQUEUE_MIN_GAIN 1.05
+
+static int speed_is_normal(double s) { return s < 1.001; }
+
+double playback_speed_for(direction *d, const phrase *ph) {
+    tolk_channel *ch = d->ch;
+    const conf_core *cc = &ch->gen->conf->core;
+    const outbuf *ob = &ch->out[d->dst];
+    if (!ch->paced || cc->max_speedup <= 1.0) return 1.0;
+    /* what still waits to be played ahead of the phrase: the output
+     * buffer, and what the compressor holds of the phrase before it */
+    uint64_t waiting = ob->len + (ob->sonic ? (uint64_t)sonicSamplesAvailable(ob->sonic) : 0);
+    if (waiting == 0) return 1.0;
+    double wait = (double)waiting / TOLK_SAMPLE_RATE;
+    double spent = ph->t_speech_end > 0 ? mono_now() - ph->t_speech_end : 0;
+    if (spent < 0) spent = 0;
+    double budget = cc->max_lag_seconds - spent;
+    double share = budget > 0 ? SPEEDUP_GAIN * wait / budget : 1.0;
+    if (share > 1.0) share = 1.0;
+    double s = 1.0 + (cc->max_speedup - 1.0) * share;
+    return s > cc->max_speedup ? cc->max_speedup : s;
+}
+
+static tolk_series *pair_series(direction *d, tolk_metric *m) {
+    return metrics_series_v(m, d->from, d->to, NULL);
+}
+
+static void observe_lag(direction *d, double lag) {
+    core *c = d->ch->core;
+    if (lag < 0) lag = 0;
+    metrics_observe(pair_series(d, c->m.lag), lag);
+    double over = lag - d->ch->gen->conf->core.max_lag_seconds;
+    if (over <= 0) return;
+    metrics_add(pair_series(d, c->m.lag_over), 1);
+    metrics_add(pair_series(d, c->m.lag_over_seconds), over);
+}
+
+/* Moves what the compressor has ready to the output buffer. */
+static void sonic_drain(core *c, outbuf *ob) {
+    short buf[4096];
+    int got;
+    while ((got = sonicReadShortFromStream(ob->sonic, buf, (int)ARRAY_LEN(buf))) > 0)
+        outbuf_push(c, ob, buf, (size_t)got);
+}
+
+/* Compresses n samples at speed into ob (through a stream of its own),
+ * then pads the output to whole frames as the phrase's audio was. */
+static void compress_into(core *c, outbuf *ob, const int16_t *pcm, size_t n, double speed) {
+    sonicStream st = speed >= REQUEUE_MIN_GAIN ? sonicCreateStream(TOLK_SAMPLE_RATE, 1) : NULL;
+    if (!st) {
+        outbuf_push(c, ob, pcm, n);
+        return;
+    }
+    sonicSetSpeed(st, (float)speed);
+    short buf[4096];
+    int got;
+    for (size_t off = 0; off < n;) {
+        int k = n - off > 4096 ? 4096 : (int)(n - off);
+        sonicWriteShortToStream(st, (short *)(uintptr_t)(pcm + off), k);
+        off += (size_t)k;
+        while ((got = sonicReadShortFromStream(st, buf, (int)ARRAY_LEN(buf))) > 0)
+            outbuf_push(c, ob, buf, (size_t)got);
+    }
+    sonicFlushStream(st);
+    while ((got = sonicReadShortFromStream(st, buf, (int)ARRAY_LEN(buf))) > 0)
+        outbuf_push(c, ob, buf, (size_t)got);
+    sonicDestroyStream(st);
+    outbuf_pad(c, ob);
+}
+
+/* A new phrase is about to wait behind the audio queued for the listener:
+ * what is queued and plays slower than `target` is compressed to it (the
+ * rest of the phrase playing now, and phrases that have not started), so a
+ * long translation that started at normal speed with nothing ahead of it
+ * does not hold up the ones that follow. Phrase boundaries (their marks)
+ * stay exact; no audio is ever faster than target <= max_speedup. Only
+ * complete phrases are queued when the next one's audio comes (one TTS
+ * request at a time per direction), each padded to whole frames. */
+static void requeue_faster(direction *d, double target) {
+    tolk_channel *ch = d->ch;
+    core *c = ch->core;
+    outbuf *ob = &ch->out[d->dst];
+    if (ob->sonic || ob->len < 2 * TOLK_FRAME_SAMPLES || ob->len % TOLK_FRAME_SAMPLES) return;
+    double head_speed = ob->playing_speed > 0 ? ob->playing_speed : 1.0;
+    int worth = target / head_speed >= REQUEUE_MIN_GAIN;
+    for (phrase *m = d->marks_head; m && !worth; m = m->mark_next)
+        worth = m->out_pos < ob->written && target / (m->speed > 0 ? m->speed : 1.0) >= REQUEUE_MIN_GAIN;
+    if (!worth) return;
+    /* the first frame stays where it is: it may be the next one due */
+    size_t keep = TOLK_FRAME_SAMPLES, n = ob->len - keep;
+    int16_t *q = xmalloc(n * sizeof *q);
+    uint64_t from = ob->played + keep; /* `written` position of q[0] */
+    for (size_t i = 0; i < n; i++) q[i] = ob->buf[(ob->head + keep + i) % ob->cap];
+    metrics_add(c->m.qdepth[Q_PLAYBACK], -(double)(n / TOLK_FRAME_SAMPLES));
+    ob->len = keep;
+    ob->written = from;
+    uint64_t before = ob->written, newly = 0;
+    double speed = head_speed;
+    size_t at = 0;
+    phrase *m = d->marks_head;
+    /* a phrase whose first frame is the one kept: the audio after it is its own */
+    for (; m && m->out_pos < from; m = m->mark_next) {
+        speed = m->speed > 0 ? m->speed : 1.0;
+        if (target / speed >= REQUEUE_MIN_GAIN) m->speed = target;
+    }
+    for (;;) {
+        size_t end = m && m->out_pos < from + n ? (size_t)(m->out_pos - from) : n;
+        uint64_t w0 = ob->written;
+        if (end > at) compress_into(c, ob, q + at, end - at, target / speed);
+        /* speech that was at normal speed is now played faster */
+        if (speed_is_normal(speed) && target / speed >= REQUEUE_MIN_GAIN) newly += ob->written - w0;
+        at = end;
+        if (!m || at >= n) break;
+        m->out_pos = ob->written;
+        speed = m->speed > 0 ? m->speed : 1.0;
+        if (target / speed >= REQUEUE_MIN_GAIN) m->speed = target;
+        m = m->mark_next;
+    }
+    if (target / head_speed >= REQUEUE_MIN_GAIN) ob->playing_speed = target;
+    for (; m; m = m->mark_next) m->out_pos = ob->written; /* the phrase being queued now */
+    free(q);
+    metrics_add(pair_series(d, c->m.speedup_seconds), (double)newly / TOLK_SAMPLE_RATE);
+    log_msg(TOLK_LOG_DBG, "core", "%s: %s->%s: queued %.2f s played at up to x%.2f: now %.2f s", ch->id,
+            d->from, d->to, (double)n / TOLK_SAMPLE_RATE, target,
+            (double)(ob->written - before) / TOLK_SAMPLE_RATE);
+}
+
+void playback_phrase_end(direction *d) {
+    tolk_channel *ch = d->ch;
+    outbuf *ob = &ch->out[d->dst];
+    if (!ob->sonic) return;
+    uint64_t before = ob->written;
+    sonicFlushStream(ob->sonic);
+    sonic_drain(ch->core, ob);
+    metrics_add(pair_series(d, ch->core->m.speedup_seconds),
+                (double)(ob->written - before) / TOLK_SAMPLE_RATE);
+    sonicDestroyStream(ob->sonic);
+    ob->sonic = NULL;
+}
+
+void playback_phrase_audio(direction *d, phrase *ph, const int16_t *pcm, size_t n, int first) {
+    tolk_channel *ch = d->ch;
+    core *c = ch->core;
+    outbuf *ob = &ch->out[d->dst];
+    if (first) {
+        /* what waits ahead plays at least as fast as this phrase would */
+        double target = playback_speed_for(d, ph);
+        if (!speed_is_normal(target)) requeue_faster(d, target);
+        /* the phrase's speed, unless the TTS made it */
+        if (ph->speed_by_tts) {
+            if (ph->speed <= 0) ph->speed = 1.0;
+        } else if (speed_is_normal(ph->speed = target)) {
+            ph->speed = 1.0;
+        } else {
+            ob->sonic = sonicCreateStream(TOLK_SAMPLE_RATE, 1);
+            if (ob->sonic) {
+                sonicSetSpeed(ob->sonic, (float)ph->speed);
+            } else {
+                log_msg(TOLK_LOG_WARN, "core", "%s: libsonic: out of memory: phrase %u plays at normal speed",
+                        ch->id, ph->seq);
+                ph->speed = 1.0;
+            }
+        }
+    }
+    if (speed_is_normal(ph->speed)) {
+        outbuf_push(c, ob, pcm, n);
+        return;
+    }
+    uint64_t before = ob->written;
+    if (ph->speed_by_tts || !ob->sonic) {
+        outbuf_push(c, ob, pcm, n);
+    } else {
+        /* sonic copies its input; its prototype just lacks the const */
+        while (n > 0) {
+            int k = n > 4096 ? 4096 : (int)n;
+            sonicWriteShortToStream(ob->sonic, (short *)(uintptr_t)pcm, k);
+            pcm += k;
+            n -= (size_t)k;
+            sonic_drain(c, ob);
+        }
+    }
+    metrics_add(pair_series(d, c->m.speedup_seconds), (double)(ob->written - before) / TOLK_SAMPLE_RATE);
+}
+
 void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
     core *c = ch->core;
     outbuf *ob = &ch->out[leg];
@@ -252,9 +466,11 @@ void channel_play_frame(tolk_channel *ch, tolk_leg leg) {
         if (!d->marks_head) d->marks_tail = NULL;
         ph->mark_next = NULL;
         ph->t_first_out = now;
+        ob->playing_speed = ph->speed > 0 ? ph->speed : 1.0;
         if (handed) ear_mark_add(ob, ph);
         metrics_observe(c->m.qwait[Q_PLAYBACK], (now - ph->t_tts_first) * 1000.0);
         observe_stage(d, "total", now - ph->t_speech_end);
+        if (ch->paced) observe_lag(d, now - ph->t_speech_end);
         metrics_add(c->m.translations_s, 1);
         phrase_report_emit(ph, 1);
         /* the TTS request may still be streaming the rest of the phrase */

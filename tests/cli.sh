@@ -28,6 +28,23 @@ check "OUT.wav holds audio" [ "$(wav_u32 "$T/out.wav" 40)" -gt 32000 ]
 
 $TR "$T/in.wav" "$T/out2.wav" >"$T/out.txt" 2>&1
 check "text report shows the translation" grep -q -- '-> "hola, cómo estás tú hoy"' "$T/out.txt"
+# Fed faster than real time, the recogniser's time after a phrase is its
+# backlog: no stt figure, and what is shown is labelled as processing time.
+check "fast text report: processing times, labelled" grep -q '^    processing time: mt [0-9]* ms (mt-mock), tts first audio [0-9]* ms (tts-mock)$' "$T/out.txt"
+check "fast text report: no stt time, no lag" sh -c "! grep -E -q '(stt [0-9]+ ms|lag [0-9])' '$T/out.txt'"
+check "fast text report: says they are not latency" grep -q '^# fed faster than real time: the times above are processing times, not latency' "$T/out.txt"
+check "fast JSON: no stt time, no lag" sh -c "grep -q '\"stages_ms\":{\"stt\":null,' '$T/out.json' && ! grep -q lag_ms '$T/out.json'"
+
+# --realtime: each phrase has its lag (end of phrase -> its translated
+# speech starts), the summary its percentiles against the bound.
+"$B/tests/mkwav" "$T/rt.wav" 16000 1 16 2 800 700
+$TR --realtime --json "$T/rt.wav" "$T/rt-out.wav" >"$T/rt.json" 2>"$T/rt.err"
+check "realtime: exits 0" [ $? -eq 0 ]
+check "realtime JSON: lag_ms and speedup per phrase" [ "$(grep -c '"lag_ms":[0-9.]*,"speedup":[0-9.]*' "$T/rt.json")" -eq 2 ]
+check "realtime JSON: lag percentiles and the bound" grep -q '"lag_p50_ms":[0-9.]*,"lag_p90_ms":[0-9.]*,"lag_p99_ms":[0-9.]*,"lag_max_ms":[0-9.]*,"lag_bound_ms":1500' "$T/rt.json"
+$TR --realtime "$T/rt.wav" "$T/rt-out2.wav" >"$T/rt.txt" 2>&1
+check "realtime text: a labelled lag per phrase" [ "$(grep -c '^    lag [0-9]* ms (end of phrase -> first translated frame)' "$T/rt.txt")" -eq 2 ]
+check "realtime text: the lag summary" grep -q '^# lag: p50 [0-9]* ms, p90 [0-9]* ms, max [0-9]* ms; [0-9]* phrases* over the 1.5 s bound' "$T/rt.txt"
 
 for rate in 8000 22050 44100 48000; do
     "$B/tests/mkwav" "$T/in$rate.wav" $rate 2 16 2 800 700

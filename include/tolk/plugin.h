@@ -356,7 +356,13 @@ typedef struct tolk_tts_request {
      * for that party was accepted. NULL: the plugin's default. */
     const char *voice;
     /* Speaking-rate hint: 1.0 normal, 1.3 = 30% faster. A plugin that cannot
-     * honour it ignores it. */
+     * honour it ignores it. The core asks for more than 1.0 when the call's
+     * translated speech runs behind (core.max_speedup). A plugin that
+     * honours it says so with a boolean option named "honour_rate" in its
+     * options table (default true); the core then asks it for the speed
+     * and leaves its audio as it comes. For every other plugin, and when
+     * honour_rate is false, the hint stays 1.0 and the core time-compresses
+     * the audio itself, so speech is never sped up twice. */
     double rate;
     const char *channel_id;
     tolk_leg leg; /* the party whose words these are */

@@ -102,6 +102,9 @@ static const tolk_option tts_espeak_options[] = {
      .help = "languages not in voices use espeak's own voice for them; false: declined"},
     {.key = "rate", .type = TOLK_OPT_INT, .default_value = "175", .min = 80, .max = 450,
      .help = "speaking rate, words per minute"},
+    {.key = "honour_rate", .type = TOLK_OPT_BOOL, .default_value = "true",
+     .help = "the core's rate hint (faster speech when a call runs behind) scales rate "
+             "(80..450 wpm); false: always rate"},
     {.key = "pitch", .type = TOLK_OPT_INT, .default_value = "50", .min = 0, .max = 100,
      .help = "base pitch, 0..100 (50 = the voice's normal)"},
     {.key = "volume", .type = TOLK_OPT_INT, .default_value = "100", .min = 0, .max = 200,
@@ -213,8 +216,10 @@ typedef struct lang_stat {
 struct tts_espeak {
     const tolk_host *host;
     tolk_instance *inst;
-    int rate, pitch, volume, quality, other_languages;
+    int rate, pitch, volume, quality, other_languages, honour_rate;
     int64_t max_text, max_pending;
+    int last_wpm;     /* the rate the last request was spoken at */
+    uint64_t faster; /* requests spoken faster than rate (the core's hint) */
     lang_voice *langs;
     size_t nlangs;
     tolk_async *async;
@@ -814,10 +819,38 @@ static int pick_voice(const tts_espeak *m, const char *language, const char *voi
     return 0;
 }
 
+/* The words per minute of a request: `rate` scaled by the core's hint,
+ * within what espeak speaks. */
+static int wpm_for(const tts_espeak *m, double hint)
+{
+    if (!m->honour_rate || !(hint > 0)) return m->rate;
+    double w = m->rate * hint + 0.5;
+    if (w < 80) w = 80;
+    if (w > 450) w = 450;
+    return (int)w;
+}
+
+static tolk_status speak_at(tts_espeak *m, tolk_request *r, const char *text, const char *language,
+                            const char *voice, int wpm);
+
 static tolk_status tts_espeak_speak(void *self, tolk_request *r, const char *text,
                                     const char *language, const char *voice)
 {
     tts_espeak *m = self;
+    return speak_at(m, r, text, language, voice, m->rate);
+}
+
+/* ABI 1.2: the request's rate hint sets the words per minute (honour_rate). */
+static tolk_status tts_espeak_speak_req(void *self, tolk_request *r, const tolk_tts_request *req)
+{
+    tts_espeak *m = self;
+    if (!req || !TOLK_HAS(req, tolk_tts_request, rate)) return TOLK_E_INVAL;
+    return speak_at(m, r, req->text, req->language, req->voice, wpm_for(m, req->rate));
+}
+
+static tolk_status speak_at(tts_espeak *m, tolk_request *r, const char *text, const char *language,
+                            const char *voice, int wpm)
+{
     const tolk_host *h = m->host;
     if (!r || !text || !language) return TOLK_E_INVAL;
     size_t len = strlen(text);
@@ -849,7 +882,9 @@ static tolk_status tts_espeak_speak(void *self, tolk_request *r, const char *tex
     j->r = r;
     atomic_init(&j->cancelled, 0);
     snprintf(j->voice, sizeof j->voice, "%s", vname);
-    j->rate = m->rate;
+    j->rate = wpm;
+    m->last_wpm = wpm;
+    if (wpm > m->rate) m->faster++;
     j->pitch = m->pitch;
     j->volume = m->volume;
     j->quality = m->quality;
@@ -997,6 +1032,8 @@ static tolk_status tts_espeak_create(const tolk_host *host, tolk_instance *inst,
     m->host = host;
     m->inst = inst;
     m->rate = (int)host->cfg_int(cfg, "rate");
+    m->honour_rate = host->cfg_bool(cfg, "honour_rate");
+    m->last_wpm = m->rate;
     m->pitch = (int)host->cfg_int(cfg, "pitch");
     m->volume = (int)host->cfg_int(cfg, "volume");
     m->quality = (int)host->cfg_int(cfg, "resample_quality");
@@ -1119,7 +1156,7 @@ static tolk_health tts_espeak_health(void *self, json_t **detail_new)
     }
     *detail_new = json_pack(
         "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f,"
-        " s:{s:f, s:f, s:f, s:I}, s:s, s:s, s:o, s:o,"
+        " s:{s:f, s:f, s:f, s:I}, s:s, s:s, s:i, s:I, s:o, s:o,"
         " s:{s:s, s:i, s:I, s:I, s:b, s:I, s:I, s:f, s:f, s:f, s:f}}",
         "requests", (json_int_t)m->requests, "completed", (json_int_t)m->completed, "failed",
         (json_int_t)m->failed, "cancelled", (json_int_t)m->cancelled, "declined",
@@ -1129,7 +1166,8 @@ static tolk_health tts_espeak_health(void *self, json_t **detail_new)
         "rtf", m->cpu_s > 0 ? m->audio_s / m->cpu_s : 0.0, "first_chunk_ms", "last",
         m->first_last, "mean", m->first_n ? m->first_sum / (double)m->first_n : 0.0, "max",
         m->first_max, "count", (json_int_t)m->first_n, "last_voice", m->last_voice,
-        "last_language", m->last_language, "voices_used", used, "languages", langs, "engine",
+        "last_language", m->last_language, "last_wpm", m->last_wpm, "faster_requests",
+        (json_int_t)m->faster, "voices_used", used, "languages", langs, "engine",
         "version", g_eng.version, "sample_rate", g_eng.rate, "voices", (json_int_t)g_eng.nvoices,
         "variants", (json_int_t)g_eng.nvariants, "busy", busy, "queued", (json_int_t)queued,
         "jobs", (json_int_t)ejobs, "audio_seconds", eaudio, "cpu_seconds", ecpu, "busy_seconds",
@@ -1154,6 +1192,7 @@ static const tolk_tts tts_espeak_desc = {
         },
     .speak = tts_espeak_speak,
     .cancel = tts_espeak_cancel,
+    .speak_req = tts_espeak_speak_req,
 };
 
 TOLK_PLUGIN_DEFINE(tts_espeak_desc)

@@ -47,6 +47,10 @@
  *   garbage            bool   false    full-scale noise in odd-sized chunks
  *   clone_ms           int    0        extra first-chunk delay for a new voice
  *   voice_cache        int    16       voice profiles kept (0: none)
+ *   honour_rate        bool   true     a speak_req() rate hint r makes the
+ *                                      audio r times shorter (the core then
+ *                                      leaves the speed-up to the mock);
+ *                                      false: ignored, only recorded
  *
  * Faults. A failing request gets no audio and tts_done(fail_status) after
  * latency_ms. drop_after_chunks sends that many chunks, then
@@ -97,6 +101,8 @@ static const tolk_option tts_mock_options[] = {
      .max = 600000, .help = "time between chunks; 0 = all chunks right after the first"},
     {.key = "drop_after_chunks", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1e9,
      .help = "after this many chunks the request fails with TOLK_E_BACKEND; 0 = off"},
+    {.key = "honour_rate", .type = TOLK_OPT_BOOL, .default_value = "true",
+     .help = "the rate hint of speak_req() shortens the audio (false: only recorded)"},
     {.key = "fail_every", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1e9,
      .help = "every Nth request fails; 0 = off"},
     {.key = "fail_after", .type = TOLK_OPT_INT, .default_value = "0", .min = 0, .max = 1e9,
@@ -164,6 +170,11 @@ struct tts_mock {
     uint64_t voice_samples;
     char last_voice[160], sampled_voice[160];
     double last_rate;
+    /* rate hints: the one of the request being laid out (1 for speak()),
+     * the highest seen, and how many asked for faster than normal */
+    int honour_rate;
+    double cur_rate, max_rate;
+    uint64_t faster_requests;
     /* amplitude * 2^SINE_Q * sin(2 pi i / SINE_SIZE), plus a guard entry
      * (= entry 0) for the interpolation at the last index. */
     int32_t sine[SINE_SIZE + 1];
@@ -207,6 +218,7 @@ static int layout(tts_job *j, const tts_mock *m, const char *text)
 {
     size_t len = strlen(text);
     uint64_t ms = (uint64_t)m->ms_per_char * utf8_chars(text, len);
+    if (m->honour_rate && m->cur_rate > 0) ms = (uint64_t)((double)ms / m->cur_rate + 0.5);
     if (ms < MIN_MS) ms = MIN_MS;
     j->total = (MS_SAMPLES(ms) + TOLK_FRAME_SAMPLES - 1) / TOLK_FRAME_SAMPLES * TOLK_FRAME_SAMPLES;
 
@@ -489,15 +501,21 @@ static tolk_status tts_mock_speak(void *self, tolk_request *r, const char *text,
     return TOLK_PENDING;
 }
 
-/* ABI 1.2: the request struct carries a rate hint; the mock notes it (its
- * audio length does not change) and the voice asked for. */
+/* ABI 1.2: the request struct carries a rate hint; the mock notes it (and
+ * with honour_rate makes the audio that much shorter) and the voice asked
+ * for. */
 static tolk_status tts_mock_speak_req(void *self, tolk_request *r, const tolk_tts_request *req)
 {
     tts_mock *m = self;
     if (!req || !TOLK_HAS(req, tolk_tts_request, rate)) return TOLK_E_INVAL;
     m->last_rate = req->rate;
+    if (req->rate > m->max_rate) m->max_rate = req->rate;
+    if (req->rate > 1.0) m->faster_requests++;
     snprintf(m->last_voice, sizeof m->last_voice, "%s", req->voice ? req->voice : "");
-    return tts_mock_speak(self, r, req->text, req->language, req->voice);
+    m->cur_rate = req->rate;
+    tolk_status st = tts_mock_speak(self, r, req->text, req->language, req->voice);
+    m->cur_rate = 1.0;
+    return st;
 }
 
 /* ABI 1.2: a party's speech to clone. The mock makes the embedding at once
@@ -545,6 +563,8 @@ static tolk_status tts_mock_create(const tolk_host *host, tolk_instance *inst, c
     m->inst = inst;
     m->latency_ms = host->cfg_int(cfg, "latency_ms");
     m->ms_per_char = host->cfg_int(cfg, "ms_per_char");
+    m->honour_rate = host->cfg_bool(cfg, "honour_rate");
+    m->cur_rate = 1.0;
     m->frequency = host->cfg_double(cfg, "frequency");
     m->amplitude = host->cfg_int(cfg, "amplitude");
     m->chunk_ms = host->cfg_int(cfg, "chunk_ms");
@@ -606,12 +626,13 @@ static tolk_health tts_mock_health(void *self, json_t **detail_new)
     int failing = fault_failing(&m->fault, &m->count);
     if (detail_new)
         *detail_new = json_pack(
-            "{s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:s, s:s, s:f}", "requests",
+            "{s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:s, s:s, s:f, s:f, s:I}", "requests",
             (json_int_t)m->count.requests, "failures", (json_int_t)m->count.failures, "drops",
             (json_int_t)m->drops, "pending", (json_int_t)m->npending, "failing", failing, "voices",
             (json_int_t)m->nvoices, "clones", (json_int_t)m->clones, "voice_samples",
             (json_int_t)m->voice_samples, "sampled_voice", m->sampled_voice, "last_voice",
-            m->last_voice, "last_rate", m->last_rate);
+            m->last_voice, "last_rate", m->last_rate, "max_rate", m->max_rate, "faster_requests",
+            (json_int_t)m->faster_requests);
     return failing ? TOLK_FAILED : TOLK_HEALTHY;
 }
 

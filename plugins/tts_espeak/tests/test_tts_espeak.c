@@ -270,6 +270,41 @@ static void test_rate_setting_changes_length(void **state) {
     assert_true(fast < 0.7 * normal && fast > 0.3 * normal);
 }
 
+static tolk_status speak_at_rate(fx *F, int i, const char *text, double rate) {
+    F->rec[i].t_speak = mono_now();
+    tolk_tts_request q = {.size = sizeof q, .text = text, .language = "en", .rate = rate};
+    return F->desc->speak_req(F->self, &F->req[i], &q);
+}
+
+/* The core's rate hint (a call running behind) scales the words per
+ * minute: a hint of 2 at rate 175 is spoken at 350, clearly shorter; a
+ * hint of 1 at the configured rate. */
+static void test_rate_hint_scales_rate(void **state) {
+    fx *F = *state;
+    assert_int_equal(fx_create(F, "{}"), TOLK_OK);
+    assert_non_null(F->desc->speak_req);
+    assert_int_equal(speak_at_rate(F, 0, SENT_EN, 2.0), TOLK_PENDING);
+    assert_true(wait_done(F, 0, 10));
+    assert_true(health_num(F, "last_wpm", NULL) == 350);
+    assert_int_equal(speak_at_rate(F, 1, SENT_EN, 1.0), TOLK_PENDING);
+    assert_true(wait_done(F, 1, 10));
+    assert_true(health_num(F, "last_wpm", NULL) == 175);
+    assert_true(health_num(F, "faster_requests", NULL) == 1);
+    double fast = seconds_of(&F->rec[0]), normal = seconds_of(&F->rec[1]);
+    printf("# rate hint 2.0: %.2f s, 1.0: %.2f s\n", fast, normal);
+    assert_true(fast < 0.7 * normal && fast > 0.3 * normal);
+}
+
+/* honour_rate = false: the hint is ignored (the core compresses instead). */
+static void test_rate_hint_ignored_when_off(void **state) {
+    fx *F = *state;
+    assert_int_equal(fx_create(F, "{\"honour_rate\": false, \"rate\": 200}"), TOLK_OK);
+    assert_int_equal(speak_at_rate(F, 0, "one two three", 1.5), TOLK_PENDING);
+    assert_true(wait_done(F, 0, 10));
+    assert_true(health_num(F, "last_wpm", NULL) == 200);
+    assert_true(health_num(F, "faster_requests", NULL) == 0);
+}
+
 /* The first chunk comes long before the end of a long text: the audio is
  * streamed while espeak works, not handed over when it is done. */
 static void test_long_text_streams(void **state) {
@@ -817,6 +852,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_sentence_is_plausible_speech, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_rate_setting_changes_length, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_rate_hint_scales_rate, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_rate_hint_ignored_when_off, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_long_text_streams, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_measure_first_chunk_and_rtf, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_spanish_and_english, fx_setup, fx_teardown),
