@@ -22,7 +22,8 @@ fi
 TOLK_ASTERISK_PREFIX=$PREFIX
 TOLK_MEDIA_SOUND=tolk_media_speech
 export TOLK_ASTERISK_PREFIX TOLK_MEDIA_SOUND
-exec flock "${TMPDIR:-/tmp}/tolk-asterisk-test.lock" sh -c '
+# -o: an Asterisk started by run.sh from here must not inherit (and hold) the lock
+exec flock -o "${TMPDIR:-/tmp}/tolk-asterisk-test.lock" sh -c '
     up() { python3 -c "
 import base64, urllib.request
 r = urllib.request.Request(\"http://127.0.0.1:8088/ari/asterisk/info\",
