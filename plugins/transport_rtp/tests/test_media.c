@@ -632,9 +632,12 @@ static void run_asterisk(const char *media, const char *extra) {
     assert_true(R->phrases_ok >= 1);
     assert_true(jint(l, "stats.tx_frames") >= 10);
     /* the party heard the mock TTS's tones (400-480 Hz, peak 8000: RMS
-     * 5657), as many frames as tolk sent, after its own speech */
+     * 5657), after its own speech: never more frames than tolk sent, and at
+     * least a third of them as clean tone frames (the recording's 20 ms
+     * frames straddle the played ones when a loaded Asterisk's timing
+     * shifts: 6 of 15 were seen on a loaded CI run, 15 of 15 on a quiet one) */
     json_t *heard = json_object_get(res, "heard");
-    assert_in_range(jint(heard, "tone_frames"), jint(l, "tx_loud_frames") - 3,
+    assert_in_range(jint(heard, "tone_frames"), (jint(l, "tx_loud_frames") + 2) / 3,
                     jint(l, "tx_loud_frames") + 3);
     double hz = json_number_value(json_object_get(heard, "tone_hz"));
     assert_true(hz > 350 && hz < 550);
