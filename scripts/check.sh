@@ -8,6 +8,21 @@
 set -eu
 top=$(pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
+
+# transport_rtp's tests against a real Asterisk run when one is built in
+# /var/cache/tolk-asterisk (TOLK_ASTERISK_PREFIX); they skip, saying so,
+# when not. The kit beside the checkout (../shared/asterisk, or
+# TOLK_ASTERISK_KIT) builds it offline, once per machine: about 7 minutes
+# the first time, a second afterwards. TOLK_NO_ASTERISK=1 skips this.
+kit=${TOLK_ASTERISK_KIT:-$top/../shared/asterisk}
+if [ -z "${TOLK_NO_ASTERISK:-}" ] && [ -f "$kit/build.sh" ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "== the local test Asterisk ($kit) =="
+        NO_APT=1 bash "$kit/build.sh" || { echo "check.sh: building the test Asterisk failed" >&2; exit 1; }
+    else
+        echo "== not root: the test Asterisk is not built here; its tests use one already built, or skip =="
+    fi
+fi
 autoreconf -fi >/dev/null 2>&1 || autoreconf -fi
 
 echo "== build and test (-Werror) =="

@@ -23,4 +23,7 @@ as_root apt-get install -y --no-install-recommends \
     libpocketsphinx-dev pocketsphinx-en-us pocketsphinx-testdata \
     apertium apertium-eng-spa \
     libespeak-ng-dev espeak-ng-data flite \
-    prometheus
+    prometheus \
+    libedit-dev libxml2-dev libsqlite3-dev uuid-dev libssl-dev sox curl
+# The last line: what ../shared/asterisk/build.sh needs to build the local
+# test Asterisk, which scripts/check.sh builds when that kit is there.
