@@ -189,8 +189,8 @@ static tolk_status tr_check_config(const json_t *cfg, tolk_config_error *err) {
         for (size_t i = 0; media_table[i]; i++) found |= !strcmp(media_table[i]->name, media);
         if (!found) {
             err->key = "media";
-            snprintf(err->message, sizeof err->message, "unknown media '%s' (this build has: rtp)",
-                     media);
+            snprintf(err->message, sizeof err->message,
+                     "unknown media '%s' (this build has: rtp, audiosocket, websocket)", media);
             return TOLK_E_INVAL;
         }
     }
@@ -1112,7 +1112,20 @@ static tolk_status tr_create(const tolk_host *host, tolk_instance *inst, const j
     t->backoff = t->reconnect_min;
     t->rand_tag = ((unsigned)getpid() * 2654435761u ^ (unsigned)(host->now() * 1e6)) & 0xffffff;
     char err[256] = "";
-    if (t->media->hub_create(host, inst, cfg, &t->hub, err, sizeof err) != TOLK_OK) {
+    /* The encapsulations read the ARI server and credentials as ari_url,
+     * ari_user, ari_password (media_options.h; WebSocket media connects to
+     * the same server, with the same credentials): call control's url,
+     * user and password, the latter two possibly from the environment. */
+    json_t *mcfg = json_is_object(cfg) ? json_copy((json_t *)cfg) : json_object();
+    if (mcfg) {
+        json_object_set_new(mcfg, "ari_url", json_string(url));
+        if (user) json_object_set_new(mcfg, "ari_user", json_string(user));
+        if (pass) json_object_set_new(mcfg, "ari_password", json_string(pass));
+    }
+    tolk_status hst =
+        mcfg ? t->media->hub_create(host, inst, mcfg, &t->hub, err, sizeof err) : TOLK_E_NOMEM;
+    json_decref(mcfg);
+    if (hst != TOLK_OK) {
         host->log(inst, TOLK_LOG_ERR, "media %s: %s", t->media->name, err);
         free(t->base);
         free(t->ws_base);
