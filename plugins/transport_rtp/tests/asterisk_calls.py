@@ -224,7 +224,7 @@ class Tolkd:
             'instance: { name = "asterisk"; plugin = "transport_rtp";\n'
             '  settings: { url = "http://127.0.0.1:8088"; app = "%s";%s\n'
             '              reconnect_min = 0.2; reconnect_max = 1.0; }; };\n' %
-            (APP, ' media = "%s";' % media if media else ""))
+            (APP, ' media = "%s";' % self.media))
         self.logpath = os.path.join(tmp, "tolkd.log")
         env = dict(os.environ, TOLK_ARI_USER="test", TOLK_ARI_PASSWORD="test")
         self.logf = open(self.logpath, "w")
@@ -298,6 +298,13 @@ def install_dialplan():
     # keep what others put there; replace only our block
     old = re.sub(re.escape(DIALPLAN_BEGIN) + r".*?" + re.escape(DIALPLAN_END) + r"\n?", "", old, flags=re.S)
     open(path, "w").write(old + DIALPLAN)
+    # through ARI (reloading pbx_config is "dialplan reload"): it does not
+    # need the CLI's control socket, which a just started Asterisk may not
+    # have yet
+    for _ in range(50):
+        if ari("PUT", "/asterisk/modules/pbx_config.so")[0] == 204:
+            return
+        time.sleep(0.2)
     subprocess.run(AST + ["-rx", "dialplan reload"], check=True, stdout=subprocess.DEVNULL)
 
 
@@ -467,6 +474,7 @@ def run_tolkd(tmp, media, tests, confsrc):
 
 
 def main():
+    t0 = time.time()
     start_asterisk()
     for name, clip in (("tolkrtp_a", "sense_and_sensibility_01_austen_64kb-0870.wav"),
                        ("tolkrtp_b", "sense_and_sensibility_01_austen_64kb-0880.wav")):
@@ -488,7 +496,7 @@ def main():
         chosen = [(n, fn) for n, fn in tests if (not ONLY and n != "demo") or n in ONLY]
         if chosen:
             run_tolkd(tmp, media, chosen, os.path.abspath(demo) if demo and ONLY == ["demo"] else None)
-    log("%d failure(s)" % len(failures))
+    log("%d failure(s) (%.0f s)" % (len(failures), time.time() - t0))
     return 1 if failures else 0
 
 
