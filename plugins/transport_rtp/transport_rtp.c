@@ -135,9 +135,10 @@ static const tolk_option options[] = {
     {"password", TOLK_OPT_STRING, TOLK_OPT_SECRET, NULL, 0, 0,
      "ARI password; else env TOLK_ARI_PASSWORD"},
     {"app", TOLK_OPT_STRING, 0, "tolk", 0, 0, "Stasis application name (dialplan Stasis(NAME,...))"},
-    {"media", TOLK_OPT_STRING, 0, "rtp", 0, 0,
-     "ExternalMedia encapsulation: rtp (every Asterisk), audiosocket (22.7+ for 16 kHz labels), "
-     "websocket (chan_websocket, 22.6+)"},
+    {"media", TOLK_OPT_STRING, 0, "websocket", 0, 0,
+     "ExternalMedia encapsulation: websocket (chan_websocket, Asterisk 22.6+: 16 kHz both ways, "
+     "played-out feedback), audiosocket (22.7+ for 16 kHz labels), rtp (every Asterisk; 8 kHz "
+     "back)"},
     {"dial", TOLK_OPT_STRING, 0, NULL, 0, 0,
      "callee dial string when the Stasis arguments name none (else such a call is refused)"},
     {"mode", TOLK_OPT_STRING, 0, NULL, 0, 0,
@@ -1073,11 +1074,17 @@ static tolk_status tr_create(const tolk_host *host, tolk_instance *inst, const j
     t->host = host;
     t->inst = inst;
     const char *media = host->cfg_string(cfg, "media");
+    if (!media) media = "websocket"; /* the default (docs/asterisk.md says why) */
     for (size_t i = 0; media_table[i]; i++)
-        if (!media || !strcmp(media_table[i]->name, media)) {
+        if (!strcmp(media_table[i]->name, media)) {
             t->media = media_table[i];
             break;
         }
+    if (!t->media) {
+        host->log(inst, TOLK_LOG_ERR, "unknown media '%s'", media);
+        free(t);
+        return TOLK_E_INVAL;
+    }
     const char *url = host->cfg_string(cfg, "url");
     size_t ul = strlen(url);
     while (ul && url[ul - 1] == '/') ul--;

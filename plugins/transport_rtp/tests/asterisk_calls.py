@@ -53,6 +53,8 @@ RECDIR = os.path.join(PREFIX, "var/spool/asterisk/recording")
 LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox"
 AST = [os.path.join(PREFIX, "sbin/asterisk"), "-C", os.path.join(PREFIX, "etc/asterisk/asterisk.conf")]
 failures = []
+# transport_rtp's default `media`: its tolkd runs without the setting
+DEFAULT_MEDIA = "websocket"
 
 
 def log(msg):
@@ -224,7 +226,7 @@ class Tolkd:
             'instance: { name = "asterisk"; plugin = "transport_rtp";\n'
             '  settings: { url = "http://127.0.0.1:8088"; app = "%s";%s\n'
             '              reconnect_min = 0.2; reconnect_max = 1.0; }; };\n' %
-            (APP, ' media = "%s";' % self.media))
+            (APP, "" if self.media == DEFAULT_MEDIA else ' media = "%s";' % self.media))
         self.logpath = os.path.join(tmp, "tolkd.log")
         env = dict(os.environ, TOLK_ARI_USER="test", TOLK_ARI_PASSWORD="test")
         self.logf = open(self.logpath, "w")
@@ -453,7 +455,7 @@ def test_demo(t):
 
 
 def run_tolkd(tmp, media, tests, confsrc):
-    log("== tolkd with media = %s" % media)
+    log("== tolkd with media = %s%s" % (media, " (the default: no media setting)" if media == DEFAULT_MEDIA else ""))
     t = Tolkd(tmp, confsrc, media)
     f0 = len(failures)
     try:
