@@ -35,6 +35,15 @@ static void log_phrase(void *ud, const phrase_report *r) {
             r->latency_ms);
 }
 
+/* One VERB line when a phrase's translation has been played out to the
+ * listener (transports with played-out feedback: channel_played). */
+static void log_phrase_ear(void *ud, const phrase_report *r) {
+    (void)ud;
+    log_msg(TOLK_LOG_VERB, "ear",
+            "%s #%u %s->%s: played out to the listener %.0f ms after the speech ended",
+            r->channel_id, r->seq, r->from, r->to, r->ear_latency_ms);
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "Usage: tolkd [OPTIONS]\n"
@@ -284,6 +293,7 @@ int main(int argc, char **argv) {
     core *c = core_new(confdir, plugin_path);
     c->log_level_override = lvl;
     c->obs.phrase = log_phrase;
+    c->obs.phrase_ear = log_phrase_ear;
     int applied = core_apply(c, cs, &errs);
     for (size_t i = 0; i < errs.msgs.n; i++) log_msg(TOLK_LOG_ERR, "config", "%s", (char *)errs.msgs.v[i]);
     if (applied != 0) {

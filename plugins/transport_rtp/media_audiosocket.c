@@ -15,6 +15,11 @@
  * kind 0x03 with one ASCII byte; 0xff an error; Asterisk hangs up by closing
  * the socket.
  *
+ * Asterisk sends audio only while the bridge has some (a party alone with its
+ * ExternalMedia channel is silent on the wire while it is quiet): a 20 ms
+ * timer fills the timeline with silence once the peer has been quiet for
+ * more than two frames (media_idle.h).
+ *
  * Nothing blocks: the sockets are non-blocking, reads are reassembled here,
  * and what the socket cannot take waits in a bounded buffer (overflow is
  * counted in tx_dropped). */
@@ -32,6 +37,7 @@
 #include <unistd.h>
 
 #include "media.h"
+#include "media_idle.h"
 
 #define AS_KIND_HANGUP 0x00
 #define AS_KIND_UUID 0x01
@@ -79,6 +85,7 @@ struct tr_media {
     uint8_t out_kind;
     int legacy_logged, rate_logged;
     uint64_t rx_samples;
+    tr_idle idle; /* the timeline of what was delivered: silence in pauses */
     tr_media_stats st;
     int busy;  /* > 0 while an event callback runs */
     int freed; /* close() came from inside such a callback */
@@ -95,12 +102,15 @@ struct tr_media_hub {
     as_conn *pending;
     tr_media *links;
     tolk_timer *sweep;
+    tolk_timer *idle_tick; /* silence for links whose peer went quiet */
     uint64_t accepted, unknown_uuid, refused;
     double accept_pause_until;
     tolk_metric *refused_metric;
 };
 
 #define LOG(hub, lvl, ...) TOLK_LOG((hub)->host, (hub)->inst, lvl, __VA_ARGS__)
+
+static const int16_t as_zeros[TOLK_FRAME_SAMPLES];
 
 static void link_io_cb(void *ud, int fd, unsigned revents);
 
@@ -292,6 +302,8 @@ static void sweep_cb(void *ud) {
     }
 }
 
+static void idle_tick_cb(void *ud);
+
 static tolk_status as_hub_create(const tolk_host *host, tolk_instance *inst, const json_t *cfg,
                                  tr_media_hub **out, char *err, size_t errlen) {
     const char *bind_addr = host->cfg_string(cfg, "audiosocket_bind");
@@ -358,9 +370,12 @@ static tolk_status as_hub_create(const tolk_host *host, tolk_instance *inst, con
         TOLK_METRIC_COUNTER, "encapsulation,reason", NULL, 0);
     hub->lio = host->io_start(inst, fd, TOLK_IO_READ, accept_cb, hub);
     hub->sweep = host->timer_start(inst, AS_SWEEP_S, AS_SWEEP_S, sweep_cb, hub);
-    if (!hub->lio || !hub->sweep) {
+    hub->idle_tick =
+        host->timer_start(inst, TOLK_FRAME_SECONDS, TOLK_FRAME_SECONDS, idle_tick_cb, hub);
+    if (!hub->lio || !hub->sweep || !hub->idle_tick) {
         if (hub->lio) host->io_stop(hub->lio);
         if (hub->sweep) host->timer_stop(hub->sweep);
+        if (hub->idle_tick) host->timer_stop(hub->idle_tick);
         close(fd);
         free(hub);
         snprintf(err, errlen, "no watcher for the AudioSocket listener");
@@ -388,6 +403,7 @@ static void as_hub_destroy(tr_media_hub *hub) {
     }
     hub->host->io_stop(hub->lio);
     hub->host->timer_stop(hub->sweep);
+    hub->host->timer_stop(hub->idle_tick);
     close(hub->lfd);
     free(hub);
 }
@@ -541,9 +557,16 @@ static int on_message(tr_media *m, uint8_t kind, const uint8_t *p, size_t len) {
         m->rx_samples += n;
         m->st.rx_frames += m->rx_samples / TOLK_FRAME_SAMPLES - before;
         if (m->ev.audio) {
+            double now = hub->host->now();
+            /* the part of a pause the idle timer has not filled yet */
+            long k = tr_idle_resume(&m->idle, now);
             m->busy++;
-            m->ev.audio(m->ev.ud, pcm, n, hub->host->now());
+            for (long i = 1; i <= k && !m->freed && !m->gone; i++)
+                m->ev.audio(m->ev.ud, as_zeros, TOLK_FRAME_SAMPLES, tr_idle_slot(&m->idle, i));
+            tr_idle_filled(&m->idle, k);
+            if (!m->freed && !m->gone) m->ev.audio(m->ev.ud, pcm, n, now);
             m->busy--;
+            tr_idle_audio(&m->idle, now, n);
         }
     } else if (kind > AS_KIND_SLIN && kind <= AS_KIND_SLIN192) {
         m->st.rx_malformed++;
@@ -590,6 +613,32 @@ static int on_message(tr_media *m, uint8_t kind, const uint8_t *p, size_t len) {
         return -1;
     }
     return 0;
+}
+
+/* Silence for the links whose peer has been quiet for more than two frames,
+ * one frame per 20 ms slot after the last one delivered (media_idle.h). */
+static void idle_tick_cb(void *ud) {
+    tr_media_hub *hub = ud;
+    double now = hub->host->now();
+    /* a callback may close the link it was given (freed here afterwards):
+     * the scan then starts over; the links already served have nothing due */
+    for (int again = 1; again;) {
+        again = 0;
+        for (tr_media *m = hub->links; m; m = m->next) {
+            if (m->gone || m->fd < 0 || !m->ev.audio) continue;
+            double at;
+            m->busy++;
+            for (int k = 0;
+                 k < TR_IDLE_BURST && !m->freed && !m->gone && tr_idle_due(&m->idle, now, &at); k++)
+                m->ev.audio(m->ev.ud, as_zeros, TOLK_FRAME_SAMPLES, at);
+            m->busy--;
+            if (m->freed && m->busy == 0) {
+                link_free(m);
+                again = 1;
+                break;
+            }
+        }
+    }
 }
 
 static void link_io_cb(void *ud, int fd, unsigned revents) {

@@ -23,13 +23,19 @@
  * frames sent before it, and answered with MEDIA_MARK_PROCESSED <n> once
  * they have been played; n is the number of frames handed to send() before
  * the mark, which becomes events.played(n). A mark goes out every
- * websocket_mark_ms of audio and when a talkspurt ends. */
+ * websocket_mark_ms of audio and when a talkspurt ends.
+ *
+ * Asterisk sends audio only while the bridge has some (a party alone with its
+ * ExternalMedia channel is silent on the wire while it is quiet): the link's
+ * 20 ms tick fills the timeline with silence once the peer has been quiet
+ * for more than two frames (media_idle.h). */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "media.h"
+#include "media_idle.h"
 
 #define WS_TICK_S 0.020
 /* No frame for this long after the last one: the talkspurt has ended. */
@@ -61,6 +67,7 @@ struct tr_media {
     size_t nmarks;
     double last_send_at;
     uint64_t rx_samples;
+    tr_idle idle; /* the timeline of what was delivered: silence in pauses */
     int odd_byte_logged, format_logged;
     tr_media_stats st;
     int busy, freed;
@@ -91,6 +98,8 @@ struct tr_media_hub {
 };
 
 #define LOG(hub, lvl, ...) TOLK_LOG((hub)->host, (hub)->inst, lvl, __VA_ARGS__)
+
+static const int16_t ws_zeros[TOLK_FRAME_SAMPLES];
 
 static void base64(const char *in, char *out, size_t cap) {
     static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -524,9 +533,16 @@ static void on_binary(tr_media *m, const uint8_t *p, size_t n) {
     m->rx_samples += ns;
     m->st.rx_frames += m->rx_samples / TOLK_FRAME_SAMPLES - before;
     if (m->ev.audio) {
+        double now = m->hub->host->now();
+        /* the part of a pause the tick has not filled yet */
+        long k = tr_idle_resume(&m->idle, now);
         m->busy++;
-        m->ev.audio(m->ev.ud, pcm, ns, m->hub->host->now());
+        for (long i = 1; i <= k && !m->freed && !m->gone; i++)
+            m->ev.audio(m->ev.ud, ws_zeros, TOLK_FRAME_SAMPLES, tr_idle_slot(&m->idle, i));
+        tr_idle_filled(&m->idle, k);
+        if (!m->freed && !m->gone) m->ev.audio(m->ev.ud, pcm, ns, now);
         m->busy--;
+        tr_idle_audio(&m->idle, now, ns);
     }
     free(pcm);
 }
@@ -594,6 +610,20 @@ static void tick_cb(void *ud) {
         LOG(m->hub, TOLK_LOG_WARN, "WebSocket media %s: %s", m->conn_id, why);
         link_fail_ret(m, why);
         return;
+    }
+    /* silence while Asterisk sends nothing */
+    if (m->started && m->ev.audio) {
+        double at;
+        m->busy++;
+        for (int k = 0;
+             k < TR_IDLE_BURST && !m->freed && !m->gone && tr_idle_due(&m->idle, now, &at); k++)
+            m->ev.audio(m->ev.ud, ws_zeros, TOLK_FRAME_SAMPLES, at);
+        m->busy--;
+        if (m->freed) {
+            link_free(m);
+            return;
+        }
+        if (m->gone) return;
     }
     if (m->handed > m->marked && now - m->last_send_at >= WS_SPURT_END_S) queue_mark(m);
     flush(m);

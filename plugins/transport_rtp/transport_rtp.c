@@ -135,9 +135,10 @@ static const tolk_option options[] = {
     {"password", TOLK_OPT_STRING, TOLK_OPT_SECRET, NULL, 0, 0,
      "ARI password; else env TOLK_ARI_PASSWORD"},
     {"app", TOLK_OPT_STRING, 0, "tolk", 0, 0, "Stasis application name (dialplan Stasis(NAME,...))"},
-    {"media", TOLK_OPT_STRING, 0, "rtp", 0, 0,
-     "ExternalMedia encapsulation: rtp (every Asterisk), audiosocket (22.7+ for 16 kHz labels), "
-     "websocket (chan_websocket, 22.6+)"},
+    {"media", TOLK_OPT_STRING, 0, "websocket", 0, 0,
+     "ExternalMedia encapsulation: websocket (chan_websocket, Asterisk 22.6+: 16 kHz both ways, "
+     "played-out feedback), audiosocket (22.7+ for 16 kHz labels), rtp (every Asterisk; 8 kHz "
+     "back)"},
     {"dial", TOLK_OPT_STRING, 0, NULL, 0, 0,
      "callee dial string when the Stasis arguments name none (else such a call is refused)"},
     {"mode", TOLK_OPT_STRING, 0, NULL, 0, 0,
@@ -189,8 +190,8 @@ static tolk_status tr_check_config(const json_t *cfg, tolk_config_error *err) {
         for (size_t i = 0; media_table[i]; i++) found |= !strcmp(media_table[i]->name, media);
         if (!found) {
             err->key = "media";
-            snprintf(err->message, sizeof err->message, "unknown media '%s' (this build has: rtp)",
-                     media);
+            snprintf(err->message, sizeof err->message,
+                     "unknown media '%s' (this build has: rtp, audiosocket, websocket)", media);
             return TOLK_E_INVAL;
         }
     }
@@ -1073,11 +1074,17 @@ static tolk_status tr_create(const tolk_host *host, tolk_instance *inst, const j
     t->host = host;
     t->inst = inst;
     const char *media = host->cfg_string(cfg, "media");
+    if (!media) media = "websocket"; /* the default (docs/asterisk.md says why) */
     for (size_t i = 0; media_table[i]; i++)
-        if (!media || !strcmp(media_table[i]->name, media)) {
+        if (!strcmp(media_table[i]->name, media)) {
             t->media = media_table[i];
             break;
         }
+    if (!t->media) {
+        host->log(inst, TOLK_LOG_ERR, "unknown media '%s'", media);
+        free(t);
+        return TOLK_E_INVAL;
+    }
     const char *url = host->cfg_string(cfg, "url");
     size_t ul = strlen(url);
     while (ul && url[ul - 1] == '/') ul--;
@@ -1112,7 +1119,20 @@ static tolk_status tr_create(const tolk_host *host, tolk_instance *inst, const j
     t->backoff = t->reconnect_min;
     t->rand_tag = ((unsigned)getpid() * 2654435761u ^ (unsigned)(host->now() * 1e6)) & 0xffffff;
     char err[256] = "";
-    if (t->media->hub_create(host, inst, cfg, &t->hub, err, sizeof err) != TOLK_OK) {
+    /* The encapsulations read the ARI server and credentials as ari_url,
+     * ari_user, ari_password (media_options.h; WebSocket media connects to
+     * the same server, with the same credentials): call control's url,
+     * user and password, the latter two possibly from the environment. */
+    json_t *mcfg = json_is_object(cfg) ? json_copy((json_t *)cfg) : json_object();
+    if (mcfg) {
+        json_object_set_new(mcfg, "ari_url", json_string(url));
+        if (user) json_object_set_new(mcfg, "ari_user", json_string(user));
+        if (pass) json_object_set_new(mcfg, "ari_password", json_string(pass));
+    }
+    tolk_status hst =
+        mcfg ? t->media->hub_create(host, inst, mcfg, &t->hub, err, sizeof err) : TOLK_E_NOMEM;
+    json_decref(mcfg);
+    if (hst != TOLK_OK) {
         host->log(inst, TOLK_LOG_ERR, "media %s: %s", t->media->name, err);
         free(t->base);
         free(t->ws_base);

@@ -47,6 +47,9 @@ typedef struct plink {
     tr_media_stats last;
     uint64_t played;
     uint64_t rx_samples, rx_loud_frames;
+    /* the timeline of what reached the core: first and last captured_at,
+     * and the largest jump beyond the previous delivery's length */
+    double rx_first_at, rx_end_at, rx_max_gap;
     double rx_sumsq, rx_peak;
     double frame_sumsq;
     size_t frame_n;
@@ -139,6 +142,13 @@ static void ev_audio(void *ud, const int16_t *pcm, size_t n, double at) {
             l->frame_n = 0;
         }
     }
+    double len = (double)n / (TOLK_FRAME_SAMPLES / TOLK_FRAME_SECONDS);
+    if (l->rx_samples == 0) {
+        l->rx_first_at = at;
+    } else if (at - l->rx_end_at > l->rx_max_gap) {
+        l->rx_max_gap = at - l->rx_end_at;
+    }
+    l->rx_end_at = at + len;
     l->rx_samples += n;
     if (l->ch) l->p->host->channel_audio_at(l->ch, TOLK_LEG_A, pcm, n, at);
 }
@@ -329,6 +339,10 @@ static tolk_health pr_health(void *self, json_t **detail_new) {
                              (json_int_t)l->rx_samples, "rx_loud_frames",
                              (json_int_t)l->rx_loud_frames, "rx_rms", rms, "rx_peak", l->rx_peak,
                              "why", l->why, "tx_loud_frames", (json_int_t)l->tx_loud_frames));
+        json_t *lo = json_array_get(links, json_array_size(links) - 1);
+        json_object_set_new(lo, "rx_span",
+                            json_real(l->rx_samples ? l->rx_end_at - l->rx_first_at : 0));
+        json_object_set_new(lo, "rx_max_gap", json_real(l->rx_max_gap));
     }
     *detail_new = json_pack("{s:s,s:i,s:i,s:o}", "media", p->ops->name, "links_ended", ended,
                             "nlinks", p->nlinks, "links", links);

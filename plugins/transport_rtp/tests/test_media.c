@@ -220,6 +220,58 @@ static void test_audiosocket_call(void **state) {
     done(R);
 }
 
+/* In a bridge of two members Asterisk sends nothing while the party is
+ * quiet. The fake stops sending after 1 s of speech: the core still gets a
+ * continuous timeline (silence at 20 ms pace, nothing twice), the phrase
+ * ends and its translation reaches the fake; then the fake speaks 0.3 s
+ * more (the timeline goes on without a jump) and hangs up. */
+static void check_quiet_peer(rec *R, const char *kind) {
+    json_t *l = link0(R);
+    json_t *rep = report();
+    json_t *c = conn0(rep, kind);
+    double span = json_number_value(json_object_get(l, "rx_span"));
+    double got = (double)jint(l, "rx_samples") / 16000.0;
+    double gap = json_number_value(json_object_get(l, "rx_max_gap"));
+    printf("      %s: %.2f s of audio reached the core over a %.2f s timeline, largest jump "
+           "%.0f ms\n",
+           kind, got, span, gap * 1000);
+    /* 1 s of speech, then the pause until the translation has come back */
+    assert_true(span > 1.8);
+    assert_true(got > span - 0.1 && got < span + 0.1);
+    assert_true(gap < 0.070);
+    assert_in_range(jint(l, "rx_loud_frames"), 60, 67);
+    /* the phrase ended in the pause: translated and heard before the hang-up */
+    assert_true(R->phrases_ok >= 1);
+    assert_string_equal(R->text[0], "hola mundo");
+    assert_true(jint(c, "rx_loud") >= 12);
+    assert_translation_heard(c);
+    assert_string_equal(jstr(c, "closed_by"), "fake");
+    json_decref(rep);
+    json_decref(l);
+}
+
+static void test_audiosocket_quiet_peer(void **state) {
+    (void)state;
+    scenario("{\"audiosocket\": {\"steps\": [ {\"op\": \"audio\", \"ms\": 1000}, "
+             "{\"op\": \"sleep\", \"ms\": 800}, {\"op\": \"wait_rx\", \"loud\": 12, "
+             "\"timeout\": 10}, {\"op\": \"audio\", \"ms\": 300}, {\"op\": \"close\"} ]}}");
+    rec *R = start("audiosocket", NULL);
+    assert_true(tu_run_until(R->c, link_ended, R, 20));
+    check_quiet_peer(R, "audiosocket");
+    done(R);
+}
+
+static void test_websocket_quiet_peer(void **state) {
+    (void)state;
+    scenario("{\"websocket\": {\"steps\": [ {\"op\": \"audio\", \"ms\": 1000}, "
+             "{\"op\": \"sleep\", \"ms\": 800}, {\"op\": \"wait_rx\", \"loud\": 12, "
+             "\"timeout\": 10}, {\"op\": \"audio\", \"ms\": 300}, {\"op\": \"close\"} ]}}");
+    rec *R = start("websocket", NULL);
+    assert_true(tu_run_until(R->c, link_ended, R, 20));
+    check_quiet_peer(R, "websocket");
+    done(R);
+}
+
 /* Asterisk before 22.7 labels slin16 as kind 0x10 and takes only 0x10 back. */
 static void test_audiosocket_legacy_kind(void **state) {
     (void)state;
@@ -544,6 +596,8 @@ int main(int argc, char **argv) {
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_audiosocket_call, free_live),
+        cmocka_unit_test_teardown(test_audiosocket_quiet_peer, free_live),
+        cmocka_unit_test_teardown(test_websocket_quiet_peer, free_live),
         cmocka_unit_test_teardown(test_audiosocket_legacy_kind, free_live),
         cmocka_unit_test_teardown(test_audiosocket_garbage, free_live),
         cmocka_unit_test_teardown(test_audiosocket_absurd_length, free_live),

@@ -107,7 +107,8 @@ static rec *start(const char *extra) {
     tu_write(R->dir, "60-asterisk.conf",
              "instance: { name = \"asterisk\"; plugin = \"transport_rtp\"; settings: {\n"
              "  url = \"http://127.0.0.1:%d\"; user = \"test\"; password = \"test\"; app = \"tolktest\";\n"
-             "  reconnect_min = 0.05; reconnect_max = 0.2; rest_timeout = 5; %s }; };\n",
+             "  reconnect_min = 0.05; reconnect_max = 0.2; rest_timeout = 5; media = \"rtp\"; %s "
+             "}; };\n",
              g_port, extra ? extra : "");
     R->c = core_new(R->dir, NULL);
     R->c->obs = (core_observer){.phrase = on_phrase,
