@@ -118,7 +118,7 @@ static rec *start(const char *extra) {
                                 .ud = R};
     assert_int_equal(core_load(R->c), 0);
     assert_int_equal(core_start_transports(R->c), 0);
-    assert_true(tu_run_until(R->c, connected, R, 10));
+    assert_true(tu_run_until(R->c, connected, R, 30));
     return R;
 }
 
@@ -178,8 +178,8 @@ static void test_rtp_peer_faults(void **state) {
             " \"channel\": {\"id\": \"A1\", \"name\": \"PJSIP/caller-A1\", \"state\": \"Up\"},"
             " \"application\": \"tolktest\"}");
     want w = {R, 1};
-    assert_true(tu_run_until(R->c, ended_n, &w, 20));
-    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+    assert_true(tu_run_until(R->c, ended_n, &w, 30));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 30));
 
     /* every fault dropped and counted as what it is */
     assert_int_equal(hint(R, "media_stats.rx_lost"), 2);      /* the skipped one, the held one */
@@ -235,8 +235,8 @@ static void test_rest_failures(void **state) {
     fake_do("POST", "/_fake/config", "{\"fail\": {\"externalMedia\": 500}}");
     fake_do("POST", "/_fake/call", "{\"id\": \"A2\", \"args\": [\"Local/b@x/n\"]}");
     want w = {R, 1};
-    assert_true(tu_run_until(R->c, ended_n, &w, 10));
-    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+    assert_true(tu_run_until(R->c, ended_n, &w, 30));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 30));
     assert_true(tu_log_has("HTTP 500"));
     json_t *st = fake_state();
     assert_true(json_has_string(json_object_get(st, "deletes"), "channels/A2"));
@@ -245,8 +245,8 @@ static void test_rest_failures(void **state) {
     fake_do("POST", "/_fake/config", "{\"fail\": {\"originate\": 404}}");
     fake_do("POST", "/_fake/call", "{\"id\": \"A3\", \"args\": [\"Local/b@x/n\"]}");
     w.ended = 2;
-    assert_true(tu_run_until(R->c, ended_n, &w, 10));
-    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+    assert_true(tu_run_until(R->c, ended_n, &w, 30));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 30));
     assert_true(tu_log_has("the callee could not be called (HTTP 404"));
     assert_true(hint(R, "rest_errors") >= 2);
 
@@ -256,9 +256,9 @@ static void test_rest_failures(void **state) {
             "{\"id\": \"A4\", \"args\": [\"dial=Local/b@x/n\"], \"rtp\": {\"hangup\": true, \"tail\": 1.0,"
             " \"frames\": [[\"tone\", 30], [\"silence\", 30]]}}");
     w.ended = 3;
-    assert_true(tu_run_until(R->c, ended_n, &w, 15));
+    assert_true(tu_run_until(R->c, ended_n, &w, 30));
     assert_int_equal(R->phrases, 1);
-    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 30));
 
     /* an overloaded Asterisk refuses the teardown's first DELETEs (503):
      * they are tried again until nothing of the call is left */
@@ -267,8 +267,8 @@ static void test_rest_failures(void **state) {
     tu_run_until(R->c, NULL, NULL, 0.8);
     fake_do("POST", "/_fake/hangup", "{\"id\": \"A10\"}");
     w.ended = 4;
-    assert_true(tu_run_until(R->c, ended_n, &w, 10));
-    assert_true(tu_run_until(R->c, torn_down, NULL, 8));
+    assert_true(tu_run_until(R->c, ended_n, &w, 30));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 30));
     assert_true(tu_log_has("HTTP 503: fake overload: trying again"));
     done(R);
 }
@@ -294,7 +294,7 @@ static void test_malformed_events(void **state) {
             "{\"id\": \"A5\", \"args\": [\"dial=Local/b@x/n\"], \"rtp\": {\"hangup\": true, \"tail\": 1.0,"
             " \"frames\": [[\"tone\", 30], [\"silence\", 30]]}}");
     want w = {R, 1};
-    assert_true(tu_run_until(R->c, ended_n, &w, 15));
+    assert_true(tu_run_until(R->c, ended_n, &w, 30));
     assert_int_equal(R->phrases, 1);
     done(R);
 }
@@ -362,8 +362,8 @@ static void test_over_limit_and_passthrough(void **state) {
     fake_do("POST", "/_fake/hangup", "{\"id\": \"A7\"}");
     fake_do("POST", "/_fake/hangup", "{\"id\": \"A6\"}");
     want w = {R, 1};
-    assert_true(tu_run_until(R->c, ended_n, &w, 10));
-    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+    assert_true(tu_run_until(R->c, ended_n, &w, 30));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 30));
 
     /* mode=passthrough from the dialplan: one bridge, no media channel */
     fake_do("POST", "/_fake/call", "{\"id\": \"A8\", \"args\": [\"dial=Local/d@x/n\", \"mode=passthrough\"]}");
@@ -372,8 +372,8 @@ static void test_over_limit_and_passthrough(void **state) {
     assert_int_equal(R->c->active, 1);
     fake_do("POST", "/_fake/hangup", "{\"id\": \"A8\"}");
     w.ended = 2;
-    assert_true(tu_run_until(R->c, ended_n, &w, 10));
-    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+    assert_true(tu_run_until(R->c, ended_n, &w, 30));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 30));
     done(R);
 }
 
@@ -407,8 +407,8 @@ static void test_stalled_events_socket(void **state) {
     assert_int_equal(R->c->active, 1);
     fake_do("POST", "/_fake/hangup", "{\"id\": \"S1\"}");
     want w = {R, 1};
-    assert_true(tu_run_until(R->c, ended_n, &w, 10));
-    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+    assert_true(tu_run_until(R->c, ended_n, &w, 30));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 30));
     done(R);
 }
 
@@ -419,10 +419,10 @@ static void one_call(const char *settings) {
             "{\"id\": \"P1\", \"args\": [\"dial=Local/b@x/n\"], \"rtp\": {\"hangup\": true, \"tail\": 1.0,"
             " \"frames\": [[\"tone\", 30], [\"foreign\"], [\"silence\", 30]]}}");
     want w = {R, 1};
-    assert_true(tu_run_until(R->c, ended_n, &w, 15));
+    assert_true(tu_run_until(R->c, ended_n, &w, 30));
     assert_int_equal(R->phrases, 1);
     assert_int_equal(hint(R, "media_stats.rx_lost"), 0);
-    assert_true(tu_run_until(R->c, torn_down, NULL, 5));
+    assert_true(tu_run_until(R->c, torn_down, NULL, 30));
     done(R);
 }
 
