@@ -67,7 +67,9 @@ cd "$top"
 
 echo "== make distcheck =="
 cd _build/plain
-make -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >/dev/null 2>distcheck.err || {
+# The calls through the real Asterisk ran in both passes above; distcheck
+# checks the tarball builds and its tests pass, and skips them.
+TOLK_SKIP_ASTERISK_TESTS=1 make -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >/dev/null 2>distcheck.err || {
     tail -100 distcheck.err; exit 1; }
 echo "distcheck: OK"
 asan_pass=$(sed -n 's/^# PASS: *//p' "$top/_build/asan/test-suite.log")
