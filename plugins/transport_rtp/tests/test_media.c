@@ -237,7 +237,10 @@ static void check_quiet_peer(rec *R, const char *kind) {
            kind, got, span, gap * 1000);
     /* 1 s of speech, then the pause until the translation has come back */
     assert_true(span > 1.8);
-    assert_true(got > span - 0.1 && got < span + 0.1);
+    /* nothing twice, and the pause filled: without the filler only the 1 s
+     * of speech arrives (a sanitized build on a loaded CI machine once
+     * filled 2.16 s of 2.27) */
+    assert_true(got > span - 0.25 && got < span + 0.1);
     assert_true(gap < 0.070);
     assert_in_range(jint(l, "rx_loud_frames"), 60, 67);
     /* the phrase ended in the pause: translated and heard before the hang-up */
