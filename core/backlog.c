@@ -96,14 +96,8 @@ void backlog_init(tolk_channel *ch, const tolk_channel_info *info) {
 
 void backlog_stop(tolk_channel *ch) { stop_watchers(ch); }
 
-tolk_status backlog_admit(tolk_channel *ch, tolk_leg leg) {
+tolk_status backlog_admit_pull(tolk_channel *ch, tolk_leg leg) {
     direction *d = &ch->dir[leg];
-    if (!(ch->flags & TOLK_CHAN_PULL)) {
-        /* backlog_shed()'s own first test, here because this runs on every
-         * frame of every live call */
-        if (d->phrase_samples + ch->out[d->dst].len > backlog_bound(ch)) backlog_shed(d);
-        return TOLK_OK;
-    }
     if (d->refused) return TOLK_E_AGAIN;
     if (backlog_samples(d) < backlog_bound(ch)) return TOLK_OK;
     d->refused = 1;

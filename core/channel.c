@@ -122,6 +122,12 @@ static void frame_in(direction *d, const int16_t *frame, double arrival, double 
 
 /* captured_at < 0: the audio arrived now. Else it is the capture time of
  * pcm[0], and a frame's arrival is the capture time of its end. */
+static double frame_arrival(double captured_at, size_t samples_to_end, double now) {
+    if (captured_at < 0) return now;
+    double at = captured_at + (double)samples_to_end / TOLK_SAMPLE_RATE;
+    return at > now ? now : at; /* a transport's clock ahead of ours */
+}
+
 static tolk_status audio_in(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, size_t n,
                             double captured_at) {
     if (!ch || ch->closed || ch->ending || (leg != TOLK_LEG_A && leg != TOLK_LEG_B))
@@ -132,6 +138,12 @@ static tolk_status audio_in(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, 
     if (admit != TOLK_OK) return admit;
     d->spoke = 1;
     double now = mono_now();
+    if (n == TOLK_FRAME_SAMPLES && d->nin == 0) {
+        /* the usual case, one whole frame: used where it is, not copied
+         * (frame_in() and everything under it copy what they keep) */
+        frame_in(d, pcm, frame_arrival(captured_at, TOLK_FRAME_SAMPLES, now), now);
+        return TOLK_OK;
+    }
     size_t consumed = 0;
     while (n > 0) {
         size_t take = TOLK_FRAME_SAMPLES - d->nin;
@@ -143,12 +155,7 @@ static tolk_status audio_in(tolk_channel *ch, tolk_leg leg, const int16_t *pcm, 
         consumed += take;
         if (d->nin == TOLK_FRAME_SAMPLES) {
             d->nin = 0;
-            double at = now;
-            if (captured_at >= 0) {
-                at = captured_at + (double)consumed / TOLK_SAMPLE_RATE;
-                if (at > now) at = now; /* a transport's clock ahead of ours */
-            }
-            frame_in(d, d->inbuf, at, now);
+            frame_in(d, d->inbuf, frame_arrival(captured_at, consumed, now), now);
             if (ch->closed || ch->ending) break;
         }
     }

@@ -520,8 +520,11 @@ void backlog_init(tolk_channel *ch, const tolk_channel_info *info);
 void backlog_stop(tolk_channel *ch);
 /* Before channel_audio() takes audio of leg: TOLK_OK, or TOLK_E_AGAIN for a
  * pull channel that is full (input_ready() follows from the loop). A live
- * channel that is full sheds its oldest audio instead. */
-tolk_status backlog_admit(tolk_channel *ch, tolk_leg leg);
+ * channel that is full sheds its oldest audio instead. backlog_admit() is
+ * inline (after shed.c's declarations) because it runs on every frame of
+ * every call; backlog_admit_pull() is a pull channel's part. */
+tolk_status backlog_admit_pull(tolk_channel *ch, tolk_leg leg);
+static inline tolk_status backlog_admit(tolk_channel *ch, tolk_leg leg);
 
 /* ---- pipeline.c (and pipeline.h) ---- */
 void stream_result(tolk_stream *s, const tolk_transcript *t);
@@ -555,6 +558,15 @@ uint64_t backlog_progress(const tolk_channel *ch);
 void backlog_report_pending_lost(direction *d);
 /* Voiced audio the recogniser never heard: counted, logged, reported. */
 void backlog_audio_lost(direction *d, uint64_t samples, const char *reason);
+
+static inline tolk_status backlog_admit(tolk_channel *ch, tolk_leg leg) {
+    if (ch->flags & TOLK_CHAN_PULL) return backlog_admit_pull(ch, leg);
+    /* backlog_shed()'s own first test, so that a call under its bound
+     * makes no call at all */
+    direction *d = &ch->dir[leg];
+    if (d->phrase_samples + ch->out[d->dst].len > backlog_bound(ch)) backlog_shed(d);
+    return TOLK_OK;
+}
 
 /* ---- generation.c ---- */
 generation *generation_build(core *c, conf_set *cs, const generation *prev, conf_errors *errs);

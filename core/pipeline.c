@@ -652,9 +652,7 @@ static void stream_close(direction *d) {
 }
 
 static int frame_voiced(const int16_t *f) {
-    int64_t e = 0;
-    for (size_t i = 0; i < TOLK_FRAME_SAMPLES; i++) e += (int64_t)f[i] * f[i];
-    return e > (int64_t)VOICED_RMS * VOICED_RMS * TOLK_FRAME_SAMPLES;
+    return pcm_energy(f, TOLK_FRAME_SAMPLES) > (uint64_t)VOICED_RMS * VOICED_RMS * TOLK_FRAME_SAMPLES;
 }
 
 void pipeline_replay_drop(direction *d, size_t frames) {

@@ -6,6 +6,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#if defined(__SSE2__) && defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
 static void oom(void) {
     fputs("tolk: out of memory\n", stderr);
     abort();
@@ -169,4 +173,27 @@ double percentile_sorted(const double *v, size_t n, double p) {
     if (n == 0) return NAN;
     size_t rank = (size_t)ceil(p / 100.0 * (double)n);
     return v[rank ? rank - 1 : 0];
+}
+
+/* Every frame of every call is measured for voice (pipeline.c), so this is
+ * the core's largest per-frame cost; with SSE2 (every x86-64) it takes a
+ * third of the instructions of the compiler's own vectorisation of the
+ * scalar loop, which widens each square to 64 bits. */
+uint64_t pcm_energy(const int16_t *pcm, size_t n) {
+#if defined(__SSE2__) && defined(__x86_64__)
+    __m128i acc = _mm_setzero_si128(), zero = _mm_setzero_si128();
+    for (size_t i = 0; i < n; i += 8) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(pcm + i));
+        /* each lane a*a + b*b <= 2^31: read as unsigned it is exact */
+        __m128i sq = _mm_madd_epi16(v, v);
+        acc = _mm_add_epi64(acc, _mm_unpacklo_epi32(sq, zero));
+        acc = _mm_add_epi64(acc, _mm_unpackhi_epi32(sq, zero));
+    }
+    return (uint64_t)_mm_cvtsi128_si64(acc) +
+           (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(acc, acc));
+#else
+    uint64_t e = 0;
+    for (size_t i = 0; i < n; i++) e += (uint64_t)((int32_t)pcm[i] * pcm[i]);
+    return e;
+#endif
 }

@@ -3,6 +3,7 @@
 #define TOLK_CORE_UTIL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,8 +36,6 @@ void ptr_vec_push(ptr_vec *pv, void *p);
 int ptr_vec_remove(ptr_vec *pv, void *p); /* 1 if found; order kept */
 void ptr_vec_free(ptr_vec *pv);
 
-#endif
-
 /* A copy of s that is valid UTF-8 without control characters: invalid
  * bytes become U+FFFD, controls become spaces, runs of space collapse, ends
  * trimmed. Text from the network goes through this before anything uses it. */
@@ -48,3 +47,8 @@ size_t count_words(const char *s);
 void sort_doubles(double *v, size_t n);
 /* Nearest-rank percentile (p in 0..100) of v sorted ascending; NAN if n is 0. */
 double percentile_sorted(const double *v, size_t n, double p);
+
+/* Sum of the squares of n samples (n a multiple of 8), exact. */
+uint64_t pcm_energy(const int16_t *pcm, size_t n);
+
+#endif

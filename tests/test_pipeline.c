@@ -6,6 +6,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "util.h"
 #include "testutil.h"
 
 #define MAX_REPORTS 64
@@ -322,9 +323,32 @@ static void test_every_queue_is_measured(void **state) {
     for (int q = 0; q < Q_COUNT; q++) assert_true(depth(R->c, q) == 0);
 }
 
+/* The voice detector's energy (core/util.c, vectorised) is the exact sum
+ * of squares, full-scale negative samples included: a frame of -32768 must
+ * not read as silence. */
+static void test_pcm_energy_is_exact(void **state) {
+    (void)state;
+    int16_t f[TOLK_FRAME_SAMPLES];
+    uint32_t x = 12345;
+    for (int round = 0; round < 4; round++) {
+        for (size_t i = 0; i < TOLK_FRAME_SAMPLES; i++) {
+            x = x * 1103515245u + 12345u;
+            f[i] = round == 0   ? INT16_MIN
+                   : round == 1 ? (i % 2 ? INT16_MAX : INT16_MIN)
+                   : round == 2 ? (int16_t)(x >> 16)
+                                : (int16_t)(i % 7 == 0 ? -3 : 0);
+        }
+        uint64_t want = 0;
+        for (size_t i = 0; i < TOLK_FRAME_SAMPLES; i++) want += (uint64_t)((int64_t)f[i] * f[i]);
+        assert_true(pcm_energy(f, TOLK_FRAME_SAMPLES) == want);
+    }
+    assert_true(pcm_energy(f, 0) == 0);
+}
+
 int main(void) {
     log_set_level(TOLK_LOG_WARN);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pcm_energy_is_exact),
         cmocka_unit_test_setup_teardown(test_mock_call_translated_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bidirectional_both_directions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_passthrough_bridges_audio, setup, teardown),
