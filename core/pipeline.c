@@ -563,6 +563,19 @@ static void spec_hold(direction *d, phrase *ph, const int16_t *pcm, size_t n) {
     ph->nheld += n;
 }
 
+/* After translated speech was queued: a synthesiser far ahead of a live
+ * call's playback must not grow it for ever, and what is due goes out. */
+static void playback_settle(direction *d) {
+    backlog_shed(d);
+    deliver_now(d->ch, d->dst);
+}
+
+/* The synthesis of the phrase at the tail of playback is over. */
+static void phrase_audio_end(direction *d) {
+    playback_phrase_end(d);
+    outbuf_pad(d->ch->core, &d->ch->out[d->dst]);
+}
+
 void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
     if (!r || !r->active || !pcm || n == 0) return;
     phrase *ph = r->ph;
@@ -594,9 +607,7 @@ void request_tts_audio(tolk_request *r, const int16_t *pcm, size_t n) {
         return;
     }
     playback_phrase_audio(d, ph, pcm, n, first);
-    /* a synthesiser far ahead of a live call's playback must not grow it for ever */
-    backlog_shed(d);
-    deliver_now(ch, d->dst);
+    playback_settle(d);
 }
 
 void request_tts_done(tolk_request *r, tolk_status status) {
@@ -624,8 +635,7 @@ void request_tts_done(tolk_request *r, tolk_status status) {
         stage_pump(st);
         return;
     }
-    playback_phrase_end(d);
-    outbuf_pad(ch->core, &ch->out[d->dst]);
+    phrase_audio_end(d);
     if (!ph->has_audio) {
         phrase_lost(ph, "tts", r->inst, TOLK_E_BACKEND);
     } else {
@@ -975,7 +985,6 @@ static void spec_start(direction *d, const tolk_transcript *t, char *text) {
 /* The final result confirmed ph's text: it is the phrase, and what it
  * holds plays now. */
 static void spec_confirm(direction *d, phrase *ph) {
-    tolk_channel *ch = d->ch;
     ph->speculative = 0;
     metrics_add(spec_series("confirmed"), 1);
     if (!ph->has_audio) {
@@ -993,14 +1002,10 @@ static void spec_confirm(direction *d, phrase *ph) {
     audio_begins(d, ph);
     playback_phrase_audio(d, ph, held, n, 1);
     free(held);
-    if (done) {
-        playback_phrase_end(d);
-        outbuf_pad(ch->core, &ch->out[d->dst]);
-    }
+    if (done) phrase_audio_end(d);
     /* From here ph is playback's: its first frame reports it, and frees it
      * if its synthesis is over (possibly inside deliver_now()). */
-    backlog_shed(d);
-    deliver_now(ch, d->dst);
+    playback_settle(d);
 }
 
 void stream_result(tolk_stream *s, const tolk_transcript *t) {
