@@ -74,13 +74,14 @@
  *                            TOLK_E_TIMEOUT
  *
  * Reachability: a stream whose connection never opened (refused, DNS, TLS,
- * connect timeout, an upgrade refused other than 401/403/429) means
- * Deepgram is unreachable: host->report() says so once (TOLK_SEV_HIGH: the
- * core marks the instance down) and health() says FAILED until a
- * connection opens again. Calls avoid a down instance, so the plugin
- * itself tries: every `probe_interval` s a WebSocket is opened with the
- * streams' URL and closed at once, without audio (Deepgram bills audio).
- * The first connection that opens, a probe's or a stream's, ends it.
+ * connect timeout, an upgrade refused other than 401/403/429) while no
+ * other stream is open means Deepgram is unreachable: host->report() says
+ * so once (TOLK_SEV_HIGH: the core marks the instance down) and health()
+ * says FAILED until a connection opens again. Calls avoid a down instance,
+ * so the plugin itself tries: every `probe_interval` s a WebSocket is
+ * opened with the streams' URL and closed at once, without audio (Deepgram
+ * bills audio). The first connection that opens, a probe's or a stream's,
+ * ends it.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <ctype.h>
@@ -635,11 +636,11 @@ static void on_prober(void *ud) {
 
 /* A connection opened: Deepgram answers again. */
 static void reachable(dg *d) {
+    d->connect_error[0] = '\0';
     if (!d->unreachable_since) return;
     d->host->log(d->inst, TOLK_LOG_INFO, "Deepgram reachable again after %.1f s",
                  d->host->now() - d->unreachable_since);
     d->unreachable_since = 0;
-    d->connect_error[0] = '\0';
     if (d->prober) d->host->timer_stop(d->prober);
     d->prober = NULL;
 }
@@ -656,6 +657,12 @@ static void unreachable(dg *d, const char *why) {
     char msg[260];
     snprintf(msg, sizeof msg, "Deepgram unreachable: %s", why);
     d->host->report(d->inst, TOLK_E_BACKEND, TOLK_SEV_HIGH, msg);
+}
+
+static int any_open(const dg *d) {
+    for (const dg_stream *o = d->streams; o; o = o->next)
+        if (o->ready && live(o)) return 1;
+    return 0;
 }
 
 /* Why a connection that never opened failed; NULL when Deepgram answered
@@ -779,9 +786,16 @@ static void on_close(void *ud, tolk_ws *ws, const tolk_ws_close_info *info) {
         snprintf(why, sizeof why, "Deepgram closed the stream (%d%s%s)", info->code, *reason ? " " : "", reason);
         fail(s, TOLK_E_BACKEND, TOLK_SEV_HIGH, why);
     }
-    /* after the stream's own failure, which the core recovers first */
+    /* after the stream's own failure, which the core recovers first; while
+     * other streams are open Deepgram is reachable (the report would move
+     * every call off it for one failed connect) */
     char cwhy[200];
-    if (!s->ready && connect_failure(info, cwhy, sizeof cwhy)) unreachable(d, cwhy);
+    if (!s->ready && connect_failure(info, cwhy, sizeof cwhy)) {
+        if (any_open(d))
+            snprintf(d->connect_error, sizeof d->connect_error, "%s", cwhy);
+        else
+            unreachable(d, cwhy);
+    }
     leave(s);
 }
 
