@@ -30,6 +30,7 @@ void conf_error(conf_errors *e, const char *file, int line, const char *fmt, ...
 void conf_errors_free(conf_errors *e) {
     for (size_t i = 0; i < e->msgs.n; i++) free(e->msgs.v[i]);
     ptr_vec_free(&e->msgs);
+    e->runtime = 0;
 }
 
 static const char *const mode_names[] = {"default", "bidirectional", "unidirectional",

@@ -13,6 +13,9 @@
 
 typedef struct conf_errors {
     ptr_vec msgs; /* char *, "FILE:LINE: message" */
+    /* an instance could not be created (its plugin refused, or its create()
+     * failed): the system's trouble, not the file's; tolkd exits 3, not 1 */
+    int runtime;
 } conf_errors;
 void conf_error(conf_errors *e, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

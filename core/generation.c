@@ -35,6 +35,7 @@ tolk_instance *instance_new(core *c, const conf_instance *ci, conf_errors *errs)
     if (st != TOLK_OK) {
         conf_error(errs, ci->file, ci->line, "instance '%s': plugin %s refused to set itself up in this process",
                    ci->name, inst->desc->name);
+        errs->runtime = 1;
         json_decref(inst->settings);
         free(inst->name);
         free(inst);
@@ -44,6 +45,7 @@ tolk_instance *instance_new(core *c, const conf_instance *ci, conf_errors *errs)
     if (st != TOLK_OK) {
         conf_error(errs, ci->file, ci->line, "instance '%s' (plugin %s) failed to start: %s",
                    ci->name, inst->desc->name, status_name(st));
+        errs->runtime = 1;
         json_decref(inst->settings);
         free(inst->name);
         free(inst);

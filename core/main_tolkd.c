@@ -298,7 +298,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < errs.msgs.n; i++) log_msg(TOLK_LOG_ERR, "config", "%s", (char *)errs.msgs.v[i]);
     if (applied != 0) {
         core_free(c);
-        rc = EXIT_CONFIG;
+        /* tolkd(8): an instance that cannot be created is a runtime failure */
+        rc = errs.runtime ? EXIT_RUNTIME : EXIT_CONFIG;
         goto out;
     }
     core_watch_signals(c);

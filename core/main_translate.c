@@ -338,6 +338,8 @@ int main(int argc, char **argv) {
     c->obs = (core_observer){.phrase = on_phrase, .channel_end = on_end, .ud = &R};
     if (core_apply(c, cs, &errs) != 0) {
         for (size_t i = 0; i < errs.msgs.n; i++) fprintf(stderr, "%s\n", (char *)errs.msgs.v[i]);
+        /* tolk-translate(1): an instance that cannot be created is a pipeline failure */
+        if (errs.runtime) code = EXIT_PIPELINE;
         goto out;
     }
     /* A direction no chain serves would be copied untranslated: that is

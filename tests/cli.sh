@@ -35,6 +35,21 @@ check "fast text report: no stt time, no lag" sh -c "! grep -E -q '(stt [0-9]+ m
 check "fast text report: says they are not latency" grep -q '^# fed faster than real time: the times above are processing times, not latency' "$T/out.txt"
 check "fast JSON: no stt time, no lag" sh -c "grep -q '\"stages_ms\":{\"stt\":null,' '$T/out.json' && ! grep -q lag_ms '$T/out.json'"
 
+# An instance that cannot be created (stt_deepgram without a key) is exit
+# 3 for both programs (tolk-translate(1), tolkd(8)), not 1: the files are
+# valid, the system is not.
+if [ -e "$B/plugins/stt_deepgram/.libs/stt_deepgram.so" ]; then
+    mkdir "$T/nokey"
+    cp "$S"/examples/mock/conf.d/*.conf "$T/nokey/"
+    printf 'instance: { name = "dg"; plugin = "stt_deepgram"; };\n' >"$T/nokey/25-dg.conf"
+    env -u DEEPGRAM_API_KEY "$B/tolk-translate" -c "$T/nokey" "$T/in.wav" "$T/nk.wav" >"$T/nk.out" 2>&1
+    check "tolk-translate: an instance that cannot be created: exit 3" [ $? -eq 3 ]
+    check "...naming it" grep -q "instance 'dg' (plugin stt_deepgram) failed to start" "$T/nk.out"
+    env -u DEEPGRAM_API_KEY timeout 20 "$B/tolkd" -f -c "$T/nokey" >"$T/nkd.out" 2>&1
+    check "tolkd: an instance that cannot be created: exit 3" [ $? -eq 3 ]
+    check "...naming it" grep -q "instance 'dg' (plugin stt_deepgram) failed to start" "$T/nkd.out"
+fi
+
 # --realtime: each phrase has its lag (end of phrase -> its translated
 # speech starts), the summary its percentiles against the bound.
 "$B/tests/mkwav" "$T/rt.wav" 16000 1 16 2 800 700

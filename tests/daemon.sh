@@ -3,7 +3,9 @@
 # messages for broken configurations and plugins, a reload of a large conf.d
 # while /healthz is polled, a FIFO in conf.d, stray signals, a stderr pipe
 # nobody reads, a contested pid file, and the daemon started with relative
-# paths. The exporter (metrics_prometheus, port 0) answers /healthz.
+# paths, and the exporter's port taken by another process (exit 3 at
+# startup, a rejected reload). The exporter (metrics_prometheus, port 0)
+# answers /healthz.
 set -u
 B=${top_builddir:?}
 S=${top_srcdir:?}
@@ -173,6 +175,41 @@ check "FIFO x.conf: the reload is rejected" wait_for 10 grep -q "reload rejected
 check "FIFO x.conf: the message names it" grep -q "$C/x.conf: is a FIFO (named pipe), not a configuration file" "$T/tolkd.log"
 check "FIFO x.conf: /healthz still answers" [ "$(get "$U/healthz")" = 200 ]
 rm -f "$C/x.conf"
+
+# --- the exporter's port is taken ---
+# by the running tolkd: a second one cannot serve metrics there, says so
+# with the address and port, and exits 3 (an instance that cannot be
+# created, tolkd(8)) rather than running without metrics
+P1=$(port_of "$T/tolkd.log")
+mkconf "$T/taken" "$P1"
+$TO "$TOLKD" -f -c "$T/taken" >"$T/taken.out" 2>&1
+check "the exporter's port taken at startup: exit 3" [ $? -eq 3 ]
+check "...naming the address and port" grep -q "cannot listen on 127.0.0.1:$P1: Address already in use" "$T/taken.out"
+# a reload onto a port another process holds: rejected with that message,
+# and the running exporter stays
+if command -v python3 >/dev/null; then
+    python3 -c 'import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+open(sys.argv[1] + ".tmp", "w").write(str(s.getsockname()[1])); __import__("os").rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(60)' "$T/holder.port" &
+    holder=$!
+    PIDS="$PIDS $holder"
+    wait_for 10 [ -s "$T/holder.port" ]
+    P2=$(cat "$T/holder.port")
+    rejected_before=$(grep -c "reload rejected" "$T/tolkd.log")
+    cp "$C/70-metrics.conf" "$T/70-metrics.conf.saved"
+    sed -i "s/port = 0;/port = $P2;/" "$C/70-metrics.conf"
+    kill -HUP $pid
+    rejected() { [ "$(grep -c "reload rejected" "$T/tolkd.log")" -gt "$rejected_before" ]; }
+    check "a reload onto a taken port is rejected" wait_for 10 rejected
+    check "...naming the address and port" grep -q "cannot listen on 127.0.0.1:$P2: Address already in use" "$T/tolkd.log"
+    check "...and the running exporter still answers" [ "$(get "$U/healthz")" = 200 ]
+    check "...and tolkd still runs" alive $pid
+    cp "$T/70-metrics.conf.saved" "$C/70-metrics.conf"
+    kill $holder 2>/dev/null
+else
+    echo "# no python3: the reload onto a taken port is not checked"
+fi
 
 # a second tolkd with the same pid file refuses to start, and leaves it be
 mkconf "$T/second"

@@ -20,9 +20,12 @@
  * responses, all non-blocking on the loop thread. Owning the listener, not
  * lws, buys: IPv6 literals, port 0 (the kernel picks; health() reports the
  * port), a connection cap checked at accept, and a bind that is retried
- * every second instead of failing: on a reload that changes a setting the
- * core creates the new instance while the old one still listens on the
- * port, and the new one takes over once the old one is destroyed.
+ * every second instead of failing when the port is held by this process's
+ * own exporter: on a reload that changes a setting the core creates the new
+ * instance while the old one still listens on the port, and the new one
+ * takes over once the old one is destroyed. A port held by anything else
+ * fails create(), naming the address and port: tolkd exits 3 at startup, a
+ * reload is rejected and the running exporter stays.
  *
  * destroy() destroys only the vhost, which closes its connections; the
  * context is the core's. On an older host (ABI < 1.2) the instance creates
@@ -290,7 +293,27 @@ typedef struct prom {
 
     tolk_metric *m_requests, *m_render;
     tolk_series *s_render;
+    struct prom *next_live; /* in g_live */
 } prom;
+
+/* This process's exporters, to tell a port held by the instance a reload
+ * replaces (it lets go soon) from one held by another process (it may
+ * never: the operator must hear it at once). Loop thread only. */
+static prom *g_live;
+
+static void live_remove(prom *P) {
+    for (prom **q = &g_live; *q; q = &(*q)->next_live)
+        if (*q == P) {
+            *q = P->next_live;
+            return;
+        }
+}
+
+static int port_held_here(const prom *P) {
+    for (const prom *q = g_live; q; q = q->next_live)
+        if (q != P && (q->port == P->port_cfg || q->port_cfg == P->port_cfg)) return 1;
+    return 0;
+}
 
 /* A connection lws serves, and its client's address (IPv4 as v4-mapped). */
 typedef struct conn_slot {
@@ -1313,19 +1336,29 @@ static tolk_status create(const tolk_host *host, tolk_instance *inst, const json
     if (try_listen(P) != 0) {
         int e = errno;
         snprintf(P->bind_error, sizeof P->bind_error, "%s", strerror(e));
+        if (e == EADDRINUSE && !port_held_here(P)) {
+            host->log(inst, TOLK_LOG_ERR,
+                      "cannot listen on %s:%d: %s: another process has the port; free it or "
+                      "set another port",
+                      P->bind, P->port_cfg, P->bind_error);
+            destroy(P);
+            return TOLK_E_FATAL;
+        }
         if (e != EADDRINUSE && e != EADDRNOTAVAIL) {
             host->log(inst, TOLK_LOG_ERR, "cannot listen on %s:%d: %s", P->bind, P->port_cfg,
                       P->bind_error);
             destroy(P);
             return e == EACCES ? TOLK_E_INVAL : TOLK_E_FATAL;
         }
-        /* in use (another process, or the instance this one replaces on a
-         * reload) or the address is not up yet: keep trying */
+        /* in use by the instance this one replaces on a reload, or the
+         * address is not up yet: keep trying */
         host->log(inst, TOLK_LOG_ERR, "cannot listen on %s:%d: %s; retrying every %.0f s",
                   P->bind, P->port_cfg, P->bind_error, BIND_RETRY_S);
         P->bind_failures = 1;
         P->retry = host->timer_start(inst, BIND_RETRY_S, BIND_RETRY_S, retry_bind, P);
     }
+    P->next_live = g_live;
+    g_live = P;
     *self = P;
     return TOLK_OK;
 }
@@ -1333,6 +1366,7 @@ static tolk_status create(const tolk_host *host, tolk_instance *inst, const json
 static void destroy(void *self) {
     prom *P = self;
     if (!P) return;
+    live_remove(P);
     if (P->retry) P->host->timer_stop(P->retry);
     if (P->accept_pause) P->host->timer_stop(P->accept_pause);
     if (P->lfd >= 0) {

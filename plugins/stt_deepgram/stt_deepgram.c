@@ -72,6 +72,16 @@
  *                            for `results_timeout` s is dead (streams have
  *                            been seen to stay open and go quiet):
  *                            TOLK_E_TIMEOUT
+ *
+ * Reachability: a stream whose connection never opened (refused, DNS, TLS,
+ * connect timeout, an upgrade refused other than 401/403/429) while no
+ * other stream is open means Deepgram is unreachable: host->report() says
+ * so once (TOLK_SEV_HIGH: the core marks the instance down) and health()
+ * says FAILED until a connection opens again. Calls avoid a down instance,
+ * so the plugin itself tries: every `probe_interval` s a WebSocket is
+ * opened with the streams' URL and closed at once, without audio (Deepgram
+ * bills audio). The first connection that opens, a probe's or a stream's,
+ * ends it.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <ctype.h>
@@ -134,6 +144,8 @@ static const tolk_option dg_options[] = {
      .help = "seconds for the WebSocket upgrade"},
     {.key = "refused_hold", .type = TOLK_OPT_DOUBLE, .default_value = "60", .min = 0, .max = 86400,
      .help = "seconds health() says FAILED after the key was refused (401/403)"},
+    {.key = "probe_interval", .type = TOLK_OPT_DOUBLE, .default_value = "5", .min = 0.05, .max = 3600,
+     .help = "seconds between connection attempts while Deepgram is unreachable"},
     {.key = "ca_file", .type = TOLK_OPT_STRING, .help = "CA bundle for TLS (default: the system's)"},
     {.key = "insecure", .type = TOLK_OPT_BOOL, .default_value = "false",
      .help = "skip TLS verification (local tests only)"},
@@ -190,8 +202,15 @@ struct dg {
     size_t chunk_bytes, max_buffered;
     double keepalive, finalize_timeout, flush_timeout, results_timeout, connect_timeout, refused_hold;
     double refused_at; /* 0: never */
+    double probe_interval;
+    /* no connection could be opened since unreachable_since (0: reachable) */
+    double unreachable_since;
+    char connect_error[200];
+    tolk_timer *prober;
+    tolk_ws *probe; /* a probe connection in flight */
     dg_stream *streams;
     /* health counters */
+    uint64_t probes, unreachable;
     uint64_t streams_opened, messages, malformed, failures, refused, rate_limited, undecodable,
         watchdog, backpressure, keepalives, finalizes, finalize_timeouts, flush_timeouts, finals,
         partials, utterance_ends, speech_started, metadata, eager_ends, turns_resumed, errors;
@@ -605,12 +624,116 @@ static void on_tick(void *ud) {
 }
 
 /* ------------------------------------------------------------------ */
+/* Reachability                                                        */
+
+static void probe_start(dg *d);
+static char *listen_url(const dg *d, const char *language);
+
+static void on_prober(void *ud) {
+    dg *d = ud;
+    if (!d->probe) probe_start(d);
+}
+
+/* A connection opened: Deepgram answers again. */
+static void reachable(dg *d) {
+    d->connect_error[0] = '\0';
+    if (!d->unreachable_since) return;
+    d->host->log(d->inst, TOLK_LOG_INFO, "Deepgram reachable again after %.1f s",
+                 d->host->now() - d->unreachable_since);
+    d->unreachable_since = 0;
+    if (d->prober) d->host->timer_stop(d->prober);
+    d->prober = NULL;
+}
+
+/* A connection could not be opened: reported once, until one opens. */
+static void unreachable(dg *d, const char *why) {
+    snprintf(d->connect_error, sizeof d->connect_error, "%s", why);
+    if (d->unreachable_since) return;
+    d->unreachable_since = d->host->now();
+    d->unreachable++;
+    if (!d->prober)
+        d->prober =
+            d->host->timer_start(d->inst, d->probe_interval, d->probe_interval, on_prober, d);
+    char msg[260];
+    snprintf(msg, sizeof msg, "Deepgram unreachable: %s", why);
+    d->host->report(d->inst, TOLK_E_BACKEND, TOLK_SEV_HIGH, msg);
+}
+
+static int any_open(const dg *d) {
+    for (const dg_stream *o = d->streams; o; o = o->next)
+        if (o->ready && live(o)) return 1;
+    return 0;
+}
+
+/* Why a connection that never opened failed; NULL when Deepgram answered
+ * (a refused key or too many streams: reachable, handled per stream). */
+static const char *connect_failure(const tolk_ws_close_info *info, char *buf, size_t cap) {
+    const char *reason = info->reason && *info->reason ? info->reason : NULL;
+    if (info->http_status == 401 || info->http_status == 403 || info->http_status == 429)
+        return NULL;
+    if (info->http_status)
+        snprintf(buf, cap, "upgrade refused (HTTP %d)", info->http_status);
+    else if (info->status == TOLK_E_TIMEOUT)
+        snprintf(buf, cap, "connection timed out%s%s", reason ? ": " : "", reason ? reason : "");
+    else
+        snprintf(buf, cap, "%s", reason ? reason : "no connection");
+    return buf;
+}
+
+static void on_probe_open(void *ud, tolk_ws *ws) {
+    dg *d = ud;
+    reachable(d);
+    d->host->ws_close(ws, 1000, "probe");
+}
+
+static void on_probe_message(void *ud, tolk_ws *ws, const void *data, size_t n, int binary) {
+    (void)ud, (void)ws, (void)data, (void)n, (void)binary;
+}
+
+static void on_probe_close(void *ud, tolk_ws *ws, const tolk_ws_close_info *info) {
+    dg *d = ud;
+    (void)ws;
+    d->probe = NULL;
+    if (!d->unreachable_since) return; /* it opened */
+    char why[200];
+    if (info->http_status == 401 || info->http_status == 403) {
+        d->refused++;
+        d->refused_at = d->host->now();
+    }
+    if (connect_failure(info, why, sizeof why))
+        snprintf(d->connect_error, sizeof d->connect_error, "%s", why);
+    else
+        reachable(d); /* it answered the upgrade */
+}
+
+static void probe_start(dg *d) {
+    char *url = listen_url(d, d->language ? d->language : "en");
+    if (!url) return;
+    const char *headers[] = {d->auth_header, "User-Agent: tolk-stt_deepgram/1.0", NULL};
+    tolk_ws_params wp = {.size = sizeof wp,
+                         .url = url,
+                         .headers = headers,
+                         .ca_file = d->ca_file,
+                         .insecure = d->insecure,
+                         .connect_timeout = d->connect_timeout,
+                         .max_message = 1 << 16,
+                         .on_open = on_probe_open,
+                         .on_message = on_probe_message,
+                         .on_close = on_probe_close,
+                         .ud = d};
+    d->probes++;
+    d->probe = d->host->ws_connect(d->inst, &wp);
+    free(url);
+}
+
+/* ------------------------------------------------------------------ */
 /* The WebSocket                                                        */
 
 static void on_open(void *ud, tolk_ws *ws) {
     dg_stream *s = ud;
     (void)ws;
     if (!live(s)) return;
+    reachable(s->d);
     s->ready = 1;
     s->last_audio = s->last_keepalive = s->d->host->now();
     enter(s);
@@ -662,6 +785,16 @@ static void on_close(void *ud, tolk_ws *ws, const tolk_ws_close_info *info) {
     } else {
         snprintf(why, sizeof why, "Deepgram closed the stream (%d%s%s)", info->code, *reason ? " " : "", reason);
         fail(s, TOLK_E_BACKEND, TOLK_SEV_HIGH, why);
+    }
+    /* after the stream's own failure, which the core recovers first; while
+     * other streams are open Deepgram is reachable (the report would move
+     * every call off it for one failed connect) */
+    char cwhy[200];
+    if (!s->ready && connect_failure(info, cwhy, sizeof cwhy)) {
+        if (any_open(d))
+            snprintf(d->connect_error, sizeof d->connect_error, "%s", cwhy);
+        else
+            unreachable(d, cwhy);
     }
     leave(s);
 }
@@ -890,6 +1023,8 @@ static tolk_status dg_check_config(const json_t *cfg, tolk_config_error *err) {
 static void dg_destroy(void *self) {
     dg *d = self;
     while (d->streams) stream_free(d->streams);
+    if (d->probe) d->host->ws_cancel(d->probe);
+    if (d->prober) d->host->timer_stop(d->prober);
     free(d->url);
     free(d->auth_header);
     free(d->model);
@@ -960,6 +1095,7 @@ static tolk_status dg_create(const tolk_host *host, tolk_instance *inst, const j
     d->results_timeout = host->cfg_double(cfg, "results_timeout");
     d->connect_timeout = host->cfg_double(cfg, "connect_timeout");
     d->refused_hold = host->cfg_double(cfg, "refused_hold");
+    d->probe_interval = host->cfg_double(cfg, "probe_interval");
     if (!d->url || !d->auth_header || !d->model || !d->keyterms || !d->language_hints || d->keepalive <= 0) {
         dg_destroy(d);
         return TOLK_E_NOMEM;
@@ -997,7 +1133,13 @@ static tolk_health dg_health(void *self, json_t **detail_new) {
             "last_close_code", d->last_close_code, "last_http_status", d->last_http_status, "api",
             d->flux ? "v2" : "v1", "eager_ends", (json_int_t)d->eager_ends, "turns_resumed",
             (json_int_t)d->turns_resumed, "errors", (json_int_t)d->errors);
-    return refused ? TOLK_FAILED : TOLK_HEALTHY;
+    if (detail_new && *detail_new) {
+        json_object_set_new(*detail_new, "reachable", json_boolean(!d->unreachable_since));
+        json_object_set_new(*detail_new, "connect_error", json_string(d->connect_error));
+        json_object_set_new(*detail_new, "unreachable", json_integer((json_int_t)d->unreachable));
+        json_object_set_new(*detail_new, "probes", json_integer((json_int_t)d->probes));
+    }
+    return refused || d->unreachable_since ? TOLK_FAILED : TOLK_HEALTHY;
 }
 
 static const tolk_stt dg_desc = {

@@ -32,7 +32,10 @@
  * once through POST /clone_speaker (multipart, field wav_file) and cached on
  * disk as <name>.clone.json beside it (redone when the WAV is newer).
  * Conditioning is kept in memory in an LRU of voice_cache entries
- * (voice_embedding_cache_size{component}). A voice that is unknown, or not
+ * (voice_embedding_cache_size{component}), serialised once as the JSON
+ * members a request carries: each /tts_stream body splices the text,
+ * language and options around it rather than formatting 33 000 numbers
+ * per phrase. A voice that is unknown, or not
  * cloned yet, is spoken with default_voice, else the server's studio
  * speaker named by studio_speaker (GET /studio_speakers).
  *
@@ -118,11 +121,19 @@ struct server {
     uint64_t streams, failures, timeouts, probes, clones;
 };
 
+/* A conditioning serialised once: the members
+ * "speaker_embedding":[...],"gpt_cond_latent":[[...]...] without the
+ * braces, about 300 KB, spliced as they are into every request body. */
+typedef struct conditioning {
+    char *members;
+    size_t len;
+} conditioning;
+
 /* A voice's conditioning, as the JSON the server takes. */
 typedef struct voice {
     struct voice *next;
     char *name;
-    json_t *cond; /* {"speaker_embedding": [...], "gpt_cond_latent": [[...]...]} */
+    conditioning cond;
     uint64_t used;
     int pinned; /* the default voice: never evicted */
 } voice;
@@ -156,7 +167,7 @@ struct xtts {
     uint64_t tick;
     clone *clones;
     tolk_http *studio; /* GET /studio_speakers in flight */
-    json_t *studio_cond;
+    conditioning studio_cond;
     tolk_timer *prober;
     tolk_timer *fail_timer; /* fails the queue from the loop once no server is left */
     int all_down_reported;
@@ -189,6 +200,27 @@ static json_t *cond_of(const json_t *doc) {
                      "gpt_cond_latent", json_object_get(doc, "gpt_cond_latent"));
 }
 
+/* cond (a cond_of() result) as the members a body splices in; 0 on success. */
+static int cond_serialise(const json_t *cond, conditioning *out) {
+    char *s = cond ? json_dumps(cond, JSON_COMPACT) : NULL;
+    size_t n = s ? strlen(s) : 0;
+    if (n < 2 || s[0] != '{' || s[n - 1] != '}') {
+        free(s);
+        return -1;
+    }
+    memmove(s, s + 1, n - 2);
+    s[n - 2] = '\0';
+    out->members = s;
+    out->len = n - 2;
+    return 0;
+}
+
+static void cond_clear(conditioning *c) {
+    free(c->members);
+    c->members = NULL;
+    c->len = 0;
+}
+
 static void voices_gauge(xtts *d) {
     if (d->voices_s) d->host->series_set(d->voices_s, (double)d->nvoices);
 }
@@ -204,16 +236,17 @@ static voice *voice_find(xtts *d, const char *name) {
 
 static void voice_free(voice *v) {
     free(v->name);
-    json_decref(v->cond);
+    cond_clear(&v->cond);
     free(v);
 }
 
 /* Keeps cond (stolen) under name, evicting the least recently used
- * unpinned entry when the cache is full. */
-static void voice_put(xtts *d, const char *name, json_t *cond, int pin) {
+ * unpinned entry when the cache is full. A voice cloned again gets the new
+ * conditioning: the requests that follow carry it. */
+static void voice_put(xtts *d, const char *name, conditioning cond, int pin) {
     voice *v = voice_find(d, name);
     if (v) {
-        json_decref(v->cond);
+        cond_clear(&v->cond);
         v->cond = cond;
         v->pinned |= pin;
         return;
@@ -232,7 +265,7 @@ static void voice_put(xtts *d, const char *name, json_t *cond, int pin) {
     v = calloc(1, sizeof *v);
     if (!v || !(v->name = strdup(name))) {
         free(v);
-        json_decref(cond);
+        cond_clear(&cond);
         return;
     }
     v->cond = cond;
@@ -336,7 +369,11 @@ static voice *profile_load(xtts *d, const char *name, int pin) {
             return NULL;
         }
     }
-    voice_put(d, name, cond, pin);
+    conditioning c;
+    int bad = cond_serialise(cond, &c);
+    json_decref(cond);
+    if (bad) return NULL;
+    voice_put(d, name, c, pin);
     return voice_find(d, name);
 }
 
@@ -380,7 +417,7 @@ static void server_back(server *s) {
     d->all_down_reported = 0;
     d->host->log(d->inst, TOLK_LOG_INFO, "%s answers again: back in the pool", s->url);
     for (clone *c = d->clones; c; c = c->next) clone_start(d, c);
-    if (d->studio_speaker && !d->studio_cond) studio_fetch(d);
+    if (d->studio_speaker && !d->studio_cond.members) studio_fetch(d);
     pump(d);
 }
 
@@ -415,7 +452,7 @@ static void on_prober(void *ud) {
     for (size_t i = 0; i < d->nservers; i++)
         if (!d->servers[i].up && !d->servers[i].probe) probe_start(&d->servers[i]);
     for (clone *c = d->clones; c; c = c->next) clone_start(d, c);
-    if (d->studio_speaker && !d->studio_cond) studio_fetch(d);
+    if (d->studio_speaker && !d->studio_cond.members) studio_fetch(d);
 }
 
 /* ------------------------------------------------------------------ */
@@ -466,8 +503,16 @@ static void on_clone_done(void *ud, tolk_http *h, const tolk_http_result *res) {
     d->clones_done++;
     if (c->save_path && json_dump_file(cond, c->save_path, JSON_COMPACT) != 0)
         d->host->log(d->inst, TOLK_LOG_WARN, "cannot cache voice '%s' in %s", c->name, c->save_path);
+    conditioning cs;
+    int bad = cond_serialise(cond, &cs);
+    json_decref(cond);
+    if (bad) {
+        d->host->log(d->inst, TOLK_LOG_ERR, "out of memory keeping voice '%s': cloned again later",
+                     c->name);
+        return;
+    }
     TOLK_LOG(d->host, d->inst, TOLK_LOG_INFO, "voice '%s' cloned", c->name);
-    voice_put(d, c->name, cond, c->pin);
+    voice_put(d, c->name, cs, c->pin);
     clone_free(c);
 }
 
@@ -540,7 +585,9 @@ static void on_studio(void *ud, tolk_http *h, const tolk_http_result *res) {
         d->host->report(d->inst, TOLK_E_INVAL, TOLK_SEV_PERMANENT, "studio_speaker not found on the server");
         return;
     }
-    d->studio_cond = cond;
+    int bad = cond_serialise(cond, &d->studio_cond);
+    json_decref(cond);
+    if (bad) return; /* out of memory: the prober asks again */
     TOLK_LOG(d->host, d->inst, TOLK_LOG_INFO, "studio speaker '%s' ready", d->studio_speaker);
 }
 
@@ -557,16 +604,16 @@ static void studio_fetch(xtts *d) {
 
 /* The conditioning a request's voice gets: its own, else the default
  * profile, else the studio speaker; NULL when none is known. */
-static json_t *cond_for(xtts *d, const char *name) {
+static const conditioning *cond_for(xtts *d, const char *name) {
     voice *v = name && *name ? voice_find(d, name) : NULL;
     if (!v && name && *name && strncmp(name, "clone:", 6)) v = profile_load(d, name, 0);
-    if (v) return v->cond;
+    if (v) return &v->cond;
     if (d->default_voice) {
         v = voice_find(d, d->default_voice);
         if (!v) v = profile_load(d, d->default_voice, 1);
-        if (v) return v->cond;
+        if (v) return &v->cond;
     }
-    return d->studio_cond;
+    return d->studio_cond.members ? &d->studio_cond : NULL;
 }
 
 /* ------------------------------------------------------------------ */
@@ -715,20 +762,62 @@ static void on_stream_done(void *ud, tolk_http *h, const tolk_http_result *res) 
     pump(d);
 }
 
+/* s as a JSON string, new: quoted and escaped as json_dumps escapes it. */
+static char *json_quote(const char *s, size_t *len) {
+    json_t *js = json_string(s); /* NULL for text that is not UTF-8 */
+    char *q = js ? json_dumps(js, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+    json_decref(js);
+    if (q) *len = strlen(q);
+    return q;
+}
+
+static char *put(char *p, const char *s, size_t n) {
+    memcpy(p, s, n);
+    return p + n;
+}
+
+/* {"text":...,"language":...,<conditioning>,"add_wav_header":false,
+ * "stream_chunk_size":"20"}: the members in the order (and the bytes) that
+ * json_dumps gave the whole object, the conditioning copied as it was
+ * serialised when the voice was loaded. */
+static char *stream_body(const job *j, const conditioning *c, long chunk_size, size_t *len) {
+    static const char k_text[] = "{\"text\":", k_lang[] = ",\"language\":";
+    size_t tn = 0, ln = 0;
+    char *text = json_quote(j->text, &tn), *lang = json_quote(j->language, &ln), *body = NULL;
+    char tail[96];
+    int n = snprintf(tail, sizeof tail, ",\"add_wav_header\":false,\"stream_chunk_size\":\"%ld\"}",
+                     chunk_size);
+    if (text && lang && c && n > 0 && (size_t)n < sizeof tail) {
+        size_t total = sizeof k_text - 1 + tn + sizeof k_lang - 1 + ln + 1 + c->len + (size_t)n;
+        body = malloc(total + 1);
+        if (body) {
+            char *p = put(body, k_text, sizeof k_text - 1);
+            p = put(p, text, tn);
+            p = put(p, k_lang, sizeof k_lang - 1);
+            p = put(p, lang, ln);
+            p = put(p, ",", 1);
+            p = put(p, c->members, c->len);
+            p = put(p, tail, (size_t)n);
+            *p = '\0';
+            *len = total;
+        }
+    }
+    free(text);
+    free(lang);
+    return body;
+}
+
 static void stream_start(xtts *d, job *j, server *s) {
-    json_t *cond = cond_for(d, j->voice);
-    char chunk[24], url[1100];
-    snprintf(chunk, sizeof chunk, "%ld", d->chunk_size);
-    json_t *body = json_pack("{s:s, s:s, s:O, s:O, s:b, s:s}", "text", j->text, "language", j->language,
-                             "speaker_embedding", json_object_get(cond, "speaker_embedding"),
-                             "gpt_cond_latent", json_object_get(cond, "gpt_cond_latent"),
-                             "add_wav_header", 0, "stream_chunk_size", chunk);
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    json_decref(body);
+    double t0 = d->host->now();
+    char url[1100];
+    size_t len = 0;
+    char *text = stream_body(j, cond_for(d, j->voice), d->chunk_size, &len);
+    TOLK_LOG(d->host, d->inst, TOLK_LOG_DBG, "/tts_stream body: %zu bytes in %.3f ms", len,
+             (d->host->now() - t0) * 1000.0);
     snprintf(url, sizeof url, "%s/tts_stream", s->url);
     const char *headers[] = {"Content-Type: application/json", "Accept: audio/wav", NULL};
     tolk_http_request req = {.size = sizeof req, .method = "POST", .url = url, .headers = headers,
-                             .body = text, .body_len = text ? strlen(text) : 0,
+                             .body = text, .body_len = len,
                              .connect_timeout = d->connect_timeout, .idle_timeout = d->stall_timeout,
                              .on_response = on_stream_response, .on_body = on_stream_body,
                              .on_done = on_stream_done, .ud = j};
@@ -963,7 +1052,7 @@ static void xtts_destroy(void *self) {
     d->nvoices = 0;
     voices_gauge(d);
     if (d->qdepth_s) d->host->series_set(d->qdepth_s, 0);
-    json_decref(d->studio_cond);
+    cond_clear(&d->studio_cond);
     free(d->profiles_dir);
     free(d->default_voice);
     free(d->studio_speaker);

@@ -118,6 +118,7 @@ typedef struct call_opts {
     const char *backup;   /* stt_mock's script, NULL: the whole script */
     const char *core;     /* extra core settings */
     const char *calls;    /* transport_mock's call shape, NULL: CALLS */
+    const char *recovery; /* extra recovery settings */
     int soft_retries;
 } call_opts;
 
@@ -144,8 +145,8 @@ static rec *run(const call_opts *o) {
     tu_write(R->dir, "tolk.conf",
              "core: { workers = 1; log_level = \"debug\"; %s };\n"
              "recovery: { soft_retries = %d; soft_delay = 0.05; jitter = 0.0; hard_reset = false; "
-             "request_timeout = 10; };\n",
-             o->core ? o->core : "", o->soft_retries);
+             "request_timeout = 10; %s };\n",
+             o->core ? o->core : "", o->soft_retries, o->recovery ? o->recovery : "");
     tu_write_mock_pipeline(R->dir);
     tu_write(R->dir, "20-stt.conf",
              "instances = (\n"
@@ -534,6 +535,94 @@ static void test_key_from_the_environment(void **state) {
     free(dir);
 }
 
+/* ---- reachability, as an operator sees it ---- */
+
+/* service_health{component="stt-dg"}: 0 healthy .. 3 failed; -1 absent. */
+static void health_of(void *ud, const tolk_metric_sample *s) {
+    if (!strcmp(s->name, "service_health") && s->label_values &&
+        !strcmp(s->label_values[0], "stt-dg"))
+        *(double *)ud = s->value;
+}
+static double health_metric(void) {
+    double v = -1;
+    metrics_visit(health_of, &v);
+    return v;
+}
+static int metric_healthy(void *ud) { return health_metric() == TOLK_HEALTHY; }
+
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+typedef struct phrases_n {
+    rec *R;
+    size_t n;
+} phrases_n;
+static int phrases_at_least(void *ud) {
+    phrases_n *p = ud;
+    return p->R->n >= p->n && p->R->c->active == 0;
+}
+
+/* Nothing listens where Deepgram should be: the call is recognised by the
+ * backup, and the instance's health says FAILED (the metric and the
+ * health detail), and stays so while the port refuses, although no call
+ * uses it any more; once Deepgram listens again, the plugin's probe
+ * finds it, health comes back to HEALTHY, and a new call is recognised by
+ * Deepgram again. */
+static void test_unreachable_is_failed_until_it_answers(void **state) {
+    int port = free_port();
+    char *url = xasprintf("ws://127.0.0.1:%d", port);
+    call_opts o = {.url = url,
+                   .dg = "probe_interval = 0.2;",
+                   .recovery = "health_interval = 0.05;",
+                   .calls = REALTIME,
+                   .soft_retries = 0};
+    rec *R = run(&o);
+    assert_phrases(R, 0, 3, "stt-b");
+    /* many health probes and connection attempts later */
+    tu_run_until(R->c, NULL, NULL, 1.0);
+    assert_true(health_metric() == TOLK_FAILED);
+    assert_true(tu_log_has("Deepgram unreachable: "));
+    json_t *h = tu_health(R->c, "stt-dg");
+    assert_true(json_is_false(json_object_get(h, "reachable")));
+    assert_true(json_string_length(json_object_get(h, "connect_error")) > 0);
+    json_decref(h);
+    assert_true(tu_health_int(R->c, "stt-dg", "probes") >= 2);
+    assert_int_equal(tu_health_int(R->c, "stt-dg", "unreachable"), 1); /* reported once */
+    /* Deepgram is back */
+    pid_t back = 0;
+    tu_fake_start_port("plugins/stt_deepgram/tests/dgfake.py", port, &back);
+    assert_true(tu_run_until(R->c, metric_healthy, NULL, 10));
+    assert_true(tu_log_has("Deepgram reachable again"));
+    assert_true(json_is_true(json_object_get(h = tu_health(R->c, "stt-dg"), "reachable")));
+    json_decref(h);
+    json_t *cfg =
+        json_pack("{s:i, s:i, s:i, s:i, s:s, s:b, s:b}", "calls", 1, "phrases", 3, "speech_ms", 400,
+                  "gap_ms", 400, "mode", "unidirectional", "realtime", 1, "paced", 0);
+    conf_errors errs = {0};
+    tolk_instance *calls = core_add_instance(R->c, "calls-2", "transport_mock", cfg, &errs);
+    json_decref(cfg);
+    conf_errors_free(&errs);
+    assert_non_null(calls);
+    assert_int_equal(instance_start_transport(calls), TOLK_OK);
+    phrases_n six = {R, 6};
+    assert_true(tu_run_until(R->c, phrases_at_least, &six, 20));
+    for (size_t i = 3; i < 6; i++) {
+        assert_true(R->ok[i]);
+        assert_string_equal(R->text[i], english[i - 3]);
+        assert_string_equal(R->stt[i], "stt-dg");
+    }
+    tu_fake_stop(&back);
+    free(url);
+    done(R);
+}
+
 int main(void) {
     if (system("python3 -c 'import json, socket, threading' >/dev/null 2>&1") != 0) {
         printf("SKIP: python3 not installed (scripts/setup-debian.sh installs it)\n");
@@ -561,6 +650,7 @@ int main(void) {
         cmocka_unit_test(test_no_server_fails_over),
         cmocka_unit_test(test_flux_error_is_retried),
         cmocka_unit_test(test_key_from_the_environment),
+        cmocka_unit_test(test_unreachable_is_failed_until_it_answers),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     fake_stop();

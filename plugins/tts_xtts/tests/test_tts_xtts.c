@@ -707,6 +707,69 @@ static void test_cancel_while_queued_never_reaches_the_server(void **state) {
     assert_string_equal(R->tts[0], "tts-xtts");
     done(R);
 }
+/* What the fake's i-th recorded /tts_stream request carried (new). */
+static char *request_field(size_t i, const char *key) {
+    json_t *st = fake_state(0);
+    json_t *v = json_object_get(json_array_get(json_object_get(st, "requests"), i), key);
+    char *r = json_is_string(v)   ? xstrdup(json_string_value(v))
+              : json_is_number(v) ? xasprintf("%g", json_num(v))
+                                  : NULL;
+    json_decref(st);
+    assert_non_null(r);
+    return r;
+}
+
+/* One second of a party's speech lent to tts-xtts as voice `name`, as the
+ * core does for an endpoint with clone_voice. */
+static void sample_voice(rec *R, const char *name) {
+    static int16_t pcm[TOLK_SAMPLE_RATE];
+    for (size_t i = 0; i < TOLK_SAMPLE_RATE; i++)
+        pcm[i] = (int16_t)(6000 * sin(2 * M_PI * 220 * i / 16000.0));
+    tolk_instance *inst = core_find_instance(R->c, "tts-xtts");
+    assert_non_null(inst);
+    const tolk_tts *tts = (const tolk_tts *)inst->desc;
+    tolk_voice_sample vs = {
+        .size = sizeof vs, .voice = name, .pcm = pcm, .n = TOLK_SAMPLE_RATE, .language = "en"};
+    assert_int_equal(tts->voice_sample(inst->self, &vs), TOLK_OK);
+}
+static int clones_at_least(void *ud) {
+    ended_n *e = ud;
+    return tu_health_int(e->R->c, "tts-xtts", "clones") >= e->n;
+}
+
+/* The conditioning is serialised once per voice: two phrases of one voice
+ * carry the same conditioning, and the one the fake cloned (not the
+ * default's); the same voice cloned again (a new sample under the same
+ * name) is spoken with the new conditioning from the next phrase on. */
+static void test_a_voice_keeps_its_conditioning_until_cloned_again(void **state) {
+    reset_fakes();
+    const char *ep =
+        "endpoints = ( { name = \"pat\"; language = \"en\"; voice = \"clone:t:a\"; } );";
+    run_opts o = {.endpoints = ep, .no_calls = 1};
+    rec *R = run(&o);
+    sample_voice(R, "clone:t:a");
+    ended_n one = {R, 1}, two = {R, 2};
+    assert_true(tu_run_until(R->c, clones_at_least, &one, 10));
+    call_as(R, "pat");
+    call_as(R, "pat");
+    assert_int_equal(fake_count(0, "requests"), 2);
+    char *first = request_field(0, "cond_digest"), *second = request_field(1, "cond_digest");
+    assert_string_equal(first, second);
+    assert_true(last_voice() == FIRST_CLONE_MARK);
+    sample_voice(R, "clone:t:a");
+    assert_true(tu_run_until(R->c, clones_at_least, &two, 10));
+    call_as(R, "pat");
+    call_as(R, "pat");
+    assert_int_equal(fake_count(0, "requests"), 4);
+    char *third = request_field(2, "cond_digest"), *fourth = request_field(3, "cond_digest");
+    assert_string_not_equal(third, first);
+    assert_string_equal(third, fourth);
+    assert_true(last_voice() == 2 * FIRST_CLONE_MARK); /* the fake's second clone */
+    assert_int_equal(fake_count(0, "clones"), 2);
+    free(first), free(second), free(third), free(fourth);
+    done(R);
+}
+
 int main(void) {
     if (system("python3 -c 'import http.server' >/dev/null 2>&1") != 0) {
         printf("SKIP: python3 not installed (scripts/setup-debian.sh installs it)\n");
@@ -730,6 +793,7 @@ int main(void) {
         cmocka_unit_test(test_studio_speaker_is_the_default),
         cmocka_unit_test(test_voice_cache_evicts_least_recently_used),
         cmocka_unit_test(test_cancel_while_queued_never_reaches_the_server),
+        cmocka_unit_test(test_a_voice_keeps_its_conditioning_until_cloned_again),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     for (int i = 0; i < NFAKES; i++) fake_stop(i);

@@ -39,12 +39,15 @@ Test control (not part of the server's API, under /_fake/):
                       benchmarks; the stock server is 1); {"record": false} keeps
                       only the counts
   GET  /_fake/state   {"requests": [...], "clones": [...], "max_active": n, "waited": n,
-                      "active": streams in progress}
+                      "active": streams in progress}; a request's "cond_digest" is a
+                      SHA-256 of the conditioning's values as parsed (recorded
+                      requests only), so a test can tell two conditionings apart
   POST /_fake/reset   forget plan, config and what was seen
 
 Usage: xttsfake.py PORTFILE [PORT]   (binds 127.0.0.1:PORT, default 0 = any, writes
        the port to PORTFILE)
 """
+import hashlib
 import json
 import math
 import os
@@ -243,6 +246,8 @@ class Handler(BaseHTTPRequestHandler):
                         "gpt_cond_latent00": req["gpt_cond_latent"][0][0],
                         "waited": waited, "pcm_bytes": 0, "header": False}
                 if CONFIG["record"]:
+                    seen["cond_digest"] = hashlib.sha256(json.dumps(
+                        [req["speaker_embedding"], req["gpt_cond_latent"]]).encode()).hexdigest()
                     SEEN.append(seen)
                 if "delay_ms" not in step and CONFIG["delay_ms"]:
                     step = dict(step, delay_ms=CONFIG["delay_ms"])
