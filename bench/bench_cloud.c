@@ -106,7 +106,8 @@ static int fake_start(int i) {
     if (pid == 0) {
         /* dgfast takes on its command line what dgfake.py takes by /_fake/config */
         if (i == DG && !dg_python)
-            execl(fast, fast, "--eager-ms", eager, "--eot-ms", eot, portfile, (char *)NULL);
+            execl(fast, fast, "--eager-ms", eager, "--eot-ms", eot, "--stats", portfile,
+                  (char *)NULL);
         else
             execlp("python3", "python3", script, portfile, (char *)NULL);
         _exit(127);

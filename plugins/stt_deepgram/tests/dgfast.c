@@ -28,7 +28,8 @@
  * same audio.
  *
  * Usage: dgfast [--interim-ms N] [--eager-ms N] [--eot-ms N]
- *               [--idle-timeout S] [--script "line|line|..."] PORTFILE [PORT]
+ *               [--idle-timeout S] [--script "line|line|..."] [--stats]
+ *               PORTFILE [PORT]
  * (binds 127.0.0.1:PORT, default 0 = any, and writes the port to PORTFILE
  * once it listens, as dgfake.py does). */
 #include <errno.h>
@@ -61,6 +62,14 @@
 
 static int cfg_interim_ms = 200, cfg_eager_ms = 100, cfg_eot_ms = 300;
 static double cfg_idle_timeout = 10.0;
+/* --stats: how late the audio that ended each phrase came, against the
+ * wall clock (the bench paces it in real time): the arrival of the frame
+ * that completed the endpointing silence, minus that of the last voiced
+ * frame, minus the silence. Printed on exit; the fake's own time is not in
+ * it, the client's sending and the network's are. */
+static int cfg_stats;
+static double *stat_lag;
+static size_t stat_n, stat_cap;
 static char **script_words[64]; /* each line's words, NULL-terminated */
 static int script_n[64];
 static int script_lines;
@@ -257,6 +266,7 @@ typedef struct conn {
     int rx_binary;
     /* inactivity */
     double opened, last_frame;
+    double voiced_at; /* --stats: when the last voiced frame came */
     int had_audio;
     out *q, *q_tail;
     sb msg;
@@ -376,6 +386,36 @@ static void word_times(const conn *c, int a, int bb, double *ta, double *tb) {
     double span = (c->seg.end - c->seg.start) / (nw > 1 ? nw : 1);
     *ta = c->seg.start + a * span;
     *tb = c->seg.start + bb * span;
+}
+
+static void stat_add(const conn *c, int silence_ms) {
+    if (!cfg_stats) return;
+    if (stat_n == stat_cap) {
+        stat_cap = stat_cap ? stat_cap * 2 : 4096;
+        stat_lag = realloc(stat_lag, stat_cap * sizeof(double));
+        if (!stat_lag) die("out of memory");
+    }
+    stat_lag[stat_n++] = (mono() - c->voiced_at) * 1000.0 - silence_ms;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void stat_print(void) {
+    if (!cfg_stats) return;
+    if (!stat_n) {
+        fprintf(stderr, "dgfast: no phrase ended on silence\n");
+        return;
+    }
+    qsort(stat_lag, stat_n, sizeof(double), cmp_double);
+    fprintf(
+        stderr,
+        "dgfast: %zu phrases ended on silence; the audio that ended them came late by p50 %.2f ms, "
+        "p90 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+        stat_n, stat_lag[stat_n / 2], stat_lag[stat_n * 9 / 10], stat_lag[stat_n * 99 / 100],
+        stat_lag[stat_n - 1]);
 }
 
 static void finish_segment(conn *c, int speech_final) {
@@ -519,6 +559,7 @@ static void on_frame_flux(conn *c, int voiced) {
         c->silence_ms = 0;
         c->seg.voiced_ms += FRAME_MS;
         c->seg.end = t + FRAME_MS / 1000.0;
+        if (cfg_stats) c->voiced_at = mono();
     } else if (c->has_turn) {
         c->silence_ms += FRAME_MS;
         if (c->has_seg && c->silence_ms >= SEGMENT_SILENCE_MS) {
@@ -530,6 +571,7 @@ static void on_frame_flux(conn *c, int voiced) {
             turn_info(c, "EagerEndOfTurn", "0.6");
         }
         if (c->silence_ms >= cfg_eot_ms) {
+            stat_add(c, c->silence_ms);
             end_turn(c);
             return;
         }
@@ -565,6 +607,7 @@ static void on_frame(conn *c, const unsigned char *pcm) {
         }
         c->seg.voiced_ms += FRAME_MS;
         c->seg.end = t + FRAME_MS / 1000.0;
+        if (cfg_stats) c->voiced_at = mono();
         if (c->interim && c->seg.voiced_ms % cfg_interim_ms == 0) {
             int n = heard(c);
             if (n > c->seg.done) {
@@ -578,9 +621,10 @@ static void on_frame(conn *c, const unsigned char *pcm) {
     c->silence_ms += FRAME_MS;
     if (c->has_seg) {
         if (c->endpointing >= 0 &&
-            c->silence_ms >= (c->endpointing > FRAME_MS ? c->endpointing : FRAME_MS))
+            c->silence_ms >= (c->endpointing > FRAME_MS ? c->endpointing : FRAME_MS)) {
+            stat_add(c, c->silence_ms);
             finish_segment(c, 1);
-        else if (c->endpointing < 0 && c->silence_ms >= SEGMENT_SILENCE_MS)
+        } else if (c->endpointing < 0 && c->silence_ms >= SEGMENT_SILENCE_MS)
             finish_segment(c, 0);
     }
     if (c->has_utterance && c->utterance_end_ms && c->interim &&
@@ -886,6 +930,7 @@ int main(int argc, char **argv) {
                                          {"eot-ms", required_argument, NULL, 'o'},
                                          {"idle-timeout", required_argument, NULL, 't'},
                                          {"script", required_argument, NULL, 's'},
+                                         {"stats", no_argument, NULL, 'S'},
                                          {NULL, 0, NULL, 0}};
     set_script("hello world|thank you|good morning");
     int ch;
@@ -896,13 +941,14 @@ int main(int argc, char **argv) {
         case 'o': cfg_eot_ms = atoi(optarg); break;
         case 't': cfg_idle_timeout = atof(optarg); break;
         case 's': set_script(optarg); break;
+        case 'S': cfg_stats = 1; break;
         default: return 2;
         }
     }
     if (optind >= argc || cfg_interim_ms <= 0) {
         fprintf(stderr,
                 "usage: dgfast [--interim-ms N] [--eager-ms N] [--eot-ms N] [--idle-timeout S] "
-                "[--script \"line|line\"] PORTFILE [PORT]\n");
+                "[--script \"line|line\"] [--stats] PORTFILE [PORT]\n");
         return 2;
     }
     const char *portfile = argv[optind];
@@ -943,5 +989,6 @@ int main(int argc, char **argv) {
     while (!stopping)
         if (lws_service(ctx, 0) < 0) break;
     lws_context_destroy(ctx);
+    stat_print();
     return 0;
 }
