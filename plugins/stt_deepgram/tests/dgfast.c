@@ -22,7 +22,8 @@
  *     TurnResumed / EndOfTurn, ForceEndTurn, sequence_id on every message.
  *
  * Not here: the test controls under /_fake/ (reset, config, plan,
- * connections) and with them every injected fault; they answer 404. The
+ * connections) and with them every injected fault; they answer 404 (lws
+ * answers refusals in HTTP/1.0 where dgfake.py says HTTP/1.1). The
  * configuration is on the command line instead. Fault tests use dgfake.py;
  * tests/dgtwin_test.py checks that both send the same messages for the
  * same audio.
@@ -458,7 +459,7 @@ static void turn_push(conn *c, const char *w) {
 }
 
 /* The turn's words: its finished bursts', then those heard of the burst
- * going on. Returns how many; *from is where the burst's begin in w. */
+ * going on, in a new array (*w, to free). Returns how many. */
 static int turn_all(const conn *c, const char ***w) {
     int extra = c->has_seg ? heard(c) - c->seg.done : 0;
     if (extra < 0) extra = 0;
