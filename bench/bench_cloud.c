@@ -42,7 +42,11 @@
  *     the fake, texts per request, MT wait+request p50/p99, CPU.
  *
  * The fakes are started here (python3, top_srcdir from the environment or
- * "."), on ports of their own, and stopped at the end. */
+ * "."), on ports of their own, and stopped at the end. The Deepgram side is
+ * dgfast by default (plugins/stt_deepgram/tests/dgfast, dgfake.py's normal
+ * service in C: the Python fake takes a whole core at 400 streams, and the
+ * figures were the fake's), from top_builddir (environment, or "."; `make
+ * bench-cloud` builds it); BENCH_DG_FAKE=python brings back dgfake.py. */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -75,6 +79,7 @@ static const char *const scripts[NFAKES] = {"plugins/stt_deepgram/tests/dgfake.p
                                             "plugins/tts_xtts/tests/xttsfake.py"};
 static pid_t fake_pid[NFAKES];
 static int fake_port[NFAKES];
+static int dg_python; /* BENCH_DG_FAKE=python: dgfake.py rather than dgfast */
 
 static int fake_start(int i) {
     const char *top = getenv("top_srcdir") ? getenv("top_srcdir") : ".";
@@ -84,12 +89,31 @@ static int fake_start(int i) {
     close(fd);
     unlink(portfile);
     char *script = xasprintf("%s/%s", top, scripts[i]);
+    const char *build = getenv("top_builddir") ? getenv("top_builddir") : ".";
+    char *fast = xasprintf("%s/plugins/stt_deepgram/tests/dgfast", build);
+    if (i == DG && !dg_python && access(fast, X_OK) != 0) {
+        fprintf(stderr, "bench_cloud: %s not built (make plugins/stt_deepgram/tests/dgfast, "
+                        "or BENCH_DG_FAKE=python)\n",
+                fast);
+        free(script);
+        free(fast);
+        return -1;
+    }
+    char eager[16], eot[16];
+    snprintf(eager, sizeof eager, "%d", FLUX_EAGER_MS);
+    snprintf(eot, sizeof eot, "%d", FLUX_EOT_MS);
     pid_t pid = fork();
     if (pid == 0) {
-        execlp("python3", "python3", script, portfile, (char *)NULL);
+        /* dgfast takes on its command line what dgfake.py takes by /_fake/config */
+        if (i == DG && !dg_python)
+            execl(fast, fast, "--eager-ms", eager, "--eot-ms", eot, "--stats", portfile,
+                  (char *)NULL);
+        else
+            execlp("python3", "python3", script, portfile, (char *)NULL);
         _exit(127);
     }
     free(script);
+    free(fast);
     int port = 0;
     for (int t = 0; t < 500 && !port; t++) {
         FILE *f = fopen(portfile, "r");
@@ -336,6 +360,7 @@ int main(int argc, char **argv) {
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
     log_set_level(TOLK_LOG_WARN);
+    dg_python = getenv("BENCH_DG_FAKE") && !strcmp(getenv("BENCH_DG_FAKE"), "python");
     int cloud_chain = m == M_CHAIN || m == M_FLUX;
     if ((cloud_chain || m == M_STT) && fake_start(DG) != 0) return 1;
     if ((cloud_chain || m == M_MT) && fake_start(DL) != 0) return 1;
@@ -348,7 +373,7 @@ int main(int argc, char **argv) {
         snprintf(body, sizeof body, "{\"delay_ms\": %d, \"record\": false}", DEEPL_MS);
         free(fake_http(DL, "POST", "/_fake/config", body));
     }
-    if (m == M_FLUX) {
+    if (m == M_FLUX && dg_python) {
         char body[128];
         snprintf(body, sizeof body, "{\"eager_ms\": %d, \"eot_ms\": %d}", FLUX_EAGER_MS, FLUX_EOT_MS);
         free(fake_http(DG, "POST", "/_fake/config", body));
@@ -417,6 +442,7 @@ int main(int argc, char **argv) {
     printf("bench_cloud %s%s: calls=%d (bidirectional, %d recogniser streams) window=%.0fs phrases=%zu "
            "lost=%zu; load average %.1f -> %.1f (2 cores, shared)\n",
            argv[1], batch ? " batch" : "", calls, streams, wall, b.phrases, b.lost, load0, load1);
+    if (fake_pid[DG]) printf("  fake Deepgram: %s\n", dg_python ? "dgfake.py (Python)" : "dgfast (C)");
     if (m == M_FLUX) {
         double ok = metrics_value(metrics_series_v(spec_m, "confirmed", NULL)) - spec_ok0;
         double no = metrics_value(metrics_series_v(spec_m, "discarded", NULL)) - spec_no0;
