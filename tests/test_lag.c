@@ -223,6 +223,55 @@ static void test_core_compresses_for_any_tts(void **state) {
     assert_true(played < natural - 10);
 }
 
+/* One paced call of `bursts` phrases of 3 s, 0.3 s apart, whose final
+ * result comes 0.45 s after each (silence_ms + latency_ms): by then the
+ * speaker of the next one already talks again. */
+static void run_long_phrases(rec *R, int bursts) {
+    tu_write(R->dir, "20-stt.conf",
+             "instance: { name = \"stt-a\"; plugin = \"stt_mock\";\n"
+             "  settings: { phrases = [ %s ];\n"
+             "              silence_ms = 200; latency_ms = 250; partial_ms = 0; "
+             "}; };\n",
+             script);
+    tu_write(R->dir, "tolk.conf",
+             "core: { workers = 1; log_level = \"warn\"; max_lag_seconds = %.1f; "
+             "max_speedup = 1.5; };\n",
+             LAG_BOUND);
+    tu_write(R->dir, "40-tts.conf",
+             "instance: { name = \"tts-a\"; plugin = \"tts_mock\";\n"
+             "  settings: { latency_ms = 10; ms_per_char = %d; honour_rate = true; }; };\n",
+             MS_PER_CHAR);
+    tu_write(R->dir, "60-transport.conf",
+             "instance: { name = \"calls\"; plugin = \"transport_mock\"; settings: {\n"
+             "  calls = 1; phrases = %d; speech_ms = 3000; gap_ms = 300; mode = "
+             "\"unidirectional\";\n"
+             "  realtime = true; paced = true; capture_offset_ms = 0; }; };\n",
+             bursts);
+    R->c = core_new(R->dir, NULL);
+    R->c->obs = (core_observer){.phrase = on_phrase, .channel_end = on_end, .ud = R};
+    assert_int_equal(core_load(R->c), 0);
+    assert_int_equal(core_start_transports(R->c), 0);
+    assert_true(tu_run_until(R->c, all_ended, R, 60));
+    assert_int_equal(R->n, (size_t)bursts);
+    for (size_t i = 0; i < R->n; i++) assert_true(R->r[i].ok);
+}
+
+/* A phrase longer than twice the lag bound, with nothing ahead of it,
+ * starts faster when the speaker already talks again after it: the next
+ * phrase would wait behind its own speech. */
+static void test_long_phrase_on_continuous_speech(void **state) {
+    rec *R = *state;
+    run_long_phrases(R, 2);
+    assert_true(R->r[0].speedup > 1.0 && R->r[0].speedup <= 1.5);
+}
+
+/* The same phrase when the speaker stops after it plays at normal speed. */
+static void test_long_phrase_alone(void **state) {
+    rec *R = *state;
+    run_long_phrases(R, 1);
+    assert_true(R->r[0].speedup == 1.0);
+}
+
 /* The settings are checked: a bad value is reported with its file and line. */
 static void test_settings_are_checked(void **state) {
     rec *R = *state;
@@ -267,6 +316,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_lag_grows_without_speedup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_hint_keeps_lag_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_core_compresses_for_any_tts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_phrase_on_continuous_speech, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_phrase_alone, setup, teardown),
     };
     int rc = cmocka_run_group_tests_name("lag", tests, NULL, NULL);
     loader_unload_all();
