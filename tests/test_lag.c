@@ -224,15 +224,15 @@ static void test_core_compresses_for_any_tts(void **state) {
 }
 
 /* One paced call of `bursts` phrases of 3 s, 0.3 s apart, whose final
- * result comes 0.45 s after each (silence_ms + latency_ms): by then the
- * speaker of the next one already talks again. */
-static void run_long_phrases(rec *R, int bursts) {
+ * result comes silence_ms (0.2 s) + latency_ms after each: with 250, the
+ * speaker of the next one already talks again by then; with 10, not yet. */
+static void run_long_phrases(rec *R, int bursts, int latency_ms, const char *lines) {
     tu_write(R->dir, "20-stt.conf",
              "instance: { name = \"stt-a\"; plugin = \"stt_mock\";\n"
              "  settings: { phrases = [ %s ];\n"
-             "              silence_ms = 200; latency_ms = 250; partial_ms = 0; "
+             "              silence_ms = 200; latency_ms = %d; partial_ms = 0; "
              "}; };\n",
-             script);
+             lines, latency_ms);
     tu_write(R->dir, "tolk.conf",
              "core: { workers = 1; log_level = \"warn\"; max_lag_seconds = %.1f; "
              "max_speedup = 1.5; };\n",
@@ -261,15 +261,34 @@ static void run_long_phrases(rec *R, int bursts) {
  * phrase would wait behind its own speech. */
 static void test_long_phrase_on_continuous_speech(void **state) {
     rec *R = *state;
-    run_long_phrases(R, 2);
+    run_long_phrases(R, 2, 250, script);
     assert_true(R->r[0].speedup > 1.0 && R->r[0].speedup <= 1.5);
+}
+
+/* Three times "thank you": 3.7 s of translated speech. */
+#define LONG_LINE "\"thank you thank you thank you\""
+
+/* When the speaker starts again only after the long phrase's speech was
+ * asked for (and began to play) at normal speed, what is left of it is
+ * time-compressed then: less audio is played than was synthesised, and it
+ * is over before the next phrase comes (3.5 s after the first ended), which
+ * then waits for nothing. */
+static void test_long_phrase_compressed_when_speaker_goes_on(void **state) {
+    rec *R = *state;
+    run_long_phrases(R, 2, 10, LONG_LINE);
+    assert_true(R->r[0].speedup == 1.0); /* its first frame played at once */
+    assert_true(R->r[1].speedup == 1.0);
+    long long natural = 2 * (long long)mock_frames(R->translation[0], 1.0);
+    assert_true(tu_health_int(R->c, "calls", "frames_played.b") < natural - 10);
 }
 
 /* The same phrase when the speaker stops after it plays at normal speed. */
 static void test_long_phrase_alone(void **state) {
     rec *R = *state;
-    run_long_phrases(R, 1);
+    run_long_phrases(R, 1, 250, LONG_LINE);
     assert_true(R->r[0].speedup == 1.0);
+    assert_int_equal(tu_health_int(R->c, "calls", "frames_played.b"),
+                     (long long)mock_frames(R->translation[0], 1.0));
 }
 
 /* The settings are checked: a bad value is reported with its file and line. */
@@ -318,6 +337,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_core_compresses_for_any_tts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_phrase_on_continuous_speech, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_phrase_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_phrase_compressed_when_speaker_goes_on, setup, teardown),
     };
     int rc = cmocka_run_group_tests_name("lag", tests, NULL, NULL);
     loader_unload_all();
