@@ -256,9 +256,11 @@ static void ear_mark_add(outbuf *ob, const phrase *ph) {
  * next phrase will wait behind this one's own speech too, so the part of
  * it longer than OWN_FREE_LAGS lag bounds counts as waiting: a long phrase
  * on continuous speech starts faster instead of holding up the short ones
- * after it (which no speed-up then brings back under the bound). A TTS
- * plugin that honours the rate hint (it declares the option
- * `honour_rate`, and it is on) is asked for the speed; for any other TTS
+ * after it (which no speed-up then brings back under the bound); speech
+ * already queued is compressed the same way once the speaker goes on
+ * (playback_talking()). A TTS plugin that honours the rate hint (it
+ * declares the option `honour_rate`, and it is on) is asked for the
+ * speed; for any other TTS
  * the core time-compresses the phrase's audio with libsonic, which keeps
  * the pitch. Speech is never dropped: when even max_speedup cannot keep up,
  * the lag goes over the bound and that is counted

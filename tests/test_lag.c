@@ -323,7 +323,7 @@ static void test_settings_are_checked(void **state) {
     cs = conf_load_dir(R->dir, NULL, &errs);
     assert_non_null(cs);
     assert_true(cs->core.max_lag_seconds == 1.5);
-    assert_true(cs->core.max_speedup == 1.3);
+    assert_true(cs->core.max_speedup == 1.5);
     conf_free(cs);
     conf_errors_free(&errs);
 }
