@@ -286,7 +286,7 @@ static const tolk_option core_opts[] = {
      "translate and synthesise on a recogniser's tentative end of a phrase, played only once confirmed"},
     {"max_lag_seconds", TOLK_OPT_DOUBLE, 0, "1.5", 0.1, 60,
      "end of a phrase -> start of its translated speech that playback speeds up to stay under"},
-    {"max_speedup", TOLK_OPT_DOUBLE, 0, "1.3", 1, 2,
+    {"max_speedup", TOLK_OPT_DOUBLE, 0, "1.5", 1, 2,
      "fastest translated speech is played when it runs behind (1: never faster)"},
     {NULL, 0, 0, NULL, 0, 0, NULL}};
 
@@ -1026,7 +1026,7 @@ conf_set *conf_new_empty(void) {
     cs->core.max_phrase_seconds = 20;
     cs->core.max_backlog_seconds = 30;
     cs->core.max_lag_seconds = 1.5;
-    cs->core.max_speedup = 1.3;
+    cs->core.max_speedup = 1.5;
     cs->defaults.mode = TOLK_MODE_BIDIRECTIONAL;
     cs->defaults.caller_language = xstrdup("en");
     cs->defaults.callee_language = xstrdup("es");

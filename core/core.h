@@ -623,6 +623,9 @@ void channel_played(tolk_channel *ch, tolk_leg leg, uint64_t frames);
  * translated speech should play at if its audio were queued now, from the
  * lag it would start with. 1.0 when nothing waits ahead of it. */
 double playback_speed_for(direction *d, const phrase *ph);
+/* The direction's speaker talks (a voiced frame): queued speech that would
+ * hold up what is being said beyond the bound plays faster from now. */
+void playback_talking(direction *d);
 /* TTS audio of ph for the direction's listener: the first call (first)
  * decides the phrase's speed (unless the TTS was asked for it) and the
  * audio is time-compressed on its way to the output buffer when it plays

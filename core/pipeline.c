@@ -1175,7 +1175,10 @@ static void maybe_finalize(direction *d) {
 void pipeline_frame(direction *d, const int16_t *frame, double now) {
     core *c = d->ch->core;
     int voiced = frame_voiced(frame);
-    if (voiced) d->voiced_end = d->samples_in;
+    if (voiced) {
+        d->voiced_end = d->samples_in;
+        playback_talking(d);
+    }
     replay_append(d, frame, voiced);
     clone_collect(d, frame, voiced);
     if (voiced && !d->speech_since) {

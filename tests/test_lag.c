@@ -223,6 +223,74 @@ static void test_core_compresses_for_any_tts(void **state) {
     assert_true(played < natural - 10);
 }
 
+/* One paced call of `bursts` phrases of 3 s, 0.3 s apart, whose final
+ * result comes silence_ms (0.2 s) + latency_ms after each: with 250, the
+ * speaker of the next one already talks again by then; with 10, not yet. */
+static void run_long_phrases(rec *R, int bursts, int latency_ms, const char *lines) {
+    tu_write(R->dir, "20-stt.conf",
+             "instance: { name = \"stt-a\"; plugin = \"stt_mock\";\n"
+             "  settings: { phrases = [ %s ];\n"
+             "              silence_ms = 200; latency_ms = %d; partial_ms = 0; "
+             "}; };\n",
+             lines, latency_ms);
+    tu_write(R->dir, "tolk.conf",
+             "core: { workers = 1; log_level = \"warn\"; max_lag_seconds = %.1f; "
+             "max_speedup = 1.5; };\n",
+             LAG_BOUND);
+    tu_write(R->dir, "40-tts.conf",
+             "instance: { name = \"tts-a\"; plugin = \"tts_mock\";\n"
+             "  settings: { latency_ms = 10; ms_per_char = %d; honour_rate = true; }; };\n",
+             MS_PER_CHAR);
+    tu_write(R->dir, "60-transport.conf",
+             "instance: { name = \"calls\"; plugin = \"transport_mock\"; settings: {\n"
+             "  calls = 1; phrases = %d; speech_ms = 3000; gap_ms = 300; mode = "
+             "\"unidirectional\";\n"
+             "  realtime = true; paced = true; capture_offset_ms = 0; }; };\n",
+             bursts);
+    R->c = core_new(R->dir, NULL);
+    R->c->obs = (core_observer){.phrase = on_phrase, .channel_end = on_end, .ud = R};
+    assert_int_equal(core_load(R->c), 0);
+    assert_int_equal(core_start_transports(R->c), 0);
+    assert_true(tu_run_until(R->c, all_ended, R, 60));
+    assert_int_equal(R->n, (size_t)bursts);
+    for (size_t i = 0; i < R->n; i++) assert_true(R->r[i].ok);
+}
+
+/* A phrase longer than twice the lag bound, with nothing ahead of it,
+ * starts faster when the speaker already talks again after it: the next
+ * phrase would wait behind its own speech. */
+static void test_long_phrase_on_continuous_speech(void **state) {
+    rec *R = *state;
+    run_long_phrases(R, 2, 250, script);
+    assert_true(R->r[0].speedup > 1.0 && R->r[0].speedup <= 1.5);
+}
+
+/* Three times "thank you": 3.7 s of translated speech. */
+#define LONG_LINE "\"thank you thank you thank you\""
+
+/* When the speaker starts again only after the long phrase's speech was
+ * asked for (and began to play) at normal speed, what is left of it is
+ * time-compressed then: less audio is played than was synthesised, and it
+ * is over before the next phrase comes (3.5 s after the first ended), which
+ * then waits for nothing. */
+static void test_long_phrase_compressed_when_speaker_goes_on(void **state) {
+    rec *R = *state;
+    run_long_phrases(R, 2, 10, LONG_LINE);
+    assert_true(R->r[0].speedup == 1.0); /* its first frame played at once */
+    assert_true(R->r[1].speedup == 1.0);
+    long long natural = 2 * (long long)mock_frames(R->translation[0], 1.0);
+    assert_true(tu_health_int(R->c, "calls", "frames_played.b") < natural - 10);
+}
+
+/* The same phrase when the speaker stops after it plays at normal speed. */
+static void test_long_phrase_alone(void **state) {
+    rec *R = *state;
+    run_long_phrases(R, 1, 250, LONG_LINE);
+    assert_true(R->r[0].speedup == 1.0);
+    assert_int_equal(tu_health_int(R->c, "calls", "frames_played.b"),
+                     (long long)mock_frames(R->translation[0], 1.0));
+}
+
 /* The settings are checked: a bad value is reported with its file and line. */
 static void test_settings_are_checked(void **state) {
     rec *R = *state;
@@ -255,7 +323,7 @@ static void test_settings_are_checked(void **state) {
     cs = conf_load_dir(R->dir, NULL, &errs);
     assert_non_null(cs);
     assert_true(cs->core.max_lag_seconds == 1.5);
-    assert_true(cs->core.max_speedup == 1.3);
+    assert_true(cs->core.max_speedup == 1.5);
     conf_free(cs);
     conf_errors_free(&errs);
 }
@@ -267,6 +335,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_lag_grows_without_speedup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_hint_keeps_lag_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_core_compresses_for_any_tts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_phrase_on_continuous_speech, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_phrase_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_phrase_compressed_when_speaker_goes_on, setup, teardown),
     };
     int rc = cmocka_run_group_tests_name("lag", tests, NULL, NULL);
     loader_unload_all();

@@ -277,22 +277,23 @@ static tolk_status speak_at_rate(fx *F, int i, const char *text, double rate) {
 }
 
 /* The core's rate hint (a call running behind) scales the words per
- * minute: a hint of 2 at rate 175 is spoken at 350, clearly shorter; a
- * hint of 1 at the configured rate. */
+ * minute so that the audio is that many times shorter: a hint of 2 at rate
+ * 175 is spoken at 378 (espeak shortens the audio by 0.86 of a rise in the
+ * rate), clearly shorter; a hint of 1 at the configured rate. */
 static void test_rate_hint_scales_rate(void **state) {
     fx *F = *state;
     assert_int_equal(fx_create(F, "{}"), TOLK_OK);
     assert_non_null(F->desc->speak_req);
     assert_int_equal(speak_at_rate(F, 0, SENT_EN, 2.0), TOLK_PENDING);
     assert_true(wait_done(F, 0, 10));
-    assert_true(health_num(F, "last_wpm", NULL) == 350);
+    assert_true(health_num(F, "last_wpm", NULL) == 378);
     assert_int_equal(speak_at_rate(F, 1, SENT_EN, 1.0), TOLK_PENDING);
     assert_true(wait_done(F, 1, 10));
     assert_true(health_num(F, "last_wpm", NULL) == 175);
     assert_true(health_num(F, "faster_requests", NULL) == 1);
     double fast = seconds_of(&F->rec[0]), normal = seconds_of(&F->rec[1]);
     printf("# rate hint 2.0: %.2f s, 1.0: %.2f s\n", fast, normal);
-    assert_true(fast < 0.7 * normal && fast > 0.3 * normal);
+    assert_true(fast < 0.65 * normal && fast > 0.35 * normal);
 }
 
 /* honour_rate = false: the hint is ignored (the core compresses instead). */
