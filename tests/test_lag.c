@@ -18,6 +18,11 @@
 #define MAX_REPORTS 32
 #define MS_PER_CHAR 90
 #define LAG_BOUND 1.0
+/* A phrase's lag is measured on the wall clock: on a loaded CI machine
+ * (ASan, tests in parallel) the loop runs late by up to this much, which
+ * no speed-up can win back. Without speed-up the lag passes the bound by
+ * far more (test_lag_grows_without_speedup). */
+#define LAG_SLACK_MS 200
 
 typedef struct rec {
     phrase_report r[MAX_REPORTS];
@@ -143,7 +148,7 @@ static void test_lag_grows_without_speedup(void **state) {
     /* each long phrase waited for the one before: 0.37 s more per phrase */
     for (size_t i = 2; i < LONG_PHRASES; i++) assert_true(R->r[i].lag_ms > R->r[i - 1].lag_ms);
     assert_true(R->r[LONG_PHRASES - 1].lag_ms > R->r[0].lag_ms + 1200);
-    assert_true(R->r[LONG_PHRASES - 1].lag_ms > LAG_BOUND * 1000);
+    assert_true(R->r[LONG_PHRASES - 1].lag_ms > LAG_BOUND * 1000 + LAG_SLACK_MS);
     assert_true(pair_value("playback_lag_exceeded_total", TOLK_METRIC_COUNTER) > over0);
     assert_int_equal(lag_count(R->c) - R->lags0, PHRASES);
     /* the whole translation was played, at its own length */
@@ -165,7 +170,7 @@ static void test_rate_hint_keeps_lag_bounded(void **state) {
     for (size_t i = 0; i < R->n; i++) {
         assert_true(R->r[i].speedup >= 1.0 && R->r[i].speedup <= 1.5);
         faster += R->r[i].speedup > 1.0;
-        assert_true(R->r[i].lag_ms <= LAG_BOUND * 1000);
+        assert_true(R->r[i].lag_ms <= LAG_BOUND * 1000 + LAG_SLACK_MS);
         want += mock_frames(R->translation[i], R->r[i].speedup);
         natural += mock_frames(R->translation[i], 1.0);
     }
@@ -207,7 +212,7 @@ static void test_core_compresses_for_any_tts(void **state) {
     for (size_t i = 0; i < R->n; i++) {
         assert_true(R->r[i].speedup >= 1.0 && R->r[i].speedup <= 1.5);
         faster += R->r[i].speedup > 1.0;
-        assert_true(R->r[i].lag_ms <= LAG_BOUND * 1000);
+        assert_true(R->r[i].lag_ms <= LAG_BOUND * 1000 + LAG_SLACK_MS);
         double f = (double)mock_frames(R->translation[i], 1.0);
         natural += f;
         want += f / R->r[i].speedup;
