@@ -31,9 +31,8 @@
  *     phrase -> final result (phrase report stt_ms) minus the fake's
  *     configured delay (endpointing, 300 ms here) p50/p99, target <= 2 ms
  *     p99; CPU and RSS per stream, against the same calls through stt_mock
- *     (run with "stt-mock" for that baseline). "speculation": reserved for
- *     the core's speculative translation on Flux's EagerEndOfTurn (not in
- *     the core yet: refused).
+ *     (run with "stt-mock" for that baseline). Speculation is measured in
+ *     the flux mode.
  *
  *   bench_cloud stt-mock CALLS SECONDS   the baseline of the stt mode.
  *
