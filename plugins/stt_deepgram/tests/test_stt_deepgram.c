@@ -600,7 +600,8 @@ static void test_unreachable_is_failed_until_it_answers(void **state) {
     tu_fake_start_port("plugins/stt_deepgram/tests/dgfake.py", port, &back);
     assert_true(tu_run_until(R->c, metric_healthy, NULL, 10));
     assert_true(tu_log_has("Deepgram reachable again"));
-    assert_true(json_is_true(json_object_get(h = tu_health(R->c, "stt-dg"), "reachable")));
+    h = tu_health(R->c, "stt-dg"); /* json_is_true() evaluates its argument twice */
+    assert_true(json_is_true(json_object_get(h, "reachable")));
     json_decref(h);
     json_t *cfg =
         json_pack("{s:i, s:i, s:i, s:i, s:s, s:b, s:b}", "calls", 1, "phrases", 3, "speech_ms", 400,
