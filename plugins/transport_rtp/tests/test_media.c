@@ -238,9 +238,9 @@ static void check_quiet_peer(rec *R, const char *kind) {
     /* 1 s of speech, then the pause until the translation has come back */
     assert_true(span > 1.8);
     /* nothing twice, and the pause filled: without the filler only the 1 s
-     * of speech arrives (a sanitized build on a loaded CI machine once
-     * filled 2.16 s of 2.27) */
-    assert_true(got > span - 0.25 && got < span + 0.1);
+     * of speech arrives, a second short (sanitized builds on a loaded CI
+     * machine filled 2.16 s of 2.27 and 2.22 of 2.47) */
+    assert_true(got > span - 0.5 && got < span + 0.1);
     assert_true(gap < 0.070);
     assert_in_range(jint(l, "rx_loud_frames"), 60, 67);
     /* the phrase ended in the pause: translated and heard before the hang-up */
